@@ -1,0 +1,41 @@
+//! The one place bincode is used: cold records (events, rooms), never blocks or snapshots.
+//!
+//! Each record is one format byte, [`RECORD_FORMAT`], then bincode's standard (varint)
+//! encoding of the record, so that a later layout can be told apart from this one.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Display;
+
+/// The format byte in front of every cold record.
+pub const RECORD_FORMAT: u8 = 1;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a cold record.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>> {
+    let mut out = vec![RECORD_FORMAT];
+    bincode::serde::encode_into_std_write(record, &mut out, config())
+        .map_err(|e| Error::InvalidState(format!("record does not encode: {e}")))?;
+    Ok(out)
+}
+
+/// Decodes a cold record from `table` at `key`, refusing trailing bytes.
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl Display,
+    bytes: &[u8],
+) -> Result<T> {
+    let Some((&RECORD_FORMAT, body)) = bytes.split_first() else {
+        return Err(Error::corrupt(table, key, "unknown record format"));
+    };
+    let (record, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| Error::corrupt(table, &key, e))?;
+    if used != body.len() {
+        return Err(Error::corrupt(table, key, "trailing bytes after record"));
+    }
+    Ok(record)
+}

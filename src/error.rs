@@ -1,0 +1,156 @@
+//! The error type of every fallible operation in the crate.
+
+use crate::nid::{EventNid, NidKind, SnapshotNid};
+use std::fmt;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which kind of Matrix string an [`Error::InvalidId`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StringKind {
+    /// A room ID.
+    RoomId,
+    /// An event type.
+    EventType,
+    /// A state key.
+    StateKey,
+    /// An event ID.
+    EventId,
+}
+
+impl fmt::Display for StringKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StringKind::RoomId => "room ID",
+            StringKind::EventType => "event type",
+            StringKind::StateKey => "state key",
+            StringKind::EventId => "event ID",
+        })
+    }
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A string the Matrix spec forbids: empty where it must not be, or over 255 bytes.
+    #[error("invalid {kind} {shown:?}: {reason}")]
+    InvalidId {
+        /// Which kind of string.
+        kind: StringKind,
+        /// The string, cut to 64 characters.
+        shown: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A NID that no interning table knows.
+    #[error("unknown {kind} NID {nid}")]
+    UnknownNid {
+        /// Which kind of NID.
+        kind: NidKind,
+        /// The raw number.
+        nid: u64,
+    },
+    /// A string that has not been interned (lookups never create).
+    #[error("unknown {kind} {value:?}")]
+    UnknownString {
+        /// Which kind of string.
+        kind: StringKind,
+        /// The string.
+        value: String,
+    },
+    /// A snapshot NID with no snapshot row.
+    #[error("unknown snapshot {0}")]
+    UnknownSnapshot(SnapshotNid),
+    /// An event NID with no event record.
+    #[error("no event record for event NID {0}")]
+    UnknownEvent(EventNid),
+    /// A snapshot names a block that is not stored.
+    #[error("snapshot {snapshot} names missing block {block:032x}")]
+    MissingBlock {
+        /// The snapshot that refers to it.
+        snapshot: SnapshotNid,
+        /// The block's content hash.
+        block: u128,
+    },
+    /// A row that does not decode: the file is damaged or was written by something else.
+    #[error("corrupt row in table {table} at key {key}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row's key, printed.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Two different contents hashed to the same xxh3-128 key. Nothing was written.
+    #[error("hash collision in table {table} at {hash:032x}")]
+    HashCollision {
+        /// The table.
+        table: &'static str,
+        /// The hash both contents share.
+        hash: u128,
+    },
+    /// A state delta or state map that breaks an invariant (unsorted, duplicate keys).
+    #[error("invalid state input: {0}")]
+    InvalidState(String),
+    /// The file was written by a version of this crate with another schema.
+    #[error("unsupported schema version {0}")]
+    UnsupportedSchema(u64),
+    /// An error from the redb storage engine.
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    /// An I/O error outside redb.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the caller caused this error (bad input, unknown ID), as opposed to a failure of the
+    /// store itself. The CLI maps the two to exit codes 1 and 2.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidId { .. }
+                | Error::UnknownNid { .. }
+                | Error::UnknownString { .. }
+                | Error::UnknownSnapshot(_)
+                | Error::UnknownEvent(_)
+                | Error::InvalidState(_)
+        )
+    }
+
+    pub(crate) fn corrupt(
+        table: &'static str,
+        key: impl fmt::Display,
+        reason: impl fmt::Display,
+    ) -> Self {
+        Error::Corrupt {
+            table,
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::Storage(e.into())
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError,
+    redb::SetDurabilityError
+);

@@ -1,0 +1,153 @@
+//! Interning: each kind of Matrix string maps to a NID and back through two tables.
+
+use crate::error::{Error, Result, StringKind};
+use crate::nid::{FIRST_DYNAMIC_NID, NidKind, WELL_KNOWN_STATE_KEYS, WELL_KNOWN_TYPES};
+use crate::tables;
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+/// The spec's limit on room IDs, event IDs, types and state keys, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// Everything that differs between the kinds of interned string.
+#[derive(Clone, Copy)]
+pub(crate) struct Kind {
+    pub forward: TableDefinition<'static, &'static str, u64>,
+    pub reverse: TableDefinition<'static, u64, &'static str>,
+    pub counter: &'static str,
+    pub first_dynamic: u64,
+    pub string: StringKind,
+    pub nid: NidKind,
+    pub may_be_empty: bool,
+}
+
+pub(crate) const ROOM: Kind = Kind {
+    forward: tables::ROOM_IDS,
+    reverse: tables::ROOM_IDS_REV,
+    counter: "next_room_nid",
+    first_dynamic: 1,
+    string: StringKind::RoomId,
+    nid: NidKind::Room,
+    may_be_empty: false,
+};
+
+pub(crate) const TYPE: Kind = Kind {
+    forward: tables::TYPES,
+    reverse: tables::TYPES_REV,
+    counter: "next_type_nid",
+    first_dynamic: FIRST_DYNAMIC_NID,
+    string: StringKind::EventType,
+    nid: NidKind::EventType,
+    may_be_empty: true,
+};
+
+pub(crate) const STATE_KEY: Kind = Kind {
+    forward: tables::STATE_KEYS,
+    reverse: tables::STATE_KEYS_REV,
+    counter: "next_state_key_nid",
+    first_dynamic: FIRST_DYNAMIC_NID,
+    string: StringKind::StateKey,
+    nid: NidKind::StateKey,
+    may_be_empty: true,
+};
+
+pub(crate) const EVENT: Kind = Kind {
+    forward: tables::EVENT_IDS,
+    reverse: tables::EVENT_IDS_REV,
+    counter: "next_event_nid",
+    first_dynamic: 1,
+    string: StringKind::EventId,
+    nid: NidKind::Event,
+    may_be_empty: false,
+};
+
+/// Refuses strings the spec forbids for `kind`.
+pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<()> {
+    let reason = if s.len() > MAX_ID_BYTES {
+        "longer than 255 bytes"
+    } else if s.is_empty() && !may_be_empty {
+        "empty"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidId {
+        kind,
+        shown: s.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// Returns the NID of each string, creating the missing ones. Repeats in `strings` get the same
+/// NID.
+pub(crate) fn get_or_create(
+    tx: &WriteTransaction,
+    kind: Kind,
+    strings: &[&str],
+) -> Result<Vec<u64>> {
+    for s in strings {
+        validate(kind.string, kind.may_be_empty, s)?;
+    }
+    let mut forward = tx.open_table(kind.forward)?;
+    let mut reverse = tx.open_table(kind.reverse)?;
+    let mut meta = tx.open_table(tables::META)?;
+    let mut next = match meta.get(kind.counter)? {
+        Some(v) => v.value(),
+        None => kind.first_dynamic,
+    };
+    let start = next;
+    let mut out = Vec::with_capacity(strings.len());
+    for s in strings {
+        if let Some(nid) = forward.get(*s)? {
+            out.push(nid.value());
+            continue;
+        }
+        forward.insert(*s, next)?;
+        reverse.insert(next, *s)?;
+        out.push(next);
+        next = next
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?;
+    }
+    if next != start {
+        meta.insert(kind.counter, next)?;
+    }
+    Ok(out)
+}
+
+/// The NID of `s`, if interned. Never creates.
+pub(crate) fn lookup(
+    table: &impl ReadableTable<&'static str, u64>,
+    s: &str,
+) -> Result<Option<u64>> {
+    Ok(table.get(s)?.map(|g| g.value()))
+}
+
+/// The string behind `nid`; an unknown NID is an error.
+pub(crate) fn resolve(
+    table: &impl ReadableTable<u64, &'static str>,
+    kind: Kind,
+    nid: u64,
+) -> Result<String> {
+    match table.get(nid)? {
+        Some(s) => Ok(s.value().to_owned()),
+        None => Err(Error::UnknownNid {
+            kind: kind.nid,
+            nid,
+        }),
+    }
+}
+
+/// Writes the preassigned NIDs of a new store.
+pub(crate) fn seed_well_known(tx: &WriteTransaction) -> Result<()> {
+    for (kind, strings) in [
+        (TYPE, &WELL_KNOWN_TYPES[..]),
+        (STATE_KEY, &WELL_KNOWN_STATE_KEYS[..]),
+    ] {
+        let mut forward = tx.open_table(kind.forward)?;
+        let mut reverse = tx.open_table(kind.reverse)?;
+        for (nid, s) in (1u64..).zip(strings) {
+            forward.insert(*s, nid)?;
+            reverse.insert(nid, *s)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Matrix room state in one embedded [redb](https://docs.rs/redb) file.
+//!
+//! Strings become numeric IDs ([`nid`]), states are stored as content-addressed blocks of
+//! entries ([`block`]) listed by deduplicated snapshots ([`snapshot`]), a [`policy`] decides how
+//! each new snapshot is laid out, and the [`Resolver`] reads states back: flatten, lookup,
+//! filter, diff and combine. `docs/design.md` explains the whole.
+//!
+//! ```
+//! use roomstate::{DeltaEntry, SnapshotNid, StateKey, Store, StoreRead, TypeNid};
+//!
+//! # fn main() -> roomstate::Result<()> {
+//! let store = Store::in_memory()?;
+//! let mut tx = store.write()?;
+//! let alice = tx.get_or_create_state_key("@alice:example.org")?;
+//! let bob = tx.get_or_create_state_key("@bob:example.org")?;
+//! let [j1, j2] = [tx.get_or_create_event("$a")?, tx.get_or_create_event("$b")?];
+//! let s1 = tx.snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(StateKey::new(TypeNid::MEMBER, alice), j1)])?;
+//! let s2 = tx.snapshot_from_delta(s1, vec![DeltaEntry::set(StateKey::new(TypeNid::MEMBER, bob), j2)])?;
+//! tx.commit()?;
+//!
+//! let rx = store.read()?;
+//! assert_eq!(rx.flatten(s2)?.len(), 2);
+//! assert_eq!(rx.diff(s1, s2)?.added.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod block;
+mod codec;
+pub mod error;
+mod intern;
+pub mod nid;
+pub mod policy;
+pub mod record;
+pub mod resolve;
+pub mod snapshot;
+mod store;
+mod tables;
+pub mod workload;
+
+pub use block::{BlockHash, DeltaEntry, StateEntry};
+pub use error::{Error, Result, StringKind};
+pub use intern::MAX_ID_BYTES;
+pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+pub use policy::{Dendrite, Plan, WritePolicy};
+pub use record::{EventRecord, RoomRecord};
+pub use resolve::{Changed, Combined, Conflict, StateDiff, StateMap};
+pub use snapshot::BlockRef;
+pub use store::{
+    ReadTxn, Resolver, ResolverOf, Store, StoreBuilder, StoreRead, StoreStats, TableSize,
+    WriteCounts, WriteTxn,
+};

@@ -1,0 +1,413 @@
+//! The resolver's algorithms over blocks read in place: flatten, single-key lookup, filters,
+//! diff and combine. [`crate::Resolver`] binds them to a transaction's tables.
+//!
+//! A snapshot is a list of runs, oldest first, and a later run overrides an earlier one. The
+//! oldest run usually holds nearly the whole state, so flatten first folds the newer runs into
+//! a small sorted override list, then copies the base in bulk between the override positions
+//! found by binary search: about one copy of the state plus `M log N` for `M` newer entries.
+
+use crate::block::{BlockHash, BlockView, DeltaEntry, StateEntry};
+use crate::error::{Error, Result};
+use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
+use std::cmp::Reverse;
+
+/// A resolved state: one entry per (type, state key), sorted by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMap(Vec<StateEntry>);
+
+impl StateMap {
+    /// Builds a map from entries in any order. Later entries win for a repeated key.
+    pub fn from_entries(mut entries: Vec<StateEntry>) -> Self {
+        // A stable sort keeps the input order among equal keys, so the last one can win.
+        entries.sort_by_key(|e| e.key);
+        let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match out.last_mut() {
+                Some(last) if last.key == e.key => *last = e,
+                _ => out.push(e),
+            }
+        }
+        StateMap(out)
+    }
+
+    pub(crate) fn from_sorted(entries: Vec<StateEntry>) -> Self {
+        StateMap(entries)
+    }
+
+    /// The event holding `key`, by binary search.
+    pub fn get(&self, key: StateKey) -> Option<EventNid> {
+        self.0
+            .binary_search_by_key(&key, |e| e.key)
+            .ok()
+            .map(|i| self.0[i].event)
+    }
+
+    /// The entries, sorted by key.
+    pub fn entries(&self) -> &[StateEntry] {
+        &self.0
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the state is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates the entries in key order.
+    pub fn iter(&self) -> std::slice::Iter<'_, StateEntry> {
+        self.0.iter()
+    }
+
+    /// The entries, sorted by key.
+    pub fn into_vec(self) -> Vec<StateEntry> {
+        self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a StateMap {
+    type Item = &'a StateEntry;
+    type IntoIter = std::slice::Iter<'a, StateEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A key whose event differs between two states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The (type, state key).
+    pub key: StateKey,
+    /// The event in the first state.
+    pub old: EventNid,
+    /// The event in the second state.
+    pub new: EventNid,
+}
+
+/// The difference from one state to another, each list sorted by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateDiff {
+    /// Keys only the second state has.
+    pub added: Vec<StateEntry>,
+    /// Keys only the first state has.
+    pub removed: Vec<StateEntry>,
+    /// Keys both have, with different events.
+    pub changed: Vec<Changed>,
+}
+
+impl StateDiff {
+    /// Whether the two states are equal.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// A key on which combined states disagree, with every event some state holds for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The (type, state key).
+    pub key: StateKey,
+    /// The distinct events the states hold for the key, sorted. A state that lacks the key adds
+    /// no candidate, but still makes the key conflicted.
+    pub candidates: Vec<EventNid>,
+}
+
+/// Several states combined: what they all agree on, and what they do not. This is the input of
+/// Matrix state resolution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Combined {
+    /// Keys every state holds with the same event.
+    pub unconflicted: StateMap,
+    /// Every other key, sorted.
+    pub conflicted: Vec<Conflict>,
+}
+
+/// One block's entries in `start..end`, as one input of a merge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run<'a> {
+    pub hash: BlockHash,
+    pub view: BlockView<'a>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl<'a> Run<'a> {
+    pub fn whole(hash: BlockHash, view: BlockView<'a>) -> Self {
+        Run {
+            hash,
+            view,
+            start: 0,
+            end: view.len(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn damaged(&self, index: usize) -> Error {
+        Error::corrupt("blocks", self.hash, format!("entry {index} has a zero NID"))
+    }
+
+    fn entries(&self) -> impl Iterator<Item = Result<DeltaEntry>> + '_ {
+        (self.start..self.end).map(|i| self.view.entry_at(i).ok_or_else(|| self.damaged(i)))
+    }
+
+    /// Narrows the run to the keys of one event type.
+    fn of_type(&self, ty: TypeNid) -> Result<Run<'a>> {
+        let lo = StateKey::new(ty, StateKeyNid::MIN);
+        let start = self
+            .view
+            .lower_bound(lo, self.start..self.end)
+            .map_err(|i| self.damaged(i))?;
+        let end = match TypeNid::new(ty.get().saturating_add(1)) {
+            Some(next) if next > ty => self
+                .view
+                .lower_bound(StateKey::new(next, StateKeyNid::MIN), start..self.end)
+                .map_err(|i| self.damaged(i))?,
+            _ => self.end,
+        };
+        Ok(Run {
+            start,
+            end,
+            ..*self
+        })
+    }
+}
+
+/// Folds runs into one sorted list where a newer run wins: the entries newer than the base.
+fn overrides(newer: &[Run<'_>]) -> Result<Vec<DeltaEntry>> {
+    let total: usize = newer.iter().map(Run::len).sum();
+    let mut tagged = Vec::with_capacity(total);
+    for (age, run) in newer.iter().enumerate() {
+        for e in run.entries() {
+            tagged.push((e?, Reverse(age)));
+        }
+    }
+    // Sorting by key and then newest first leaves the winner at the head of each key's group.
+    tagged.sort_unstable_by_key(|(e, age)| (e.key, *age));
+    tagged.dedup_by_key(|(e, _)| e.key);
+    Ok(tagged.into_iter().map(|(e, _)| e).collect())
+}
+
+/// Flattens runs, oldest first, into a state map.
+pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
+    let Some((base, newer)) = runs.split_first() else {
+        return Ok(StateMap::default());
+    };
+    let over = overrides(newer)?;
+    let mut out = Vec::with_capacity(base.len() + over.len());
+    let mut cursor = base.start;
+    for o in &over {
+        let at = base
+            .view
+            .lower_bound(o.key, cursor..base.end)
+            .map_err(|i| base.damaged(i))?;
+        base.view
+            .copy_live(cursor..at, &mut out)
+            .map_err(|i| base.damaged(i))?;
+        cursor = at;
+        if at < base.end && base.view.key_at(at) == Some(o.key) {
+            cursor = at + 1;
+        }
+        if let Some(event) = o.event {
+            out.push(StateEntry { key: o.key, event });
+        }
+    }
+    base.view
+        .copy_live(cursor..base.end, &mut out)
+        .map_err(|i| base.damaged(i))?;
+    Ok(StateMap::from_sorted(out))
+}
+
+/// Merges runs, oldest first, into one sorted run, keeping tombstones when `keep_tombstones`
+/// (a merged tail must still hide keys of the blocks kept before it).
+pub(crate) fn merge(runs: &[Run<'_>], keep_tombstones: bool) -> Result<Vec<DeltaEntry>> {
+    if !keep_tombstones {
+        return Ok(flatten(runs)?.0.into_iter().map(DeltaEntry::from).collect());
+    }
+    let Some((base, newer)) = runs.split_first() else {
+        return Ok(Vec::new());
+    };
+    let over = overrides(newer)?;
+    let mut out = Vec::with_capacity(base.len() + over.len());
+    let mut over_iter = over.into_iter().peekable();
+    for e in base.entries() {
+        let e = e?;
+        while let Some(o) = over_iter.next_if(|o| o.key < e.key) {
+            out.push(o);
+        }
+        match over_iter.next_if(|o| o.key == e.key) {
+            Some(o) => out.push(o),
+            None => out.push(e),
+        }
+    }
+    out.extend(over_iter);
+    Ok(out)
+}
+
+/// Looks one key up, newest run first, stopping at the first run that holds it.
+pub(crate) fn lookup(runs: &[Run<'_>], key: StateKey) -> Result<Option<EventNid>> {
+    for run in runs.iter().rev() {
+        let at = run
+            .view
+            .lower_bound(key, run.start..run.end)
+            .map_err(|i| run.damaged(i))?;
+        if at < run.end {
+            match run.view.entry_at(at) {
+                Some(e) if e.key == key => return Ok(e.event),
+                Some(_) => {}
+                None => return Err(run.damaged(at)),
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The entries of the given types. `types` need not be sorted.
+pub(crate) fn filter_types(runs: &[Run<'_>], types: &[TypeNid]) -> Result<StateMap> {
+    let mut types = types.to_vec();
+    types.sort_unstable();
+    types.dedup();
+    let mut out = Vec::new();
+    for ty in types {
+        let narrowed = runs
+            .iter()
+            .map(|r| r.of_type(ty))
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(flatten(&narrowed)?.0);
+    }
+    Ok(StateMap::from_sorted(out))
+}
+
+/// The entries of the given keys. `keys` need not be sorted.
+pub(crate) fn filter_keys(runs: &[Run<'_>], keys: &[StateKey]) -> Result<StateMap> {
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        if let Some(event) = lookup(runs, key)? {
+            out.push(StateEntry { key, event });
+        }
+    }
+    Ok(StateMap::from_sorted(out))
+}
+
+/// The keys any of `runs` mentions, sorted and distinct.
+fn touched_keys(runs: &[Run<'_>]) -> Result<Vec<StateKey>> {
+    let mut keys = Vec::new();
+    for run in runs {
+        for e in run.entries() {
+            keys.push(e?.key);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// Above this many entries in the differing runs, a diff flattens both states instead of
+/// probing key by key. Probing costs a binary search per run per key; flattening costs a pass.
+const PROBE_DIFF_MAX_ENTRIES: usize = 4096;
+
+/// The difference from state `a` to state `b`.
+///
+/// Runs that both states share at the front hold the same entries, so only keys in the runs
+/// after the shared prefix can differ: when those are few, each is looked up in both states and
+/// the cost follows the change, not the state size.
+pub(crate) fn diff(a: &[Run<'_>], b: &[Run<'_>]) -> Result<StateDiff> {
+    let shared = a
+        .iter()
+        .zip(b)
+        .take_while(|(x, y)| x.hash == y.hash && (x.start, x.end) == (y.start, y.end))
+        .count();
+    let (a_tail, b_tail) = (&a[shared..], &b[shared..]);
+    let tail_entries: usize = a_tail.iter().chain(b_tail).map(Run::len).sum();
+    if tail_entries <= PROBE_DIFF_MAX_ENTRIES {
+        let mut keys = touched_keys(a_tail)?;
+        keys.extend(touched_keys(b_tail)?);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut d = StateDiff::default();
+        for key in keys {
+            classify(&mut d, key, lookup(a, key)?, lookup(b, key)?);
+        }
+        return Ok(d);
+    }
+    Ok(diff_maps(&flatten(a)?, &flatten(b)?))
+}
+
+fn classify(d: &mut StateDiff, key: StateKey, old: Option<EventNid>, new: Option<EventNid>) {
+    match (old, new) {
+        (Some(old), Some(new)) if old != new => d.changed.push(Changed { key, old, new }),
+        (Some(event), None) => d.removed.push(StateEntry { key, event }),
+        (None, Some(event)) => d.added.push(StateEntry { key, event }),
+        _ => {}
+    }
+}
+
+/// The difference between two resolved maps, by one merge walk.
+pub fn diff_maps(a: &StateMap, b: &StateMap) -> StateDiff {
+    let mut d = StateDiff::default();
+    let (mut i, mut j) = (a.0.iter().peekable(), b.0.iter().peekable());
+    loop {
+        match (i.peek(), j.peek()) {
+            (Some(x), Some(y)) if x.key == y.key => {
+                classify(&mut d, x.key, Some(x.event), Some(y.event));
+                i.next();
+                j.next();
+            }
+            (Some(x), Some(y)) if x.key < y.key => {
+                d.removed.push(**x);
+                i.next();
+            }
+            (Some(x), None) => {
+                d.removed.push(**x);
+                i.next();
+            }
+            (_, Some(y)) => {
+                d.added.push(**y);
+                j.next();
+            }
+            (None, None) => return d,
+        }
+    }
+}
+
+/// Combines resolved maps into their agreed part and their conflicts.
+pub fn combine_maps(maps: &[StateMap]) -> Combined {
+    let mut cursors: Vec<_> = maps.iter().map(|m| m.0.iter().peekable()).collect();
+    let mut out = Combined::default();
+    let mut unconflicted = Vec::new();
+    let mut held = Vec::with_capacity(maps.len());
+    while let Some(key) = cursors
+        .iter_mut()
+        .filter_map(|c| c.peek().map(|e| e.key))
+        .min()
+    {
+        held.clear();
+        for c in &mut cursors {
+            if let Some(e) = c.next_if(|e| e.key == key) {
+                held.push(e.event);
+            }
+        }
+        let everyone_agrees = held.len() == maps.len() && held.iter().all(|e| *e == held[0]);
+        if everyone_agrees {
+            unconflicted.push(StateEntry {
+                key,
+                event: held[0],
+            });
+        } else {
+            let mut candidates = held.clone();
+            candidates.sort_unstable();
+            candidates.dedup();
+            out.conflicted.push(Conflict { key, candidates });
+        }
+    }
+    out.unconflicted = StateMap::from_sorted(unconflicted);
+    out
+}

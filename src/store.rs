@@ -1,0 +1,929 @@
+//! The store: one redb file, its transactions, and the read operations both kinds of transaction
+//! share.
+
+use crate::block::{BlockHash, BlockView, DeltaEntry, encode_block};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::intern::{self, Kind};
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::policy::{WritePolicy, default_policy};
+use crate::record::{EventRecord, RoomRecord};
+use crate::resolve::{self, Combined, Run, StateDiff, StateMap};
+use crate::snapshot::{BlockRef, decode_snapshot, encode_snapshot, snapshot_hash};
+use crate::tables;
+use redb::{
+    AccessGuard, Database, Durability, Key, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, Value,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A room-state store in one redb file (or in memory).
+///
+/// Reads run in [`ReadTxn`]s, which see a consistent snapshot of the store while a writer runs;
+/// writes run in one [`WriteTxn`] at a time, which commits or aborts as a whole.
+///
+/// ```
+/// use roomstate::{DeltaEntry, StateKey, Store, StoreRead, TypeNid};
+///
+/// # fn main() -> roomstate::Result<()> {
+/// let store = Store::in_memory()?;
+/// let mut tx = store.write()?;
+/// let alice = tx.get_or_create_state_key("@alice:example.org")?;
+/// let join = tx.get_or_create_event("$join-alice")?;
+/// let key = StateKey::new(TypeNid::MEMBER, alice);
+/// let snap = tx.snapshot_from_delta(roomstate::SnapshotNid::EMPTY, vec![DeltaEntry::set(key, join)])?;
+/// tx.commit()?;
+///
+/// let rx = store.read()?;
+/// assert_eq!(rx.lookup(snap, key)?, Some(join));
+/// assert_eq!(rx.flatten(snap)?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Store {
+    db: Database,
+    policy: Arc<dyn WritePolicy>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("policy", &self.policy.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for opening a [`Store`].
+#[derive(Debug)]
+pub struct StoreBuilder {
+    policy: Arc<dyn WritePolicy>,
+    cache_bytes: Option<usize>,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder {
+            policy: Arc::from(default_policy()),
+            cache_bytes: None,
+        }
+    }
+}
+
+impl StoreBuilder {
+    /// The write policy new snapshots are laid out by. Stores written under different policies
+    /// read the same way; the policy only shapes new snapshots.
+    pub fn policy(mut self, policy: impl WritePolicy + 'static) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The write policy, already boxed.
+    pub fn boxed_policy(mut self, policy: Box<dyn WritePolicy>) -> Self {
+        self.policy = Arc::from(policy);
+        self
+    }
+
+    /// redb's page cache size in bytes (redb's default when not set).
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = Some(bytes);
+        self
+    }
+
+    fn redb(&self) -> redb::Builder {
+        let mut b = Database::builder();
+        if let Some(bytes) = self.cache_bytes {
+            b.set_cache_size(bytes);
+        }
+        b
+    }
+
+    /// Opens the store at `path`, creating the file if it is missing.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        let db = self.redb().create(path)?;
+        Store::init(db, self.policy)
+    }
+
+    /// A store held in memory, for tests and scratch work.
+    pub fn in_memory(self) -> Result<Store> {
+        let db = self
+            .redb()
+            .create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Store::init(db, self.policy)
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` with the default write policy, creating the file if missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        StoreBuilder::default().open(path)
+    }
+
+    /// A store held in memory with the default write policy.
+    pub fn in_memory() -> Result<Store> {
+        StoreBuilder::default().in_memory()
+    }
+
+    /// Options for opening a store.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+
+    fn init(db: Database, policy: Arc<dyn WritePolicy>) -> Result<Store> {
+        let tx = db.begin_write()?;
+        let found = tx
+            .open_table(tables::META)?
+            .get(tables::SCHEMA_KEY)?
+            .map(|v| v.value());
+        match found {
+            Some(tables::SCHEMA_VERSION) => tx.abort()?,
+            Some(other) => return Err(Error::UnsupportedSchema(other)),
+            None => {
+                create_tables(&tx)?;
+                intern::seed_well_known(&tx)?;
+                let empty = encode_snapshot(&[]);
+                tx.open_table(tables::SNAPSHOTS)?
+                    .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
+                tx.open_table(tables::SNAPSHOT_HASHES)?
+                    .insert(snapshot_hash(&empty), SnapshotNid::EMPTY.get())?;
+                let mut meta = tx.open_table(tables::META)?;
+                meta.insert(NEXT_SNAPSHOT, SnapshotNid::EMPTY.get() + 1)?;
+                meta.insert(tables::SCHEMA_KEY, tables::SCHEMA_VERSION)?;
+                drop(meta);
+                tx.commit()?;
+            }
+        }
+        Ok(Store { db, policy })
+    }
+
+    /// The write policy new snapshots follow.
+    pub fn policy(&self) -> &dyn WritePolicy {
+        &*self.policy
+    }
+
+    /// Starts a read transaction: a consistent view of the last commit, unaffected by writers.
+    pub fn read(&self) -> Result<ReadTxn> {
+        Ok(ReadTxn {
+            tx: self.db.begin_read()?,
+        })
+    }
+
+    /// Starts the write transaction, waiting for any other writer to finish. Commits are durable
+    /// when [`WriteTxn::commit`] returns, unless [`WriteTxn::set_durable`] says otherwise.
+    pub fn write(&self) -> Result<WriteTxn> {
+        Ok(WriteTxn {
+            tx: self.db.begin_write()?,
+            policy: Arc::clone(&self.policy),
+            counts: WriteCounts::default(),
+        })
+    }
+
+    /// Rewrites the file to return free space to the file system. Fails while transactions are
+    /// open.
+    pub fn compact(&mut self) -> Result<bool> {
+        Ok(self.db.compact()?)
+    }
+}
+
+const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
+
+fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
+    for def in [
+        tables::ROOM_IDS,
+        tables::TYPES,
+        tables::STATE_KEYS,
+        tables::EVENT_IDS,
+    ] {
+        tx.open_table(def)?;
+    }
+    for def in [
+        tables::ROOM_IDS_REV,
+        tables::TYPES_REV,
+        tables::STATE_KEYS_REV,
+        tables::EVENT_IDS_REV,
+    ] {
+        tx.open_table(def)?;
+    }
+    for def in [tables::SNAPSHOTS, tables::EVENTS, tables::ROOMS] {
+        tx.open_table(def)?;
+    }
+    tx.open_table(tables::BLOCKS)?;
+    tx.open_table(tables::SNAPSHOT_HASHES)?;
+    Ok(())
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ReadTxn {}
+    impl Sealed for super::WriteTxn {}
+    impl Sealed for redb::ReadTransaction {}
+    impl Sealed for redb::WriteTransaction {}
+}
+
+/// Opens tables for reading, from either kind of redb transaction. Not for use outside the
+/// crate; it is public only because [`StoreRead`] names it.
+#[doc(hidden)]
+pub trait Tables: sealed::Sealed {
+    /// The table type this transaction opens.
+    type Table<'a, K: Key + 'static, V: Value + 'static>: ReadableTable<K, V>
+    where
+        Self: 'a;
+
+    /// Opens a table that the store created.
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>>;
+}
+
+impl Tables for redb::ReadTransaction {
+    type Table<'a, K: Key + 'static, V: Value + 'static> = redb::ReadOnlyTable<K, V>;
+
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+impl Tables for redb::WriteTransaction {
+    type Table<'a, K: Key + 'static, V: Value + 'static> = redb::Table<'a, K, V>;
+
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+type TableOf<'a, T, K, V> = <T as Tables>::Table<'a, K, V>;
+
+/// The resolver bound to one transaction's block and snapshot tables. Hold one to answer many
+/// queries without reopening the tables each time.
+pub type ResolverOf<'a, T> =
+    Resolver<TableOf<'a, T, u128, &'static [u8]>, TableOf<'a, T, u64, &'static [u8]>>;
+
+/// A read transaction: a consistent view of the store as of its start.
+pub struct ReadTxn {
+    tx: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for ReadTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadTxn")
+    }
+}
+
+/// Reading, shared by [`ReadTxn`] and [`WriteTxn`] (which sees its own uncommitted writes).
+pub trait StoreRead: sealed::Sealed {
+    /// The redb transaction underneath.
+    #[doc(hidden)]
+    type Txn: Tables;
+
+    /// The redb transaction underneath.
+    #[doc(hidden)]
+    fn txn(&self) -> &Self::Txn;
+
+    /// The resolver over this transaction's tables. In a [`WriteTxn`], drop it before writing.
+    fn resolver(&self) -> Result<ResolverOf<'_, Self::Txn>> {
+        Ok(Resolver {
+            blocks: self.txn().open(tables::BLOCKS)?,
+            snapshots: self.txn().open(tables::SNAPSHOTS)?,
+        })
+    }
+
+    /// The full state of a snapshot, one entry per key, sorted.
+    fn flatten(&self, snapshot: SnapshotNid) -> Result<StateMap> {
+        self.resolver()?.flatten(snapshot)
+    }
+
+    /// The event holding `key` in a snapshot, without building the whole state.
+    fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        self.resolver()?.lookup(snapshot, key)
+    }
+
+    /// The difference from snapshot `a` to snapshot `b`.
+    fn diff(&self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
+        self.resolver()?.diff(a, b)
+    }
+
+    /// Several snapshots combined into agreed entries and conflicts.
+    fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
+        self.resolver()?.combine(snapshots)
+    }
+
+    /// The NID of a room ID, if interned.
+    fn room_nid(&self, room_id: &str) -> Result<Option<RoomNid>> {
+        lookup_nid(self.txn(), intern::ROOM, room_id).map(|n| n.and_then(RoomNid::new))
+    }
+
+    /// The room ID behind a room NID.
+    fn room_id(&self, room: RoomNid) -> Result<String> {
+        resolve_nid(self.txn(), intern::ROOM, room.get())
+    }
+
+    /// The NID of an event type, if interned.
+    fn type_nid(&self, event_type: &str) -> Result<Option<TypeNid>> {
+        lookup_nid(self.txn(), intern::TYPE, event_type).map(|n| n.and_then(TypeNid::new))
+    }
+
+    /// The event type behind a type NID.
+    fn event_type(&self, ty: TypeNid) -> Result<String> {
+        resolve_nid(self.txn(), intern::TYPE, ty.get())
+    }
+
+    /// The NID of a state key, if interned.
+    fn state_key_nid(&self, state_key: &str) -> Result<Option<StateKeyNid>> {
+        lookup_nid(self.txn(), intern::STATE_KEY, state_key).map(|n| n.and_then(StateKeyNid::new))
+    }
+
+    /// The state key behind a state-key NID.
+    fn state_key(&self, key: StateKeyNid) -> Result<String> {
+        resolve_nid(self.txn(), intern::STATE_KEY, key.get())
+    }
+
+    /// The NID of an event ID, if interned.
+    fn event_nid(&self, event_id: &str) -> Result<Option<EventNid>> {
+        lookup_nid(self.txn(), intern::EVENT, event_id).map(|n| n.and_then(EventNid::new))
+    }
+
+    /// The event ID behind an event NID.
+    fn event_id(&self, event: EventNid) -> Result<String> {
+        resolve_nid(self.txn(), intern::EVENT, event.get())
+    }
+
+    /// The (type, state key) pair of two strings, if both are interned.
+    fn state_key_of(&self, event_type: &str, state_key: &str) -> Result<Option<StateKey>> {
+        Ok(
+            match (self.type_nid(event_type)?, self.state_key_nid(state_key)?) {
+                (Some(ty), Some(key)) => Some(StateKey::new(ty, key)),
+                _ => None,
+            },
+        )
+    }
+
+    /// An event's record, or `None` if the store has none.
+    fn event(&self, event: EventNid) -> Result<Option<EventRecord>> {
+        let table = self.txn().open(tables::EVENTS)?;
+        let row = table.get(event.get())?;
+        row.map(|v| codec::decode("events", event, v.value()))
+            .transpose()
+    }
+
+    /// An event's record; a missing record is an error.
+    fn expect_event(&self, event: EventNid) -> Result<EventRecord> {
+        self.event(event)?.ok_or(Error::UnknownEvent(event))
+    }
+
+    /// A room's record, or `None` if the store has none.
+    fn room(&self, room: RoomNid) -> Result<Option<RoomRecord>> {
+        let table = self.txn().open(tables::ROOMS)?;
+        let row = table.get(room.get())?;
+        row.map(|v| codec::decode("rooms", room, v.value()))
+            .transpose()
+    }
+
+    /// The state before an event.
+    fn state_before(&self, event: EventNid) -> Result<StateMap> {
+        self.flatten(self.expect_event(event)?.state_before)
+    }
+
+    /// The state after an event: the state before it, plus its own entry when it is a state
+    /// event that was not rejected.
+    fn state_after(&self, event: EventNid) -> Result<StateMap> {
+        let record = self.expect_event(event)?;
+        let before = self.flatten(record.state_before)?;
+        Ok(match record.sets() {
+            Some(key) => {
+                let mut entries = before.into_vec();
+                entries.push(crate::StateEntry { key, event });
+                StateMap::from_entries(entries)
+            }
+            None => before,
+        })
+    }
+
+    /// Row counts and sizes of every table, and how many entries the blocks hold.
+    fn stats(&self) -> Result<StoreStats> {
+        store_stats(self.txn())
+    }
+}
+
+fn lookup_nid<T: Tables>(tx: &T, kind: Kind, s: &str) -> Result<Option<u64>> {
+    intern::lookup(&tx.open(kind.forward)?, s)
+}
+
+fn resolve_nid<T: Tables>(tx: &T, kind: Kind, nid: u64) -> Result<String> {
+    intern::resolve(&tx.open(kind.reverse)?, kind, nid)
+}
+
+impl StoreRead for ReadTxn {
+    type Txn = redb::ReadTransaction;
+    fn txn(&self) -> &Self::Txn {
+        &self.tx
+    }
+}
+
+/// The one write transaction. Dropping it without [`commit`](WriteTxn::commit) aborts it: none of
+/// its writes become visible.
+pub struct WriteTxn {
+    tx: redb::WriteTransaction,
+    policy: Arc<dyn WritePolicy>,
+    counts: WriteCounts,
+}
+
+impl std::fmt::Debug for WriteTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTxn")
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreRead for WriteTxn {
+    type Txn = redb::WriteTransaction;
+    fn txn(&self) -> &Self::Txn {
+        &self.tx
+    }
+}
+
+/// What a write transaction has added so far. Deduplicated writes count zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// New block rows.
+    pub blocks: u64,
+    /// Entries in new block rows.
+    pub entries: u64,
+    /// New snapshot rows.
+    pub snapshots: u64,
+}
+
+macro_rules! get_or_create {
+    ($(#[$doc:meta])* $one:ident, $(#[$docs:meta])* $many:ident, $kind:expr, $nid:ty) => {
+        $(#[$doc])*
+        pub fn $one(&mut self, s: &str) -> Result<$nid> {
+            let nids = self.$many(&[s])?;
+            nids.into_iter().next().ok_or_else(|| Error::InvalidState("interning returned nothing".into()))
+        }
+
+        $(#[$docs])*
+        pub fn $many(&mut self, strings: &[&str]) -> Result<Vec<$nid>> {
+            intern::get_or_create(&self.tx, $kind, strings)?
+                .into_iter()
+                .map(|n| <$nid>::new(n).ok_or(Error::corrupt("meta", $kind.counter, "zero NID")))
+                .collect()
+        }
+    };
+}
+
+impl WriteTxn {
+    get_or_create!(
+        /// The NID of a room ID, interning it if new.
+        get_or_create_room,
+        /// The NIDs of several room IDs, interning the new ones.
+        get_or_create_rooms,
+        intern::ROOM,
+        RoomNid
+    );
+    get_or_create!(
+        /// The NID of an event type, interning it if new.
+        get_or_create_type,
+        /// The NIDs of several event types, interning the new ones.
+        get_or_create_types,
+        intern::TYPE,
+        TypeNid
+    );
+    get_or_create!(
+        /// The NID of a state key, interning it if new.
+        get_or_create_state_key,
+        /// The NIDs of several state keys, interning the new ones.
+        get_or_create_state_keys,
+        intern::STATE_KEY,
+        StateKeyNid
+    );
+    get_or_create!(
+        /// The NID of an event ID, interning it if new.
+        get_or_create_event,
+        /// The NIDs of several event IDs, interning the new ones.
+        get_or_create_events,
+        intern::EVENT,
+        EventNid
+    );
+
+    /// Whether commits are flushed to disk before [`commit`](Self::commit) returns (the
+    /// default). A non-durable commit is still atomic, and becomes durable with the next durable
+    /// one; a crash in between loses it whole.
+    pub fn set_durable(&mut self, durable: bool) -> Result<()> {
+        let level = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        Ok(self.tx.set_durability(level)?)
+    }
+
+    /// What this transaction has written so far.
+    pub fn counts(&self) -> WriteCounts {
+        self.counts
+    }
+
+    /// Stores a block of entries (sorted by key, no key twice) and returns its reference.
+    /// A block with the same content already stored is reused and nothing is written.
+    pub fn put_block(&mut self, entries: &[DeltaEntry]) -> Result<BlockRef> {
+        let bytes = encode_block(entries)?;
+        let count = u32::try_from(entries.len())
+            .map_err(|_| Error::InvalidState(format!("block of {} entries", entries.len())))?;
+        let hash = BlockHash::of(&bytes);
+        let mut table = self.tx.open_table(tables::BLOCKS)?;
+        if let Some(existing) = table.get(hash.0)? {
+            if existing.value() != bytes.as_slice() {
+                return Err(Error::HashCollision {
+                    table: "blocks",
+                    hash: hash.0,
+                });
+            }
+        } else {
+            table.insert(hash.0, bytes.as_slice())?;
+            self.counts.blocks += 1;
+            self.counts.entries += u64::from(count);
+        }
+        Ok(BlockRef {
+            hash,
+            entries: count,
+        })
+    }
+
+    /// Stores a snapshot made of `blocks`, oldest first, each of which must already be stored
+    /// with the entry count given. The same list stored again returns the same NID and writes
+    /// nothing.
+    pub fn put_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
+        {
+            let table = self.tx.open_table(tables::BLOCKS)?;
+            for r in blocks {
+                let row = table.get(r.hash.0)?.ok_or(Error::InvalidState(format!(
+                    "snapshot names block {} which is not stored",
+                    r.hash
+                )))?;
+                let view = BlockView::parse(row.value())
+                    .map_err(|e| Error::corrupt("blocks", r.hash, e))?;
+                if view.len() != r.entries as usize {
+                    return Err(Error::InvalidState(format!(
+                        "block {} holds {} entries, not {}",
+                        r.hash,
+                        view.len(),
+                        r.entries
+                    )));
+                }
+            }
+        }
+        self.insert_snapshot(blocks)
+    }
+
+    fn insert_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
+        let record = encode_snapshot(blocks);
+        let hash = snapshot_hash(&record);
+        let mut by_hash = self.tx.open_table(tables::SNAPSHOT_HASHES)?;
+        let mut snapshots = self.tx.open_table(tables::SNAPSHOTS)?;
+        if let Some(nid) = by_hash.get(hash)?.map(|v| v.value()) {
+            let same = snapshots
+                .get(nid)?
+                .is_some_and(|stored| stored.value() == record.as_slice());
+            if !same {
+                return Err(Error::HashCollision {
+                    table: "snapshot_hashes",
+                    hash,
+                });
+            }
+            return SnapshotNid::new(nid)
+                .ok_or_else(|| Error::corrupt("snapshot_hashes", hash, "zero NID"));
+        }
+        let mut meta = self.tx.open_table(tables::META)?;
+        let next = meta.get(NEXT_SNAPSHOT)?.map_or(2, |v| v.value());
+        let nid = SnapshotNid::new(next)
+            .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
+        meta.insert(NEXT_SNAPSHOT, next + 1)?;
+        snapshots.insert(next, record.as_slice())?;
+        by_hash.insert(hash, next)?;
+        self.counts.snapshots += 1;
+        Ok(nid)
+    }
+
+    /// Stores a snapshot for a whole state: the form used when a state is built from several
+    /// parents or by state resolution.
+    pub fn snapshot_from_state(&mut self, state: &StateMap) -> Result<SnapshotNid> {
+        if state.is_empty() {
+            return Ok(SnapshotNid::EMPTY);
+        }
+        let entries: Vec<DeltaEntry> = state.iter().map(|e| DeltaEntry::from(*e)).collect();
+        let block = self.put_block(&entries)?;
+        self.insert_snapshot(&[block])
+    }
+
+    /// Stores the snapshot of `parent` changed by `delta`: each entry sets its key to an event,
+    /// or removes the key when its event is `None`. The write policy decides the layout. The
+    /// delta may come in any order but must not name a key twice.
+    pub fn snapshot_from_delta(
+        &mut self,
+        parent: SnapshotNid,
+        mut delta: Vec<DeltaEntry>,
+    ) -> Result<SnapshotNid> {
+        delta.sort_unstable_by_key(|e| e.key);
+        if let Some(w) = delta.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(Error::InvalidState(format!(
+                "delta names {:?} twice",
+                w[0].key
+            )));
+        }
+        let (kept, merged) = {
+            let resolver = self.resolver()?;
+            let loaded = resolver.load(parent)?;
+            if delta.is_empty() {
+                return Ok(parent);
+            }
+            let plan = self.policy.plan(&loaded.refs, delta.len());
+            let keep = plan.keep.min(loaded.refs.len());
+            let delta_bytes = encode_block(&delta)?;
+            let delta_view =
+                BlockView::parse(&delta_bytes).map_err(|e| Error::InvalidState(e.to_string()))?;
+            let mut runs = loaded.runs()?;
+            runs.drain(..keep);
+            runs.push(Run::whole(BlockHash::of(&delta_bytes), delta_view));
+            let merged = resolve::merge(&runs, keep > 0)?;
+            (loaded.refs[..keep].to_vec(), merged)
+        };
+        let mut refs = kept;
+        if !merged.is_empty() {
+            refs.push(self.put_block(&merged)?);
+        }
+        self.insert_snapshot(&refs)
+    }
+
+    /// The snapshot of the state after an event, stored if new. For an event that sets no state
+    /// (not a state event, or rejected) it is the snapshot before it.
+    pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
+        let record = self.expect_event(event)?;
+        match record.sets() {
+            Some(key) => {
+                self.snapshot_from_delta(record.state_before, vec![DeltaEntry::set(key, event)])
+            }
+            None => Ok(record.state_before),
+        }
+    }
+
+    /// Stores (or replaces) an event's record. Its room and snapshot must exist.
+    pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
+        self.resolve_nid_checked(intern::EVENT, event.get())?;
+        self.resolve_nid_checked(intern::ROOM, record.room.get())?;
+        self.resolve_nid_checked(intern::TYPE, record.event_type.get())?;
+        if let Some(key) = record.state_key {
+            self.resolve_nid_checked(intern::STATE_KEY, key.get())?;
+        }
+        self.resolver()?.blocks(record.state_before)?;
+        let bytes = codec::encode(record)?;
+        self.tx
+            .open_table(tables::EVENTS)?
+            .insert(event.get(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Stores (or replaces) a room's record. Its room NID and current snapshot must exist.
+    pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
+        self.resolve_nid_checked(intern::ROOM, room.get())?;
+        self.resolver()?.blocks(record.current_state)?;
+        let bytes = codec::encode(record)?;
+        self.tx
+            .open_table(tables::ROOMS)?
+            .insert(room.get(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn resolve_nid_checked(&self, kind: Kind, nid: u64) -> Result<()> {
+        let table = self.tx.open_table(kind.reverse)?;
+        if table.get(nid)?.is_none() {
+            return Err(Error::UnknownNid {
+                kind: kind.nid,
+                nid,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes every write of this transaction visible and (by default) durable, all at once.
+    pub fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+
+    /// Discards every write of this transaction.
+    pub fn abort(self) -> Result<()> {
+        Ok(self.tx.abort()?)
+    }
+}
+
+/// Resolves snapshots through one transaction's block and snapshot tables.
+pub struct Resolver<B, S> {
+    blocks: B,
+    snapshots: S,
+}
+
+impl<B, S> std::fmt::Debug for Resolver<B, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+/// A snapshot's block list with its blocks' bytes held in place.
+pub(crate) struct Loaded<'t> {
+    snapshot: SnapshotNid,
+    pub refs: Vec<BlockRef>,
+    guards: Vec<AccessGuard<'t, &'static [u8]>>,
+}
+
+impl Loaded<'_> {
+    pub fn runs(&self) -> Result<Vec<Run<'_>>> {
+        self.refs
+            .iter()
+            .zip(&self.guards)
+            .map(|(r, g)| {
+                let view =
+                    BlockView::parse(g.value()).map_err(|e| Error::corrupt("blocks", r.hash, e))?;
+                if view.len() != r.entries as usize {
+                    return Err(Error::corrupt(
+                        "snapshots",
+                        self.snapshot,
+                        format!(
+                            "block {} holds {} entries, not {}",
+                            r.hash,
+                            view.len(),
+                            r.entries
+                        ),
+                    ));
+                }
+                Ok(Run::whole(r.hash, view))
+            })
+            .collect()
+    }
+}
+
+impl<B, S> Resolver<B, S>
+where
+    B: ReadableTable<u128, &'static [u8]>,
+    S: ReadableTable<u64, &'static [u8]>,
+{
+    /// The blocks a snapshot lists, oldest first.
+    pub fn blocks(&self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
+        let row = self
+            .snapshots
+            .get(snapshot.get())?
+            .ok_or(Error::UnknownSnapshot(snapshot))?;
+        decode_snapshot(row.value()).map_err(|e| Error::corrupt("snapshots", snapshot, e))
+    }
+
+    pub(crate) fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
+        let refs = self.blocks(snapshot)?;
+        let guards = refs
+            .iter()
+            .map(|r| {
+                self.blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
+                    snapshot,
+                    block: r.hash.0,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Loaded {
+            snapshot,
+            refs,
+            guards,
+        })
+    }
+
+    /// The full state of a snapshot, one entry per key, sorted.
+    pub fn flatten(&self, snapshot: SnapshotNid) -> Result<StateMap> {
+        resolve::flatten(&self.load(snapshot)?.runs()?)
+    }
+
+    /// The event holding `key`, found by binary search in each block from the newest, without
+    /// building the state.
+    pub fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        resolve::lookup(&self.load(snapshot)?.runs()?, key)
+    }
+
+    /// The entries of the given event types.
+    pub fn filter_types(&self, snapshot: SnapshotNid, types: &[TypeNid]) -> Result<StateMap> {
+        resolve::filter_types(&self.load(snapshot)?.runs()?, types)
+    }
+
+    /// The entries of the given (type, state key) pairs that the state holds.
+    pub fn filter_keys(&self, snapshot: SnapshotNid, keys: &[StateKey]) -> Result<StateMap> {
+        resolve::filter_keys(&self.load(snapshot)?.runs()?, keys)
+    }
+
+    /// The difference from snapshot `a` to snapshot `b`. When the two share leading blocks,
+    /// only keys in the blocks after those are compared.
+    pub fn diff(&self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
+        let (a, b) = (self.load(a)?, self.load(b)?);
+        resolve::diff(&a.runs()?, &b.runs()?)
+    }
+
+    /// Several snapshots combined: the entries all agree on, and the conflicted keys with their
+    /// candidate events.
+    pub fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
+        let maps = snapshots
+            .iter()
+            .map(|s| self.flatten(*s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(resolve::combine_maps(&maps))
+    }
+}
+
+/// Sizes of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSize {
+    /// The table's name.
+    pub name: &'static str,
+    /// Rows in the table.
+    pub rows: u64,
+    /// Bytes of keys and values (redb's `stored_bytes`).
+    pub stored_bytes: u64,
+    /// Bytes of redb's own bookkeeping (`metadata_bytes`).
+    pub metadata_bytes: u64,
+    /// Bytes lost to page slack (`fragmented_bytes`).
+    pub fragmented_bytes: u64,
+}
+
+/// Counts and sizes of a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Every table, in a fixed order.
+    pub tables: Vec<TableSize>,
+    /// Entries held by all blocks together, tombstones included.
+    pub stored_entries: u64,
+}
+
+impl StoreStats {
+    /// The sizes of the named table.
+    pub fn table(&self, name: &str) -> Option<&TableSize> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Rows of the named table (0 if there is no such table).
+    pub fn rows(&self, name: &str) -> u64 {
+        self.table(name).map_or(0, |t| t.rows)
+    }
+
+    /// Stored plus metadata bytes of the state tables: blocks, snapshots and their index.
+    pub fn state_bytes(&self) -> u64 {
+        ["blocks", "snapshots", "snapshot_hashes"]
+            .iter()
+            .filter_map(|n| self.table(n))
+            .map(|t| t.stored_bytes + t.metadata_bytes)
+            .sum()
+    }
+}
+
+fn table_size<K: Key + 'static, V: Value + 'static, T: Tables>(
+    tx: &T,
+    def: TableDefinition<'static, K, V>,
+    name: &'static str,
+) -> Result<TableSize> {
+    let table = tx.open(def)?;
+    let stats = table.stats()?;
+    Ok(TableSize {
+        name,
+        rows: table.len()?,
+        stored_bytes: stats.stored_bytes(),
+        metadata_bytes: stats.metadata_bytes(),
+        fragmented_bytes: stats.fragmented_bytes(),
+    })
+}
+
+fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
+    let mut out = vec![
+        table_size(tx, tables::BLOCKS, "blocks")?,
+        table_size(tx, tables::SNAPSHOTS, "snapshots")?,
+        table_size(tx, tables::SNAPSHOT_HASHES, "snapshot_hashes")?,
+        table_size(tx, tables::EVENTS, "events")?,
+        table_size(tx, tables::ROOMS, "rooms")?,
+    ];
+    for (kind, forward, reverse) in [
+        (intern::ROOM, "room_ids", "room_ids_rev"),
+        (intern::TYPE, "event_types", "event_types_rev"),
+        (intern::STATE_KEY, "state_keys", "state_keys_rev"),
+        (intern::EVENT, "event_ids", "event_ids_rev"),
+    ] {
+        out.push(table_size(tx, kind.forward, forward)?);
+        out.push(table_size(tx, kind.reverse, reverse)?);
+    }
+    let mut stored_entries = 0;
+    for row in tx.open(tables::BLOCKS)?.range::<u128>(..)? {
+        let (hash, bytes) = row?;
+        let view = BlockView::parse(bytes.value())
+            .map_err(|e| Error::corrupt("blocks", BlockHash(hash.value()), e))?;
+        stored_entries += view.len() as u64;
+    }
+    Ok(StoreStats {
+        tables: out,
+        stored_entries,
+    })
+}

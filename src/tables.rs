@@ -1,0 +1,37 @@
+//! The redb tables of a store. `docs/format.md` gives each key and value layout.
+
+use redb::TableDefinition;
+
+/// Counters and the schema version, by name.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Room ID to room NID, and back.
+pub(crate) const ROOM_IDS: TableDefinition<&str, u64> = TableDefinition::new("room_ids");
+pub(crate) const ROOM_IDS_REV: TableDefinition<u64, &str> = TableDefinition::new("room_ids_rev");
+/// Event type to type NID, and back.
+pub(crate) const TYPES: TableDefinition<&str, u64> = TableDefinition::new("event_types");
+pub(crate) const TYPES_REV: TableDefinition<u64, &str> = TableDefinition::new("event_types_rev");
+/// State key to state-key NID, and back.
+pub(crate) const STATE_KEYS: TableDefinition<&str, u64> = TableDefinition::new("state_keys");
+pub(crate) const STATE_KEYS_REV: TableDefinition<u64, &str> =
+    TableDefinition::new("state_keys_rev");
+/// Event ID to event NID, and back.
+pub(crate) const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+pub(crate) const EVENT_IDS_REV: TableDefinition<u64, &str> = TableDefinition::new("event_ids_rev");
+
+/// Block hash to encoded block (`block.rs`).
+pub(crate) const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");
+/// Snapshot NID to encoded block list (`snapshot.rs`).
+pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+/// Hash of an encoded block list to its snapshot NID: the deduplication index.
+pub(crate) const SNAPSHOT_HASHES: TableDefinition<u128, u64> =
+    TableDefinition::new("snapshot_hashes");
+
+/// Event NID to event record (`record.rs`, via `codec.rs`).
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Room NID to room record.
+pub(crate) const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
+
+/// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_KEY: &str = "schema_version";

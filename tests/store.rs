@@ -1,0 +1,361 @@
+//! The store's contract: well-known NIDs, interning, deduplication, events and rooms,
+//! persistence, and typed errors.
+
+mod common;
+
+use common::{ev, key};
+use roomstate::{
+    DeltaEntry, Error, EventRecord, NidKind, RoomRecord, SnapshotNid, StateKeyNid, Store,
+    StoreRead, StringKind, TypeNid,
+};
+
+#[test]
+fn well_known_nids_are_preassigned() {
+    let store = Store::in_memory().unwrap();
+    let rx = store.read().unwrap();
+    let expected = [
+        ("m.room.create", TypeNid::CREATE),
+        ("m.room.power_levels", TypeNid::POWER_LEVELS),
+        ("m.room.join_rules", TypeNid::JOIN_RULES),
+        ("m.room.third_party_invite", TypeNid::THIRD_PARTY_INVITE),
+        ("m.room.member", TypeNid::MEMBER),
+        ("m.room.redaction", TypeNid::REDACTION),
+        ("m.room.history_visibility", TypeNid::HISTORY_VISIBILITY),
+    ];
+    for (i, (name, nid)) in expected.iter().enumerate() {
+        assert_eq!(nid.get(), i as u64 + 1);
+        assert_eq!(rx.type_nid(name).unwrap(), Some(*nid));
+        assert_eq!(rx.event_type(*nid).unwrap(), *name);
+    }
+    assert_eq!(rx.state_key_nid("").unwrap(), Some(StateKeyNid::EMPTY));
+    assert_eq!(StateKeyNid::EMPTY.get(), 1);
+    assert!(rx.flatten(SnapshotNid::EMPTY).unwrap().is_empty());
+}
+
+#[test]
+fn dynamic_nids_start_at_65536_and_intern_both_ways() {
+    let store = Store::in_memory().unwrap();
+    let mut tx = store.write().unwrap();
+    let ty = tx.get_or_create_type("m.room.topic").unwrap();
+    assert_eq!(ty.get(), 65_536);
+    assert_eq!(
+        tx.get_or_create_type("m.room.member").unwrap(),
+        TypeNid::MEMBER
+    );
+    let keys = tx
+        .get_or_create_state_keys(&["@a:x", "@b:x", "@a:x", ""])
+        .unwrap();
+    assert_eq!(keys[0].get(), 65_536);
+    assert_eq!(keys[1].get(), 65_537);
+    assert_eq!(keys[2], keys[0]);
+    assert_eq!(keys[3], StateKeyNid::EMPTY);
+    let room = tx.get_or_create_room("!r:x").unwrap();
+    assert_eq!(room.get(), 1);
+    let event = tx.get_or_create_event("$e").unwrap();
+    assert_eq!(event.get(), 1);
+    tx.commit().unwrap();
+
+    let rx = store.read().unwrap();
+    assert_eq!(rx.state_key(keys[1]).unwrap(), "@b:x");
+    assert_eq!(rx.room_id(room).unwrap(), "!r:x");
+    assert_eq!(rx.event_id(event).unwrap(), "$e");
+    assert_eq!(rx.event_nid("$nope").unwrap(), None);
+    // Lookups never create.
+    assert_eq!(rx.room_nid("!other:x").unwrap(), None);
+    assert_eq!(store.read().unwrap().room_nid("!other:x").unwrap(), None);
+}
+
+#[test]
+fn forbidden_strings_are_typed_errors() {
+    let store = Store::in_memory().unwrap();
+    let mut tx = store.write().unwrap();
+    let long = "x".repeat(256);
+    match tx.get_or_create_room(&long) {
+        Err(Error::InvalidId {
+            kind: StringKind::RoomId,
+            reason,
+            ..
+        }) => {
+            assert!(reason.contains("255"))
+        }
+        other => panic!("expected InvalidId, got {other:?}"),
+    }
+    assert!(matches!(
+        tx.get_or_create_event(""),
+        Err(Error::InvalidId {
+            kind: StringKind::EventId,
+            ..
+        })
+    ));
+    assert!(matches!(
+        tx.get_or_create_room(""),
+        Err(Error::InvalidId {
+            kind: StringKind::RoomId,
+            ..
+        })
+    ));
+    assert!(matches!(
+        tx.get_or_create_state_keys(&["ok", &long]),
+        Err(Error::InvalidId {
+            kind: StringKind::StateKey,
+            ..
+        })
+    ));
+    // A batch with one bad string interns none of them.
+    assert_eq!(tx.state_key_nid("ok").unwrap(), None);
+    assert!(tx.get_or_create_state_key(&"y".repeat(255)).is_ok());
+}
+
+#[test]
+fn unknown_ids_are_typed_errors() {
+    let store = Store::in_memory().unwrap();
+    let rx = store.read().unwrap();
+    let missing = SnapshotNid::new(999).unwrap();
+    assert!(matches!(rx.flatten(missing), Err(Error::UnknownSnapshot(s)) if s == missing));
+    assert!(matches!(
+        rx.lookup(missing, key(5, 1)),
+        Err(Error::UnknownSnapshot(_))
+    ));
+    assert!(matches!(
+        rx.event_type(TypeNid::new(70_000).unwrap()),
+        Err(Error::UnknownNid {
+            kind: NidKind::EventType,
+            nid: 70_000
+        })
+    ));
+    assert!(matches!(rx.state_before(ev(3)), Err(Error::UnknownEvent(e)) if e == ev(3)));
+    assert!(rx.event(ev(3)).unwrap().is_none());
+    drop(rx);
+
+    let mut tx = store.write().unwrap();
+    assert!(matches!(
+        tx.snapshot_from_delta(missing, vec![DeltaEntry::set(key(5, 1), ev(1))]),
+        Err(Error::UnknownSnapshot(_))
+    ));
+    assert!(matches!(
+        tx.snapshot_from_delta(
+            SnapshotNid::EMPTY,
+            vec![
+                DeltaEntry::set(key(5, 1), ev(1)),
+                DeltaEntry::remove(key(5, 1))
+            ]
+        ),
+        Err(Error::InvalidState(_))
+    ));
+    // An event record must name interned IDs.
+    let record = EventRecord::new(
+        roomstate::RoomNid::new(1).unwrap(),
+        TypeNid::MEMBER,
+        None,
+        SnapshotNid::EMPTY,
+    );
+    assert!(matches!(
+        tx.put_event(ev(1), &record),
+        Err(Error::UnknownNid {
+            kind: NidKind::Event,
+            nid: 1
+        })
+    ));
+    assert!(matches!(
+        tx.put_snapshot(&[roomstate::BlockRef {
+            hash: roomstate::BlockHash(5),
+            entries: 1
+        }]),
+        Err(Error::InvalidState(_))
+    ));
+}
+
+fn rows(store: &Store) -> (u64, u64, u64) {
+    let stats = store.read().unwrap().stats().unwrap();
+    (
+        stats.rows("blocks"),
+        stats.rows("snapshots"),
+        stats.rows("snapshot_hashes"),
+    )
+}
+
+#[test]
+fn same_state_twice_adds_no_rows() {
+    let store = Store::in_memory().unwrap();
+    let delta = || {
+        vec![
+            DeltaEntry::set(key(5, 100), ev(1)),
+            DeltaEntry::set(key(1, 1), ev(2)),
+        ]
+    };
+    let mut tx = store.write().unwrap();
+    let a = tx.snapshot_from_delta(SnapshotNid::EMPTY, delta()).unwrap();
+    let b = tx
+        .snapshot_from_delta(a, vec![DeltaEntry::set(key(5, 101), ev(3))])
+        .unwrap();
+    tx.commit().unwrap();
+    let before = rows(&store);
+    assert_eq!(before, (2, 3, 3), "two blocks; empty + two snapshots");
+
+    let mut tx = store.write().unwrap();
+    assert_eq!(
+        tx.snapshot_from_delta(SnapshotNid::EMPTY, delta()).unwrap(),
+        a
+    );
+    assert_eq!(
+        tx.snapshot_from_delta(a, vec![DeltaEntry::set(key(5, 101), ev(3))])
+            .unwrap(),
+        b
+    );
+    let refs = tx.resolver().unwrap().blocks(b).unwrap();
+    assert_eq!(tx.put_snapshot(&refs).unwrap(), b);
+    assert_eq!(tx.counts(), roomstate::WriteCounts::default());
+    tx.commit().unwrap();
+    assert_eq!(rows(&store), before);
+
+    // The same full state, written as a whole, is also stored once.
+    let mut tx = store.write().unwrap();
+    let flat = tx.flatten(b).unwrap();
+    let full1 = tx.snapshot_from_state(&flat).unwrap();
+    let full2 = tx.snapshot_from_state(&flat).unwrap();
+    assert_eq!(full1, full2);
+    assert_eq!(tx.counts().snapshots, 1);
+    tx.commit().unwrap();
+    // An empty delta is the parent itself.
+    let mut tx = store.write().unwrap();
+    assert_eq!(tx.snapshot_from_delta(b, vec![]).unwrap(), b);
+    assert_eq!(
+        tx.snapshot_from_state(&roomstate::StateMap::default())
+            .unwrap(),
+        SnapshotNid::EMPTY
+    );
+}
+
+#[test]
+fn removing_every_key_gives_the_empty_state() {
+    let store = Store::builder()
+        .policy(roomstate::Dendrite { max_blocks: 1 })
+        .in_memory()
+        .unwrap();
+    let mut tx = store.write().unwrap();
+    let a = tx
+        .snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(key(5, 9), ev(1))])
+        .unwrap();
+    let b = tx
+        .snapshot_from_delta(a, vec![DeltaEntry::remove(key(5, 9))])
+        .unwrap();
+    assert_eq!(b, SnapshotNid::EMPTY);
+}
+
+#[test]
+fn events_and_rooms_round_trip() {
+    let store = Store::in_memory().unwrap();
+    let mut tx = store.write().unwrap();
+    let room = tx.get_or_create_room("!r:x").unwrap();
+    let create = tx.get_or_create_event("$create").unwrap();
+    let msg = tx.get_or_create_event("$msg").unwrap();
+    let mut rec = EventRecord::new(
+        room,
+        TypeNid::CREATE,
+        Some(StateKeyNid::EMPTY),
+        SnapshotNid::EMPTY,
+    );
+    rec.auth_events = vec![];
+    tx.put_event(create, &rec).unwrap();
+    let after_create = tx.state_after_snapshot(create).unwrap();
+    let ty = tx.get_or_create_type("m.room.message").unwrap();
+    let mut msg_rec = EventRecord::new(room, ty, None, after_create);
+    msg_rec.prev_events = vec![create];
+    tx.put_event(msg, &msg_rec).unwrap();
+    assert_eq!(tx.state_after_snapshot(msg).unwrap(), after_create);
+    let room_rec = RoomRecord {
+        version: "10".into(),
+        current_state: after_create,
+        latest_events: vec![msg],
+    };
+    tx.put_room(room, &room_rec).unwrap();
+    tx.commit().unwrap();
+
+    let rx = store.read().unwrap();
+    assert_eq!(rx.event(msg).unwrap(), Some(msg_rec));
+    assert_eq!(rx.room(room).unwrap(), Some(room_rec));
+    let after = rx.state_after(create).unwrap();
+    assert_eq!(
+        after.get(roomstate::StateKey::new(
+            TypeNid::CREATE,
+            StateKeyNid::EMPTY
+        )),
+        Some(create)
+    );
+    assert_eq!(rx.state_before(msg).unwrap(), after);
+    assert_eq!(rx.state_after(msg).unwrap(), after);
+
+    // A rejected state event changes nothing.
+    drop(rx);
+    let mut tx = store.write().unwrap();
+    let bad = tx.get_or_create_event("$bad").unwrap();
+    let key = tx.get_or_create_state_key("@m:x").unwrap();
+    let mut rejected = EventRecord::new(room, TypeNid::MEMBER, Some(key), after_create);
+    rejected.rejected = true;
+    tx.put_event(bad, &rejected).unwrap();
+    assert_eq!(tx.state_after_snapshot(bad).unwrap(), after_create);
+}
+
+#[test]
+fn aborted_and_dropped_writes_leave_nothing() {
+    let store = Store::in_memory().unwrap();
+    let before = rows(&store);
+    let mut tx = store.write().unwrap();
+    tx.get_or_create_room("!r:x").unwrap();
+    tx.snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(key(5, 9), ev(1))])
+        .unwrap();
+    tx.abort().unwrap();
+    let mut tx = store.write().unwrap();
+    tx.snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(key(5, 9), ev(1))])
+        .unwrap();
+    drop(tx);
+    assert_eq!(rows(&store), before);
+    assert_eq!(store.read().unwrap().room_nid("!r:x").unwrap(), None);
+}
+
+#[test]
+fn state_persists_across_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rooms.redb");
+    let (snap, member) = {
+        let store = Store::open(&path).unwrap();
+        let mut tx = store.write().unwrap();
+        let member = tx.get_or_create_state_key("@alice:x").unwrap();
+        let join = tx.get_or_create_event("$join").unwrap();
+        let k = roomstate::StateKey::new(TypeNid::MEMBER, member);
+        let snap = tx
+            .snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(k, join)])
+            .unwrap();
+        tx.commit().unwrap();
+        (snap, member)
+    };
+    let store = Store::open(&path).unwrap();
+    let rx = store.read().unwrap();
+    assert_eq!(rx.state_key(member).unwrap(), "@alice:x");
+    let flat = rx.flatten(snap).unwrap();
+    assert_eq!(flat.len(), 1);
+    assert_eq!(rx.event_id(flat.entries()[0].event).unwrap(), "$join");
+    drop(rx);
+    // Reopening does not re-seed: counters continue.
+    let mut tx = store.write().unwrap();
+    assert_eq!(
+        tx.get_or_create_state_key("@bob:x").unwrap().get(),
+        member.get() + 1
+    );
+}
+
+#[test]
+fn compact_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path().join("c.redb")).unwrap();
+    let mut tx = store.write().unwrap();
+    let s = tx
+        .snapshot_from_delta(SnapshotNid::EMPTY, vec![DeltaEntry::set(key(5, 9), ev(1))])
+        .unwrap();
+    tx.commit().unwrap();
+    store.compact().unwrap();
+    assert_eq!(
+        store.read().unwrap().lookup(s, key(5, 9)).unwrap(),
+        Some(ev(1))
+    );
+}
