@@ -96,6 +96,9 @@ pub enum Error {
     /// A state delta or state map that breaks an invariant (unsorted, duplicate keys).
     #[error("invalid state input: {0}")]
     InvalidState(String),
+    /// A line of ingest input that was refused: which line, which event, and why.
+    #[error("{0}")]
+    BadLine(Box<crate::ingest::BadLine>),
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -119,6 +122,7 @@ impl Error {
                 | Error::UnknownSnapshot(_)
                 | Error::UnknownEvent(_)
                 | Error::InvalidState(_)
+                | Error::BadLine(_)
         )
     }
 

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result, StringKind};
 use crate::nid::{FIRST_DYNAMIC_NID, NidKind, WELL_KNOWN_STATE_KEYS, WELL_KNOWN_TYPES};
 use crate::tables;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 /// The spec's limit on room IDs, event IDs, types and state keys, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -11,6 +11,8 @@ pub const MAX_ID_BYTES: usize = 255;
 /// Everything that differs between the kinds of interned string.
 #[derive(Clone, Copy)]
 pub(crate) struct Kind {
+    /// Position among the four kinds, for per-kind arrays.
+    pub index: usize,
     pub forward: TableDefinition<'static, &'static str, u64>,
     pub reverse: TableDefinition<'static, u64, &'static str>,
     pub counter: &'static str,
@@ -21,6 +23,7 @@ pub(crate) struct Kind {
 }
 
 pub(crate) const ROOM: Kind = Kind {
+    index: 0,
     forward: tables::ROOM_IDS,
     reverse: tables::ROOM_IDS_REV,
     counter: "next_room_nid",
@@ -31,6 +34,7 @@ pub(crate) const ROOM: Kind = Kind {
 };
 
 pub(crate) const TYPE: Kind = Kind {
+    index: 1,
     forward: tables::TYPES,
     reverse: tables::TYPES_REV,
     counter: "next_type_nid",
@@ -41,6 +45,7 @@ pub(crate) const TYPE: Kind = Kind {
 };
 
 pub(crate) const STATE_KEY: Kind = Kind {
+    index: 2,
     forward: tables::STATE_KEYS,
     reverse: tables::STATE_KEYS_REV,
     counter: "next_state_key_nid",
@@ -51,6 +56,7 @@ pub(crate) const STATE_KEY: Kind = Kind {
 };
 
 pub(crate) const EVENT: Kind = Kind {
+    index: 3,
     forward: tables::EVENT_IDS,
     reverse: tables::EVENT_IDS_REV,
     counter: "next_event_nid",
@@ -77,38 +83,40 @@ pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<
 }
 
 /// Returns the NID of each string, creating the missing ones. Repeats in `strings` get the same
-/// NID.
+/// NID. Every string is checked before anything is written.
 pub(crate) fn get_or_create(
-    tx: &WriteTransaction,
+    forward: &mut Table<&'static str, u64>,
+    reverse: &mut Table<u64, &'static str>,
+    meta: &mut Table<&'static str, u64>,
     kind: Kind,
     strings: &[&str],
 ) -> Result<Vec<u64>> {
     for s in strings {
         validate(kind.string, kind.may_be_empty, s)?;
     }
-    let mut forward = tx.open_table(kind.forward)?;
-    let mut reverse = tx.open_table(kind.reverse)?;
-    let mut meta = tx.open_table(tables::META)?;
-    let mut next = match meta.get(kind.counter)? {
-        Some(v) => v.value(),
-        None => kind.first_dynamic,
-    };
-    let start = next;
     let mut out = Vec::with_capacity(strings.len());
+    let mut next = None;
     for s in strings {
         if let Some(nid) = forward.get(*s)? {
             out.push(nid.value());
             continue;
         }
-        forward.insert(*s, next)?;
-        reverse.insert(next, *s)?;
-        out.push(next);
-        next = next
-            .checked_add(1)
-            .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?;
+        let nid = match next {
+            Some(n) => n,
+            None => meta
+                .get(kind.counter)?
+                .map_or(kind.first_dynamic, |v| v.value()),
+        };
+        forward.insert(*s, nid)?;
+        reverse.insert(nid, *s)?;
+        out.push(nid);
+        next = Some(
+            nid.checked_add(1)
+                .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?,
+        );
     }
-    if next != start {
-        meta.insert(kind.counter, next)?;
+    if let Some(n) = next {
+        meta.insert(kind.counter, n)?;
     }
     Ok(out)
 }

@@ -31,7 +31,9 @@
 pub mod block;
 mod codec;
 pub mod error;
+pub mod ingest;
 mod intern;
+pub mod membership;
 pub mod nid;
 pub mod policy;
 pub mod record;
@@ -40,10 +42,11 @@ pub mod snapshot;
 mod store;
 mod tables;
 pub mod workload;
-
+mod write;
 pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use error::{Error, Result, StringKind};
 pub use intern::MAX_ID_BYTES;
+pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 pub use policy::{Dendrite, Plan, WritePolicy};
 pub use record::{EventRecord, RoomRecord};

@@ -1,6 +1,7 @@
 //! Event and room records: the cold per-event and per-room facts, stored through
 //! [`crate::codec`].
 
+use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ pub struct EventRecord {
     pub prev_events: Vec<EventNid>,
     /// The event's `auth_events`.
     pub auth_events: Vec<EventNid>,
+    /// For an `m.room.member` event, its `content.membership`.
+    pub membership: Option<Membership>,
 }
 
 impl EventRecord {
@@ -40,6 +43,7 @@ impl EventRecord {
             rejected: false,
             prev_events: Vec::new(),
             auth_events: Vec::new(),
+            membership: None,
         }
     }
 
@@ -62,4 +66,6 @@ pub struct RoomRecord {
     pub current_state: SnapshotNid,
     /// The forward extremities: events no other event names as a prev event yet.
     pub latest_events: Vec<EventNid>,
+    /// How many events of the room have been ingested; the next one gets this sequence number.
+    pub event_count: u64,
 }

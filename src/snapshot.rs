@@ -1,9 +1,10 @@
 //! Snapshot records: the ordered list of blocks a state is made of. A later block overrides an
 //! earlier one for the same (type, state key).
 //!
-//! Layout (see `docs/format.md`): one tag byte [`SNAPSHOT_FORMAT_LIST`], then 20 bytes per block:
-//! the block's hash as a little-endian `u128` and its entry count as a little-endian `u32`. The
-//! count lets write policies plan without reading the blocks themselves.
+//! Layout (see `docs/format.md`): one tag byte [`SNAPSHOT_FORMAT_LIST`], the number of entries in
+//! the resolved state as a little-endian `u32`, then 20 bytes per block: the block's hash as a
+//! little-endian `u128` and its entry count as a little-endian `u32`. The counts let write
+//! policies plan, and readers size their output, without reading the blocks themselves.
 
 use crate::block::BlockHash;
 use std::fmt;
@@ -21,10 +22,22 @@ pub struct BlockRef {
     pub entries: u32,
 }
 
-/// Encodes a snapshot's block list.
-pub fn encode_snapshot(blocks: &[BlockRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + blocks.len() * REF_BYTES);
+/// A decoded snapshot record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// How many entries the resolved state holds.
+    pub state_len: u32,
+    /// The blocks, oldest first.
+    pub blocks: Vec<BlockRef>,
+}
+
+const HEADER_BYTES: usize = 5;
+
+/// Encodes a snapshot record.
+pub fn encode_snapshot(state_len: u32, blocks: &[BlockRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + blocks.len() * REF_BYTES);
     out.push(SNAPSHOT_FORMAT_LIST);
+    out.extend_from_slice(&state_len.to_le_bytes());
     for b in blocks {
         out.extend_from_slice(&b.hash.0.to_le_bytes());
         out.extend_from_slice(&b.entries.to_le_bytes());
@@ -39,7 +52,7 @@ pub enum SnapshotShapeError {
     Empty,
     /// A tag this version does not know.
     UnknownFormat(u8),
-    /// The body is not a whole number of block references.
+    /// The header is cut short, or the body is not a whole number of block references.
     Truncated(usize),
 }
 
@@ -55,17 +68,23 @@ impl fmt::Display for SnapshotShapeError {
     }
 }
 
-/// Decodes a snapshot's block list.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Vec<BlockRef>, SnapshotShapeError> {
-    let (&tag, body) = bytes.split_first().ok_or(SnapshotShapeError::Empty)?;
+/// Decodes a snapshot record.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, SnapshotShapeError> {
+    let (&tag, rest) = bytes.split_first().ok_or(SnapshotShapeError::Empty)?;
     if tag != SNAPSHOT_FORMAT_LIST {
         return Err(SnapshotShapeError::UnknownFormat(tag));
     }
-    let (refs, rest) = body.as_chunks::<REF_BYTES>();
-    if !rest.is_empty() {
+    let (len, body) = rest
+        .split_first_chunk::<4>()
+        .ok_or(SnapshotShapeError::Truncated(rest.len()))?;
+    let (refs, tail) = body.as_chunks::<REF_BYTES>();
+    if !tail.is_empty() {
         return Err(SnapshotShapeError::Truncated(body.len()));
     }
-    Ok(refs.iter().map(decode_ref).collect())
+    Ok(SnapshotRecord {
+        state_len: u32::from_le_bytes(*len),
+        blocks: refs.iter().map(decode_ref).collect(),
+    })
 }
 
 fn decode_ref(raw: &[u8; REF_BYTES]) -> BlockRef {
@@ -102,9 +121,14 @@ mod tests {
                 entries: 1,
             },
         ];
-        assert_eq!(decode_snapshot(&encode_snapshot(&refs)).unwrap(), refs);
-        assert_eq!(decode_snapshot(&encode_snapshot(&[])).unwrap(), vec![]);
+        let back = decode_snapshot(&encode_snapshot(9, &refs)).unwrap();
+        assert_eq!((back.state_len, back.blocks), (9, refs));
+        assert_eq!(
+            decode_snapshot(&encode_snapshot(0, &[])).unwrap(),
+            SnapshotRecord::default()
+        );
         assert!(decode_snapshot(&[1, 2]).is_err());
+        assert!(decode_snapshot(&[1, 0, 0, 0, 0, 7]).is_err());
         assert!(decode_snapshot(&[]).is_err());
     }
 }

@@ -1,16 +1,18 @@
 //! The store: one redb file, its transactions, and the read operations both kinds of transaction
 //! share.
 
-use crate::block::{BlockHash, BlockView, DeltaEntry, encode_block};
+use crate::block::{BlockHash, BlockView, DeltaEntry};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
+use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::policy::{WritePolicy, default_policy};
 use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Combined, Run, StateDiff, StateMap};
-use crate::snapshot::{BlockRef, decode_snapshot, encode_snapshot, snapshot_hash};
+use crate::snapshot::{BlockRef, SnapshotRecord, decode_snapshot, encode_snapshot, snapshot_hash};
 use crate::tables;
+use crate::write::{NEXT_SNAPSHOT, Writer};
 use redb::{
     AccessGuard, Database, Durability, Key, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, Value,
@@ -141,7 +143,7 @@ impl Store {
             None => {
                 create_tables(&tx)?;
                 intern::seed_well_known(&tx)?;
-                let empty = encode_snapshot(&[]);
+                let empty = encode_snapshot(0, &[]);
                 tx.open_table(tables::SNAPSHOTS)?
                     .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
                 tx.open_table(tables::SNAPSHOT_HASHES)?
@@ -185,8 +187,6 @@ impl Store {
     }
 }
 
-const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
-
 fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     for def in [
         tables::ROOM_IDS,
@@ -204,9 +204,17 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     ] {
         tx.open_table(def)?;
     }
-    for def in [tables::SNAPSHOTS, tables::EVENTS, tables::ROOMS] {
+    for def in [
+        tables::SNAPSHOTS,
+        tables::EVENTS,
+        tables::ROOMS,
+        tables::EVENT_JSON,
+    ] {
         tx.open_table(def)?;
     }
+    tx.open_table(tables::MEMBERSHIP)?;
+    tx.open_table(tables::USER_ROOMS)?;
+    tx.open_table(tables::ROOM_EVENTS)?;
     tx.open_table(tables::BLOCKS)?;
     tx.open_table(tables::SNAPSHOT_HASHES)?;
     Ok(())
@@ -409,6 +417,100 @@ pub trait StoreRead: sealed::Sealed {
     fn stats(&self) -> Result<StoreStats> {
         store_stats(self.txn())
     }
+
+    /// The event's JSON exactly as ingested, if stored.
+    fn event_json(&self, event: EventNid) -> Result<Option<String>> {
+        let table = self.txn().open(tables::EVENT_JSON)?;
+        let row = table.get(event.get())?;
+        row.map(|v| {
+            String::from_utf8(v.value().to_vec())
+                .map_err(|e| Error::corrupt("event_json", event, e))
+        })
+        .transpose()
+    }
+
+    /// A room's events in ingest order.
+    fn room_events(&self, room: RoomNid) -> Result<Vec<EventNid>> {
+        let table = self.txn().open(tables::ROOM_EVENTS)?;
+        let r = room.get();
+        table
+            .range((r, 0)..=(r, u64::MAX))?
+            .map(|row| {
+                let (key, event) = row?;
+                EventNid::new(event.value()).ok_or_else(|| {
+                    Error::corrupt("room_events", format!("{:?}", key.value()), "zero NID")
+                })
+            })
+            .collect()
+    }
+
+    /// The members of a room in its current state, by user (state-key NID), optionally only
+    /// those with one membership.
+    fn members(
+        &self,
+        room: RoomNid,
+        only: Option<Membership>,
+    ) -> Result<Vec<(StateKeyNid, Membership)>> {
+        let table = self.txn().open(tables::MEMBERSHIP)?;
+        let r = room.get();
+        let mut out = Vec::new();
+        for row in table.range((r, 0)..=(r, u64::MAX))? {
+            let (key, code) = row?;
+            let (_, user) = key.value();
+            let shown = || format!("({r}, {user})");
+            let m = Membership::from_code(code.value())
+                .ok_or_else(|| Error::corrupt("membership", shown(), "unknown membership code"))?;
+            let user = StateKeyNid::new(user)
+                .ok_or_else(|| Error::corrupt("membership", shown(), "zero NID"))?;
+            if only.is_none_or(|o| o == m) {
+                out.push((user, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rooms a user (by state-key NID) is joined to in their current state.
+    fn rooms_of_user(&self, user: StateKeyNid) -> Result<Vec<RoomNid>> {
+        let table = self.txn().open(tables::USER_ROOMS)?;
+        let u = user.get();
+        table
+            .range((u, 0)..=(u, u64::MAX))?
+            .map(|row| {
+                let (key, _) = row?;
+                let (_, room) = key.value();
+                RoomNid::new(room).ok_or_else(|| {
+                    Error::corrupt("user_rooms", format!("({u}, {room})"), "zero NID")
+                })
+            })
+            .collect()
+    }
+
+    /// A user's membership in a snapshot's state: the membership of the `m.room.member` event
+    /// the state holds for them.
+    fn membership_in(
+        &self,
+        snapshot: SnapshotNid,
+        user: StateKeyNid,
+    ) -> Result<Option<Membership>> {
+        match self.lookup(snapshot, StateKey::new(TypeNid::MEMBER, user))? {
+            Some(event) => Ok(self.expect_event(event)?.membership),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's membership in the state before an event, or after it with `after`.
+    fn membership_at(
+        &self,
+        event: EventNid,
+        user: StateKeyNid,
+        after: bool,
+    ) -> Result<Option<Membership>> {
+        let record = self.expect_event(event)?;
+        if after && record.sets() == Some(StateKey::new(TypeNid::MEMBER, user)) {
+            return Ok(record.membership);
+        }
+        self.membership_in(record.state_before, user)
+    }
 }
 
 fn lookup_nid<T: Tables>(tx: &T, kind: Kind, s: &str) -> Result<Option<u64>> {
@@ -465,12 +567,15 @@ macro_rules! get_or_create {
         $(#[$doc])*
         pub fn $one(&mut self, s: &str) -> Result<$nid> {
             let nids = self.$many(&[s])?;
-            nids.into_iter().next().ok_or_else(|| Error::InvalidState("interning returned nothing".into()))
+            nids.into_iter()
+                .next()
+                .ok_or_else(|| Error::InvalidState("interning returned nothing".into()))
         }
 
         $(#[$docs])*
         pub fn $many(&mut self, strings: &[&str]) -> Result<Vec<$nid>> {
-            intern::get_or_create(&self.tx, $kind, strings)?
+            self.writer()
+                .intern($kind, strings)?
                 .into_iter()
                 .map(|n| <$nid>::new(n).ok_or(Error::corrupt("meta", $kind.counter, "zero NID")))
                 .collect()
@@ -479,6 +584,10 @@ macro_rules! get_or_create {
 }
 
 impl WriteTxn {
+    pub(crate) fn writer(&mut self) -> Writer<'_> {
+        Writer::new(&self.tx, &*self.policy, &mut self.counts)
+    }
+
     get_or_create!(
         /// The NID of a room ID, interning it if new.
         get_or_create_room,
@@ -532,93 +641,23 @@ impl WriteTxn {
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.
     /// A block with the same content already stored is reused and nothing is written.
     pub fn put_block(&mut self, entries: &[DeltaEntry]) -> Result<BlockRef> {
-        let bytes = encode_block(entries)?;
-        let count = u32::try_from(entries.len())
-            .map_err(|_| Error::InvalidState(format!("block of {} entries", entries.len())))?;
-        let hash = BlockHash::of(&bytes);
-        let mut table = self.tx.open_table(tables::BLOCKS)?;
-        if let Some(existing) = table.get(hash.0)? {
-            if existing.value() != bytes.as_slice() {
-                return Err(Error::HashCollision {
-                    table: "blocks",
-                    hash: hash.0,
-                });
-            }
-        } else {
-            table.insert(hash.0, bytes.as_slice())?;
-            self.counts.blocks += 1;
-            self.counts.entries += u64::from(count);
-        }
-        Ok(BlockRef {
-            hash,
-            entries: count,
-        })
+        self.writer().put_block(entries)
     }
 
     /// Stores a snapshot made of `blocks`, oldest first, each of which must already be stored
     /// with the entry count given. The same list stored again returns the same NID and writes
     /// nothing.
     pub fn put_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
-        {
-            let table = self.tx.open_table(tables::BLOCKS)?;
-            for r in blocks {
-                let row = table.get(r.hash.0)?.ok_or(Error::InvalidState(format!(
-                    "snapshot names block {} which is not stored",
-                    r.hash
-                )))?;
-                let view = BlockView::parse(row.value())
-                    .map_err(|e| Error::corrupt("blocks", r.hash, e))?;
-                if view.len() != r.entries as usize {
-                    return Err(Error::InvalidState(format!(
-                        "block {} holds {} entries, not {}",
-                        r.hash,
-                        view.len(),
-                        r.entries
-                    )));
-                }
-            }
-        }
-        self.insert_snapshot(blocks)
-    }
-
-    fn insert_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
-        let record = encode_snapshot(blocks);
-        let hash = snapshot_hash(&record);
-        let mut by_hash = self.tx.open_table(tables::SNAPSHOT_HASHES)?;
-        let mut snapshots = self.tx.open_table(tables::SNAPSHOTS)?;
-        if let Some(nid) = by_hash.get(hash)?.map(|v| v.value()) {
-            let same = snapshots
-                .get(nid)?
-                .is_some_and(|stored| stored.value() == record.as_slice());
-            if !same {
-                return Err(Error::HashCollision {
-                    table: "snapshot_hashes",
-                    hash,
-                });
-            }
-            return SnapshotNid::new(nid)
-                .ok_or_else(|| Error::corrupt("snapshot_hashes", hash, "zero NID"));
-        }
-        let mut meta = self.tx.open_table(tables::META)?;
-        let next = meta.get(NEXT_SNAPSHOT)?.map_or(2, |v| v.value());
-        let nid = SnapshotNid::new(next)
-            .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
-        meta.insert(NEXT_SNAPSHOT, next + 1)?;
-        snapshots.insert(next, record.as_slice())?;
-        by_hash.insert(hash, next)?;
-        self.counts.snapshots += 1;
-        Ok(nid)
+        let mut w = self.writer();
+        w.check_blocks(blocks)?;
+        let state_len = w.flatten_refs(blocks)?.len();
+        w.insert_snapshot(state_len, blocks)
     }
 
     /// Stores a snapshot for a whole state: the form used when a state is built from several
     /// parents or by state resolution.
     pub fn snapshot_from_state(&mut self, state: &StateMap) -> Result<SnapshotNid> {
-        if state.is_empty() {
-            return Ok(SnapshotNid::EMPTY);
-        }
-        let entries: Vec<DeltaEntry> = state.iter().map(|e| DeltaEntry::from(*e)).collect();
-        let block = self.put_block(&entries)?;
-        self.insert_snapshot(&[block])
+        self.writer().snapshot_from_state(state)
     }
 
     /// Stores the snapshot of `parent` changed by `delta`: each entry sets its key to an event,
@@ -627,87 +666,43 @@ impl WriteTxn {
     pub fn snapshot_from_delta(
         &mut self,
         parent: SnapshotNid,
-        mut delta: Vec<DeltaEntry>,
+        delta: Vec<DeltaEntry>,
     ) -> Result<SnapshotNid> {
-        delta.sort_unstable_by_key(|e| e.key);
-        if let Some(w) = delta.windows(2).find(|w| w[0].key == w[1].key) {
-            return Err(Error::InvalidState(format!(
-                "delta names {:?} twice",
-                w[0].key
-            )));
-        }
-        let (kept, merged) = {
-            let resolver = self.resolver()?;
-            let loaded = resolver.load(parent)?;
-            if delta.is_empty() {
-                return Ok(parent);
-            }
-            let plan = self.policy.plan(&loaded.refs, delta.len());
-            let keep = plan.keep.min(loaded.refs.len());
-            let delta_bytes = encode_block(&delta)?;
-            let delta_view =
-                BlockView::parse(&delta_bytes).map_err(|e| Error::InvalidState(e.to_string()))?;
-            let mut runs = loaded.runs()?;
-            runs.drain(..keep);
-            runs.push(Run::whole(BlockHash::of(&delta_bytes), delta_view));
-            let merged = resolve::merge(&runs, keep > 0)?;
-            (loaded.refs[..keep].to_vec(), merged)
-        };
-        let mut refs = kept;
-        if !merged.is_empty() {
-            refs.push(self.put_block(&merged)?);
-        }
-        self.insert_snapshot(&refs)
+        self.writer().snapshot_from_delta(parent, delta)
     }
 
     /// The snapshot of the state after an event, stored if new. For an event that sets no state
     /// (not a state event, or rejected) it is the snapshot before it.
     pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
-        let record = self.expect_event(event)?;
-        match record.sets() {
-            Some(key) => {
-                self.snapshot_from_delta(record.state_before, vec![DeltaEntry::set(key, event)])
-            }
-            None => Ok(record.state_before),
-        }
+        self.writer().state_after_snapshot(event)
     }
 
-    /// Stores (or replaces) an event's record. Its room and snapshot must exist.
+    /// Stores (or replaces) an event's record. Every NID it names, and its snapshot, must exist.
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
-        self.resolve_nid_checked(intern::EVENT, event.get())?;
-        self.resolve_nid_checked(intern::ROOM, record.room.get())?;
-        self.resolve_nid_checked(intern::TYPE, record.event_type.get())?;
+        let mut w = self.writer();
+        w.require(intern::EVENT, event.get())?;
+        w.require(intern::ROOM, record.room.get())?;
+        w.require(intern::TYPE, record.event_type.get())?;
         if let Some(key) = record.state_key {
-            self.resolve_nid_checked(intern::STATE_KEY, key.get())?;
+            w.require(intern::STATE_KEY, key.get())?;
         }
-        self.resolver()?.blocks(record.state_before)?;
-        let bytes = codec::encode(record)?;
-        self.tx
-            .open_table(tables::EVENTS)?
-            .insert(event.get(), bytes.as_slice())?;
-        Ok(())
+        for e in record.prev_events.iter().chain(&record.auth_events) {
+            w.require(intern::EVENT, e.get())?;
+        }
+        w.snapshot_refs(record.state_before)?;
+        w.put_event(event, record)
     }
 
-    /// Stores (or replaces) a room's record. Its room NID and current snapshot must exist.
+    /// Stores (or replaces) a room's record. Its room, its current snapshot and its latest
+    /// events must exist.
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
-        self.resolve_nid_checked(intern::ROOM, room.get())?;
-        self.resolver()?.blocks(record.current_state)?;
-        let bytes = codec::encode(record)?;
-        self.tx
-            .open_table(tables::ROOMS)?
-            .insert(room.get(), bytes.as_slice())?;
-        Ok(())
-    }
-
-    fn resolve_nid_checked(&self, kind: Kind, nid: u64) -> Result<()> {
-        let table = self.tx.open_table(kind.reverse)?;
-        if table.get(nid)?.is_none() {
-            return Err(Error::UnknownNid {
-                kind: kind.nid,
-                nid,
-            });
+        let mut w = self.writer();
+        w.require(intern::ROOM, room.get())?;
+        for e in &record.latest_events {
+            w.require(intern::EVENT, e.get())?;
         }
-        Ok(())
+        w.snapshot_refs(record.current_state)?;
+        w.put_room(room, record)
     }
 
     /// Makes every write of this transaction visible and (by default) durable, all at once.
@@ -766,6 +761,49 @@ impl Loaded<'_> {
     }
 }
 
+/// A snapshot's record: its state size and its blocks.
+pub(crate) fn snapshot_record(
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    snapshot: SnapshotNid,
+) -> Result<SnapshotRecord> {
+    let row = snapshots
+        .get(snapshot.get())?
+        .ok_or(Error::UnknownSnapshot(snapshot))?;
+    decode_snapshot(row.value()).map_err(|e| Error::corrupt("snapshots", snapshot, e))
+}
+
+/// A snapshot's block list with each block's bytes held in place.
+pub(crate) fn load<'b>(
+    blocks: &'b impl ReadableTable<u128, &'static [u8]>,
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    snapshot: SnapshotNid,
+) -> Result<Loaded<'b>> {
+    let record = snapshot_record(snapshots, snapshot)?;
+    load_refs(blocks, record.blocks, snapshot)
+}
+
+/// Blocks' bytes held in place; `snapshot` is named in errors.
+pub(crate) fn load_refs<'b>(
+    blocks: &'b impl ReadableTable<u128, &'static [u8]>,
+    refs: Vec<BlockRef>,
+    snapshot: SnapshotNid,
+) -> Result<Loaded<'b>> {
+    let guards = refs
+        .iter()
+        .map(|r| {
+            blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
+                snapshot,
+                block: r.hash.0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Loaded {
+        snapshot,
+        refs,
+        guards,
+    })
+}
+
 impl<B, S> Resolver<B, S>
 where
     B: ReadableTable<u128, &'static [u8]>,
@@ -773,29 +811,18 @@ where
 {
     /// The blocks a snapshot lists, oldest first.
     pub fn blocks(&self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
-        let row = self
-            .snapshots
-            .get(snapshot.get())?
-            .ok_or(Error::UnknownSnapshot(snapshot))?;
-        decode_snapshot(row.value()).map_err(|e| Error::corrupt("snapshots", snapshot, e))
+        Ok(snapshot_record(&self.snapshots, snapshot)?.blocks)
     }
 
-    pub(crate) fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
-        let refs = self.blocks(snapshot)?;
-        let guards = refs
-            .iter()
-            .map(|r| {
-                self.blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
-                    snapshot,
-                    block: r.hash.0,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Loaded {
-            snapshot,
-            refs,
-            guards,
-        })
+    /// How many entries a snapshot's state holds, read from its record without flattening.
+    pub fn state_len(&self, snapshot: SnapshotNid) -> Result<u64> {
+        Ok(u64::from(
+            snapshot_record(&self.snapshots, snapshot)?.state_len,
+        ))
+    }
+
+    fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
+        load(&self.blocks, &self.snapshots, snapshot)
     }
 
     /// The full state of a snapshot, one entry per key, sorted.
@@ -905,6 +932,10 @@ fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
         table_size(tx, tables::SNAPSHOT_HASHES, "snapshot_hashes")?,
         table_size(tx, tables::EVENTS, "events")?,
         table_size(tx, tables::ROOMS, "rooms")?,
+        table_size(tx, tables::EVENT_JSON, "event_json")?,
+        table_size(tx, tables::MEMBERSHIP, "membership")?,
+        table_size(tx, tables::USER_ROOMS, "user_rooms")?,
+        table_size(tx, tables::ROOM_EVENTS, "room_events")?,
     ];
     for (kind, forward, reverse) in [
         (intern::ROOM, "room_ids", "room_ids_rev"),

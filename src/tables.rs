@@ -32,6 +32,17 @@ pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("eve
 /// Room NID to room record.
 pub(crate) const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
 
+/// Event NID to the event's JSON exactly as ingested.
+pub(crate) const EVENT_JSON: TableDefinition<u64, &[u8]> = TableDefinition::new("event_json");
+/// (room NID, user's state-key NID) to membership (`membership.rs`), from the room's current
+/// state.
+pub(crate) const MEMBERSHIP: TableDefinition<(u64, u64), u8> = TableDefinition::new("membership");
+/// (user's state-key NID, room NID) for every room the user is joined to.
+pub(crate) const USER_ROOMS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_rooms");
+/// (room NID, ingest sequence number) to event NID: each room's events in ingest order.
+pub(crate) const ROOM_EVENTS: TableDefinition<(u64, u64), u64> =
+    TableDefinition::new("room_events");
+
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";

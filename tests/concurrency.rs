@@ -13,13 +13,13 @@ fn readers_see_consistent_snapshots_while_a_writer_commits() {
     let room = {
         let mut tx = store.write().unwrap();
         let room = tx.get_or_create_room("!r:x").unwrap();
-        tx.get_or_create_event("$0").unwrap();
         tx.put_room(
             room,
             &RoomRecord {
                 version: "10".into(),
                 current_state: SnapshotNid::EMPTY,
                 latest_events: vec![],
+                event_count: 0,
             },
         )
         .unwrap();
@@ -56,6 +56,7 @@ fn readers_see_consistent_snapshots_while_a_writer_commits() {
         for i in 1..=commits {
             let mut tx = store.write().unwrap();
             tx.set_durable(false).unwrap();
+            assert_eq!(tx.get_or_create_event(&format!("${i}")).unwrap(), ev(i));
             current = tx
                 .snapshot_from_delta(current, vec![DeltaEntry::set(key(5, i), ev(i))])
                 .unwrap();
@@ -65,6 +66,7 @@ fn readers_see_consistent_snapshots_while_a_writer_commits() {
                     version: "10".into(),
                     current_state: current,
                     latest_events: vec![ev(i)],
+                    event_count: i,
                 },
             )
             .unwrap_or_else(|e| panic!("commit {i}: {e}"));

@@ -142,6 +142,7 @@ fn check_all(world: &World, rng: &mut Rng, store: &Store) {
     for (snap, model) in &world.snapshots {
         let flat = resolver.flatten(*snap).unwrap();
         assert_eq!(flat, to_map(model), "flatten of {snap:?}");
+        assert_eq!(resolver.state_len(*snap).unwrap(), model.len() as u64);
         for _ in 0..4 {
             let k = random_key(rng);
             assert_eq!(resolver.lookup(*snap, k).unwrap(), model.get(&k).copied());

@@ -267,6 +267,7 @@ fn events_and_rooms_round_trip() {
         version: "10".into(),
         current_state: after_create,
         latest_events: vec![msg],
+        event_count: 2,
     };
     tx.put_room(room, &room_rec).unwrap();
     tx.commit().unwrap();

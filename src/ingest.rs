@@ -1,0 +1,874 @@
+//! Streaming ingest of Matrix events, one JSON object per line, in the federation (PDU) shape.
+//!
+//! Each event's state before it comes from its `prev_events`: nothing for the create event, the
+//! state after the one prev event, or the combination of the states after several, whose
+//! conflicts go to a [`StateResolver`]. Events are committed in batches; a batch that fails
+//! leaves the store exactly as it was. `../docs/design.md` describes the rules in full.
+//!
+//! ```
+//! use roomstate::ingest::{IngestOptions, Refuse, ingest};
+//! use roomstate::{Store, StoreRead};
+//!
+//! # fn main() -> roomstate::Result<()> {
+//! let lines = concat!(
+//!     r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"content":{"room_version":"10"}}"#, "\n",
+//!     r#"{"event_id":"$j","room_id":"!r:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"content":{"membership":"join"}}"#, "\n",
+//! );
+//! let store = Store::in_memory()?;
+//! let report = ingest(&store, lines.as_bytes(), IngestOptions::default(), Refuse)?;
+//! assert_eq!(report.events, 2);
+//! let rx = store.read()?;
+//! let join = rx.event_nid("$j")?.unwrap();
+//! assert_eq!(rx.state_after(join)?.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::intern::{self, MAX_ID_BYTES};
+use crate::membership::Membership;
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::record::{EventRecord, RoomRecord};
+use crate::resolve::{Combined, StateMap};
+use crate::store::Store;
+use crate::write::Writer;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The spec's limit on an event's size, which also bounds the memory one line may take.
+pub const MAX_EVENT_BYTES: usize = 65_536;
+
+/// What to do with a bad line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnBadLine {
+    /// Fail with the line's error; nothing of its batch is stored.
+    #[default]
+    Stop,
+    /// Store the good events, and list the bad lines in the report.
+    Skip,
+}
+
+/// Ingest settings.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Events per write transaction.
+    pub batch_size: usize,
+    /// What to do with a bad line.
+    pub on_bad_line: OnBadLine,
+    /// Whether each batch's commit is flushed to disk before the next batch starts. The last
+    /// batch is always durable.
+    pub durable_batches: bool,
+    /// How many bad lines the report lists in full; it counts all of them.
+    pub max_listed_bad_lines: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            batch_size: 10_000,
+            on_bad_line: OnBadLine::Stop,
+            durable_batches: true,
+            max_listed_bad_lines: 1_000,
+        }
+    }
+}
+
+/// What is wrong with a bad line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The line is not JSON.
+    NotJson(String),
+    /// The JSON does not have the shape of an event (a field of the wrong type, say).
+    NotAnEvent(String),
+    /// The line is longer than an event may be.
+    TooLarge(usize),
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field is over the spec's 255-byte limit, or empty where it must not be.
+    BadField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A prev event the store has never seen.
+    UnknownPrevEvent(String),
+    /// A prev event that belongs to another room.
+    PrevEventInOtherRoom(String),
+    /// The event ID is already stored.
+    DuplicateEvent,
+    /// No prev events, but not the room's create event.
+    NoPrevEvents,
+    /// A create event for a room the store already has.
+    RoomExists,
+    /// States disagree and the resolver did not settle them. Lists the conflicted
+    /// (type, state key) pairs.
+    NeedsStateResolution(Vec<(String, String)>),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NotJson(e) => write!(f, "not JSON: {e}"),
+            Problem::NotAnEvent(e) => write!(f, "not an event: {e}"),
+            Problem::TooLarge(n) => write!(f, "line of {n} bytes exceeds {MAX_EVENT_BYTES}"),
+            Problem::MissingField(field) => write!(f, "missing field `{field}`"),
+            Problem::BadField { field, reason } => write!(f, "field `{field}` is {reason}"),
+            Problem::UnknownPrevEvent(id) => write!(f, "unknown prev event {id}"),
+            Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),
+            Problem::DuplicateEvent => f.write_str("event already stored"),
+            Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
+            Problem::RoomExists => f.write_str("create event for a room that already exists"),
+            Problem::NeedsStateResolution(keys) => {
+                write!(f, "needs state resolution of {} key(s):", keys.len())?;
+                for (ty, key) in keys.iter().take(10) {
+                    write!(f, " ({ty}, {key:?})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A line that was refused, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLine {
+    /// The line number, from 1.
+    pub line: u64,
+    /// The event ID, when the line had one.
+    pub event_id: Option<String>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(id) = &self.event_id {
+            write!(f, " (event {id})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// What a [`StateResolver`] is asked to settle.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ResolveRequest<'a> {
+    /// The room.
+    pub room: RoomNid,
+    /// The room's version, which picks the resolution algorithm.
+    pub room_version: &'a str,
+    /// The event being ingested when the conflict arose.
+    pub event_id: &'a str,
+    /// The states to combine, in full.
+    pub states: &'a [StateMap],
+    /// Their combination: what they agree on, and the conflicted keys with candidates.
+    pub combined: &'a Combined,
+}
+
+/// Settles conflicted state. Ingest calls it when states to combine disagree on a key.
+pub trait StateResolver {
+    /// The resolved state, or `None` to refuse: the event is then reported as needing state
+    /// resolution.
+    fn resolve(&mut self, request: &ResolveRequest<'_>) -> Result<Option<StateMap>>;
+}
+
+/// A resolver that settles nothing: an event whose states conflict is a bad line naming the
+/// conflicted keys. Honest until full Matrix state resolution is plugged in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refuse;
+
+impl StateResolver for Refuse {
+    fn resolve(&mut self, _request: &ResolveRequest<'_>) -> Result<Option<StateMap>> {
+        Ok(None)
+    }
+}
+
+impl<R: StateResolver + ?Sized> StateResolver for &mut R {
+    fn resolve(&mut self, request: &ResolveRequest<'_>) -> Result<Option<StateMap>> {
+        (**self).resolve(request)
+    }
+}
+
+/// What an ingest run did. Only committed events are counted.
+#[derive(Clone, Debug, Default)]
+pub struct IngestReport {
+    /// Lines read, blank ones included.
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Events stored.
+    pub events: u64,
+    /// Of which state events.
+    pub state_events: u64,
+    /// Rooms created.
+    pub rooms: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Bad lines skipped (with [`OnBadLine::Skip`]).
+    pub bad_lines: u64,
+    /// The first of them, in full.
+    pub listed_bad_lines: Vec<BadLine>,
+    /// Time spent, reading included.
+    pub elapsed: Duration,
+}
+
+impl IngestReport {
+    /// Events stored per second of `elapsed`.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Ingests every line of `input`, then commits what is left.
+pub fn ingest(
+    store: &Store,
+    input: impl BufRead,
+    options: IngestOptions,
+    resolver: impl StateResolver,
+) -> Result<IngestReport> {
+    let mut ingester = Ingester::new(store, options, resolver);
+    ingester.read_from(input)?;
+    ingester.finish()
+}
+
+/// Opens an input: `-` is standard input, and gzip is recognised by its magic bytes (so `.gz`
+/// files and gzipped standard input both work).
+pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = if path == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(Path::new(path))?)
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, raw);
+    let magic = reader.fill_buf()?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        let gz = flate2::bufread::MultiGzDecoder::new(reader);
+        Ok(Box::new(BufReader::with_capacity(1 << 16, gz)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Feeds lines to the store in batches. Use [`ingest`] for a whole reader, or push lines one by
+/// one and call [`finish`](Ingester::finish).
+pub struct Ingester<'s, R> {
+    store: &'s Store,
+    options: IngestOptions,
+    resolver: R,
+    pending: Vec<(u64, Vec<u8>)>,
+    report: IngestReport,
+    started: Instant,
+}
+
+impl<R> fmt::Debug for Ingester<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ingester")
+            .field("options", &self.options)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Failure {
+    /// Found before the event wrote anything: the batch can go on without it.
+    Early(BadLine),
+    /// Found after the event wrote: the batch must be redone without it.
+    Late(BadLine),
+    Store(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+#[derive(Default)]
+struct BatchTally {
+    events: u64,
+    state_events: u64,
+    rooms: u64,
+}
+
+impl<'s, R: StateResolver> Ingester<'s, R> {
+    /// A new ingester writing to `store`.
+    pub fn new(store: &'s Store, options: IngestOptions, resolver: R) -> Self {
+        let capacity = options.batch_size.clamp(1, 100_000);
+        Ingester {
+            store,
+            options,
+            resolver,
+            pending: Vec::with_capacity(capacity),
+            report: IngestReport::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// What has been committed so far.
+    pub fn report(&self) -> &IngestReport {
+        &self.report
+    }
+
+    /// Reads `input` to its end, line by line, never holding more than one batch.
+    pub fn read_from(&mut self, mut input: impl BufRead) -> Result<()> {
+        let mut line = Vec::new();
+        loop {
+            let (read, oversized) = read_bounded_line(&mut input, &mut line, MAX_EVENT_BYTES)?;
+            if read == 0 {
+                return Ok(());
+            }
+            self.report.bytes += read as u64;
+            if oversized {
+                self.report.lines += 1;
+                self.reject(BadLine {
+                    line: self.report.lines,
+                    event_id: None,
+                    problem: Problem::TooLarge(read),
+                })?;
+            } else {
+                self.push_line(&line)?;
+            }
+        }
+    }
+
+    /// Adds one line (without its newline). Blank lines are counted and skipped.
+    pub fn push_line(&mut self, line: &[u8]) -> Result<()> {
+        self.report.lines += 1;
+        let trimmed = line.trim_ascii();
+        if trimmed.is_empty() {
+            return Ok(());
+        }
+        self.pending.push((self.report.lines, trimmed.to_vec()));
+        if self.pending.len() >= self.options.batch_size.max(1) {
+            self.flush(self.options.durable_batches)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the last batch durably and returns the report.
+    pub fn finish(mut self) -> Result<IngestReport> {
+        self.flush(true)?;
+        self.report.elapsed = self.started.elapsed();
+        Ok(self.report)
+    }
+
+    fn reject(&mut self, bad: BadLine) -> Result<()> {
+        if self.options.on_bad_line == OnBadLine::Stop {
+            return Err(Error::BadLine(Box::new(bad)));
+        }
+        self.report.bad_lines += 1;
+        if self.report.listed_bad_lines.len() < self.options.max_listed_bad_lines {
+            self.report.listed_bad_lines.push(bad);
+        }
+        Ok(())
+    }
+
+    /// Commits the pending lines as one transaction. A bad line found after its event began
+    /// writing aborts the attempt, and the batch is redone without that line.
+    fn flush(&mut self, durable: bool) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut late: Vec<usize> = Vec::new();
+        let mut late_bad = Vec::new();
+        loop {
+            let mut tx = self.store.write()?;
+            tx.set_durable(durable)?;
+            let mut tally = BatchTally::default();
+            let mut early_bad = Vec::new();
+            let mut retry = false;
+            {
+                let mut w = tx.writer();
+                for (index, (line, bytes)) in self.pending.iter().enumerate() {
+                    if late.contains(&index) {
+                        continue;
+                    }
+                    match ingest_one(&mut w, &mut self.resolver, *line, bytes) {
+                        Ok(outcome) => outcome.count(&mut tally),
+                        Err(Failure::Store(e)) => return Err(e),
+                        Err(Failure::Early(bad)) => {
+                            if self.options.on_bad_line == OnBadLine::Stop {
+                                return Err(Error::BadLine(Box::new(bad)));
+                            }
+                            early_bad.push(bad);
+                        }
+                        Err(Failure::Late(bad)) => {
+                            if self.options.on_bad_line == OnBadLine::Stop {
+                                return Err(Error::BadLine(Box::new(bad)));
+                            }
+                            late.push(index);
+                            late_bad.push(bad);
+                            retry = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if retry {
+                tx.abort()?;
+                continue;
+            }
+            tx.commit()?;
+            let mut bad: Vec<BadLine> = early_bad.into_iter().chain(late_bad).collect();
+            bad.sort_by_key(|b| b.line);
+            for b in bad {
+                self.reject(b)?;
+            }
+            self.report.events += tally.events;
+            self.report.state_events += tally.state_events;
+            self.report.rooms += tally.rooms;
+            self.report.batches += 1;
+            self.pending.clear();
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one line into `buf` (newline dropped), keeping at most `limit` bytes. Returns the bytes
+/// consumed and whether the line was longer than `limit` (its rest is read and dropped).
+fn read_bounded_line(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<(usize, bool)> {
+    buf.clear();
+    let mut consumed = 0;
+    let mut oversized = false;
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            return Ok((consumed, oversized));
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1),
+            None => (available, available.len()),
+        };
+        if !oversized && buf.len() + chunk.len() <= limit {
+            buf.extend_from_slice(chunk);
+        } else {
+            oversized = true;
+            buf.clear();
+        }
+        let ended = done > chunk.len();
+        input.consume(done);
+        consumed += done;
+        if ended {
+            return Ok((consumed, oversized));
+        }
+    }
+}
+
+/// An event ID in `prev_events` or `auth_events`: a plain string (room version 3 and later) or
+/// an `[id, hashes]` pair (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef<'a> {
+    Id(#[serde(borrow)] Cow<'a, str>),
+    Pair(#[serde(borrow)] Cow<'a, str>, IgnoredAny),
+}
+
+impl<'a> EventRef<'a> {
+    fn id(&self) -> &str {
+        match self {
+            EventRef::Id(id) | EventRef::Pair(id, _) => id,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Content<'a> {
+    #[serde(borrow, default)]
+    membership: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room_version: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Pdu<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sender: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prev_events: Option<Vec<EventRef<'a>>>,
+    #[serde(borrow, default)]
+    auth_events: Option<Vec<EventRef<'a>>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+}
+
+/// A line's event, checked for shape and sizes.
+struct Parsed<'a> {
+    event_id: Cow<'a, str>,
+    room_id: Cow<'a, str>,
+    event_type: Cow<'a, str>,
+    state_key: Option<Cow<'a, str>>,
+    prev_events: Vec<EventRef<'a>>,
+    auth_events: Vec<EventRef<'a>>,
+    content: Content<'a>,
+}
+
+impl Parsed<'_> {
+    fn is_create(&self) -> bool {
+        self.event_type == "m.room.create" && self.state_key.as_deref() == Some("")
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem)> {
+    let pdu: Pdu<'_> = serde_json::from_slice(bytes).map_err(|e| {
+        let problem = match e.classify() {
+            serde_json::error::Category::Data => Problem::NotAnEvent(e.to_string()),
+            _ => Problem::NotJson(e.to_string()),
+        };
+        (None, problem)
+    })?;
+    let id = pdu.event_id.as_deref().map(str::to_owned);
+    let fail = |p| (id.clone(), p);
+    let missing = |field| fail(Problem::MissingField(field));
+    let event_id = pdu.event_id.ok_or_else(|| missing("event_id"))?;
+    let room_id = pdu.room_id.ok_or_else(|| missing("room_id"))?;
+    let event_type = pdu.event_type.ok_or_else(|| missing("type"))?;
+    let prev_events = pdu.prev_events.ok_or_else(|| missing("prev_events"))?;
+    let auth_events = pdu.auth_events.unwrap_or_default();
+    let checks = [
+        ("event_id", Some(&*event_id), false),
+        ("room_id", Some(&*room_id), false),
+        ("type", Some(&*event_type), true),
+        ("state_key", pdu.state_key.as_deref(), true),
+        ("sender", pdu.sender.as_deref(), true),
+    ];
+    let refs = prev_events
+        .iter()
+        .map(|r| ("prev_events", Some(r.id()), false))
+        .chain(
+            auth_events
+                .iter()
+                .map(|r| ("auth_events", Some(r.id()), false)),
+        );
+    for (field, value, may_be_empty) in checks.into_iter().chain(refs) {
+        if let Some(v) = value {
+            check_field(field, v, may_be_empty).map_err(fail)?;
+        }
+    }
+    Ok(Parsed {
+        event_id,
+        room_id,
+        event_type,
+        state_key: pdu.state_key,
+        prev_events,
+        auth_events,
+        content: pdu.content.unwrap_or_default(),
+    })
+}
+
+fn check_field(field: &'static str, value: &str, may_be_empty: bool) -> Result<(), Problem> {
+    if value.len() > MAX_ID_BYTES {
+        Err(Problem::BadField {
+            field,
+            reason: "longer than 255 bytes",
+        })
+    } else if value.is_empty() && !may_be_empty {
+        Err(Problem::BadField {
+            field,
+            reason: "empty",
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// What one stored event adds to the report.
+struct Outcome {
+    state: bool,
+    new_room: bool,
+}
+
+impl Outcome {
+    fn count(&self, tally: &mut BatchTally) {
+        tally.events += 1;
+        tally.state_events += u64::from(self.state);
+        tally.rooms += u64::from(self.new_room);
+    }
+}
+
+/// The checks that need the store but write nothing.
+struct Checked {
+    room: Option<(RoomNid, RoomRecord)>,
+    prevs: Vec<EventNid>,
+}
+
+fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>> {
+    if let Some(nid) = w
+        .lookup(intern::EVENT, &p.event_id)?
+        .and_then(EventNid::new)
+        && w.event(nid)?.is_some()
+    {
+        return Ok(Err(Problem::DuplicateEvent));
+    }
+    let room_nid = w.lookup(intern::ROOM, &p.room_id)?.and_then(RoomNid::new);
+    let room = match room_nid {
+        Some(nid) => w.room(nid)?.map(|r| (nid, r)),
+        None => None,
+    };
+    if p.prev_events.is_empty() {
+        return Ok(match (p.is_create(), room) {
+            (false, _) => Err(Problem::NoPrevEvents),
+            (true, Some(_)) => Err(Problem::RoomExists),
+            (true, None) => Ok(Checked {
+                room: None,
+                prevs: Vec::new(),
+            }),
+        });
+    }
+    let mut prevs = Vec::with_capacity(p.prev_events.len());
+    for r in &p.prev_events {
+        let id = r.id();
+        let Some(nid) = w.lookup(intern::EVENT, id)?.and_then(EventNid::new) else {
+            return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
+        };
+        let Some(record) = w.event(nid)? else {
+            return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
+        };
+        if Some(record.room) != room_nid {
+            return Ok(Err(Problem::PrevEventInOtherRoom(id.to_owned())));
+        }
+        if !prevs.contains(&nid) {
+            prevs.push(nid);
+        }
+    }
+    match room {
+        Some(room) => Ok(Ok(Checked {
+            room: Some(room),
+            prevs,
+        })),
+        // A prev event in this room implies the room exists; a record missing means damage.
+        None => Err(Error::corrupt(
+            "rooms",
+            &*p.room_id,
+            "room has events but no record",
+        )),
+    }
+}
+
+fn ingest_one<R: StateResolver>(
+    w: &mut Writer<'_>,
+    resolver: &mut R,
+    line: u64,
+    bytes: &[u8],
+) -> Result<Outcome, Failure> {
+    let parsed = parse(bytes).map_err(|(event_id, problem)| {
+        Failure::Early(BadLine {
+            line,
+            event_id,
+            problem,
+        })
+    })?;
+    let bad = |problem| BadLine {
+        line,
+        event_id: Some(parsed.event_id.to_string()),
+        problem,
+    };
+    let checked = check(w, &parsed)?.map_err(|p| Failure::Early(bad(p)))?;
+    store_event(w, resolver, &parsed, checked, bytes).map_err(|f| match f {
+        Failure::Late(b) => Failure::Late(BadLine {
+            line,
+            event_id: Some(parsed.event_id.to_string()),
+            ..b
+        }),
+        other => other,
+    })
+}
+
+fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T> {
+    make(raw).ok_or_else(|| Error::corrupt("meta", what, "zero NID"))
+}
+
+/// Writes one checked event: its NIDs, record, JSON, and its room's bookkeeping.
+fn store_event<R: StateResolver>(
+    w: &mut Writer<'_>,
+    resolver: &mut R,
+    p: &Parsed<'_>,
+    checked: Checked,
+    json: &[u8],
+) -> Result<Outcome, Failure> {
+    let [event] = intern_one(w, intern::EVENT, &p.event_id, EventNid::new)?;
+    let [event_type] = intern_one(w, intern::TYPE, &p.event_type, TypeNid::new)?;
+    let state_key = match &p.state_key {
+        Some(k) => Some(intern_one(w, intern::STATE_KEY, k, StateKeyNid::new)?[0]),
+        None => None,
+    };
+    let auth_ids: Vec<&str> = p.auth_events.iter().map(EventRef::id).collect();
+    let auth_events = w
+        .intern(intern::EVENT, &auth_ids)?
+        .into_iter()
+        .map(|n| nid(n, EventNid::new, "next_event_nid"))
+        .collect::<Result<Vec<_>>>()?;
+    let new_room = checked.room.is_none();
+    let (room, mut room_record) = match checked.room {
+        Some(r) => r,
+        None => {
+            let [room] = intern_one(w, intern::ROOM, &p.room_id, RoomNid::new)?;
+            let version = p.content.room_version.as_deref().unwrap_or("1").to_owned();
+            let record = RoomRecord {
+                version,
+                current_state: SnapshotNid::EMPTY,
+                latest_events: Vec::new(),
+                event_count: 0,
+            };
+            (room, record)
+        }
+    };
+    let ctx = Context {
+        room,
+        version: &room_record.version,
+        event_id: &p.event_id,
+    };
+    let before = state_of_all(w, resolver, &ctx, &checked.prevs)?;
+    let membership = match (event_type, &p.content.membership) {
+        (TypeNid::MEMBER, Some(m)) => m.parse::<Membership>().ok(),
+        _ => None,
+    };
+    let record = EventRecord {
+        room,
+        event_type,
+        state_key,
+        state_before: before,
+        rejected: false,
+        prev_events: checked.prevs.clone(),
+        auth_events,
+        membership,
+    };
+    w.put_event(event, &record)?;
+    w.put_event_json(event, json)?;
+    w.add_room_event(room, room_record.event_count, event)?;
+    room_record.event_count += 1;
+    room_record
+        .latest_events
+        .retain(|e| !checked.prevs.contains(e));
+    room_record.latest_events.push(event);
+    let latest = room_record.latest_events.clone();
+    let current = state_of_all(w, resolver, &ctx, &latest)?;
+    update_membership(w, room, room_record.current_state, current)?;
+    room_record.current_state = current;
+    w.put_room(room, &room_record)?;
+    Ok(Outcome {
+        state: state_key.is_some(),
+        new_room,
+    })
+}
+
+fn intern_one<T>(
+    w: &mut Writer<'_>,
+    kind: intern::Kind,
+    s: &str,
+    make: fn(u64) -> Option<T>,
+) -> Result<[T; 1]> {
+    let raw = w.intern(kind, &[s])?;
+    let first = raw.first().copied().unwrap_or(0);
+    Ok([nid(first, make, kind.counter)?])
+}
+
+struct Context<'a> {
+    room: RoomNid,
+    version: &'a str,
+    event_id: &'a str,
+}
+
+/// The state after all of `events` together: empty for none, the state after the one event, or
+/// the combination of the states after several, with conflicts settled by the resolver.
+fn state_of_all<R: StateResolver>(
+    w: &mut Writer<'_>,
+    resolver: &mut R,
+    ctx: &Context<'_>,
+    events: &[EventNid],
+) -> Result<SnapshotNid, Failure> {
+    let mut afters = Vec::with_capacity(events.len());
+    for e in events {
+        let s = w.state_after_snapshot(*e)?;
+        if !afters.contains(&s) {
+            afters.push(s);
+        }
+    }
+    match afters.as_slice() {
+        [] => return Ok(SnapshotNid::EMPTY),
+        [one] => return Ok(*one),
+        _ => {}
+    }
+    let states = afters
+        .iter()
+        .map(|s| w.flatten(*s))
+        .collect::<Result<Vec<_>>>()?;
+    let combined = crate::resolve::combine_maps(&states);
+    let resolved = if combined.conflicted.is_empty() {
+        combined.unconflicted
+    } else {
+        let request = ResolveRequest {
+            room: ctx.room,
+            room_version: ctx.version,
+            event_id: ctx.event_id,
+            states: &states,
+            combined: &combined,
+        };
+        match resolver.resolve(&request)? {
+            Some(state) => state,
+            None => return Err(Failure::Late(needs_resolution(w, &combined)?)),
+        }
+    };
+    Ok(w.snapshot_from_state(&resolved)?)
+}
+
+fn needs_resolution(w: &mut Writer<'_>, combined: &Combined) -> Result<BadLine> {
+    let mut keys = Vec::with_capacity(combined.conflicted.len());
+    for c in &combined.conflicted {
+        keys.push((
+            w.string(intern::TYPE, c.key.ty.get())?,
+            w.string(intern::STATE_KEY, c.key.key.get())?,
+        ));
+    }
+    Ok(BadLine {
+        line: 0,
+        event_id: None,
+        problem: Problem::NeedsStateResolution(keys),
+    })
+}
+
+/// Brings the room's membership index from its old current state to the new one.
+fn update_membership(
+    w: &mut Writer<'_>,
+    room: RoomNid,
+    old: SnapshotNid,
+    new: SnapshotNid,
+) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    let diff = w.diff(old, new)?;
+    let is_member = |k: &StateKey| k.ty == TypeNid::MEMBER;
+    for e in diff.removed.iter().filter(|e| is_member(&e.key)) {
+        w.set_membership(room, e.key.key, None)?;
+    }
+    let set = diff
+        .added
+        .iter()
+        .map(|e| (e.key, e.event))
+        .chain(diff.changed.iter().map(|c| (c.key, c.new)));
+    for (key, event) in set.filter(|(k, _)| is_member(k)) {
+        let membership = w.expect_event(event)?.membership;
+        w.set_membership(room, key.key, membership)?;
+    }
+    Ok(())
+}

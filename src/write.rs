@@ -1,0 +1,372 @@
+//! The write path: every write to the store goes through a [`Writer`], which opens each table
+//! on first use and keeps it open. A [`crate::WriteTxn`] call uses a writer for one operation;
+//! ingest keeps one for a whole batch, since opening a redb table costs about a microsecond.
+
+use crate::block::{BlockHash, BlockView, DeltaEntry, encode_block};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::intern::{self, Kind};
+use crate::membership::Membership;
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid};
+use crate::policy::WritePolicy;
+use crate::record::{EventRecord, RoomRecord};
+use crate::resolve::{self, Run, StateDiff, StateMap};
+use crate::snapshot::{BlockRef, encode_snapshot, snapshot_hash};
+use crate::store::{WriteCounts, load, load_refs, snapshot_record};
+use crate::tables;
+use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+
+/// The meta key of the snapshot NID counter.
+pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
+
+type Bytes = &'static [u8];
+
+pub(crate) struct Writer<'t> {
+    tx: &'t WriteTransaction,
+    policy: &'t dyn WritePolicy,
+    counts: &'t mut WriteCounts,
+    meta: Option<Table<'t, &'static str, u64>>,
+    forward: [Option<Table<'t, &'static str, u64>>; 4],
+    reverse: [Option<Table<'t, u64, &'static str>>; 4],
+    blocks: Option<Table<'t, u128, Bytes>>,
+    snapshots: Option<Table<'t, u64, Bytes>>,
+    snapshot_hashes: Option<Table<'t, u128, u64>>,
+    events: Option<Table<'t, u64, Bytes>>,
+    rooms: Option<Table<'t, u64, Bytes>>,
+    event_json: Option<Table<'t, u64, Bytes>>,
+    membership: Option<Table<'t, (u64, u64), u8>>,
+    user_rooms: Option<Table<'t, (u64, u64), ()>>,
+    room_events: Option<Table<'t, (u64, u64), u64>>,
+}
+
+fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
+    tx: &'t WriteTransaction,
+    slot: &'s mut Option<Table<'t, K, V>>,
+    def: TableDefinition<'_, K, V>,
+) -> Result<&'s mut Table<'t, K, V>> {
+    match slot {
+        Some(table) => Ok(table),
+        None => Ok(slot.insert(tx.open_table(def)?)),
+    }
+}
+
+macro_rules! table {
+    ($name:ident, $def:expr, $k:ty, $v:ty) => {
+        fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>> {
+            open(self.tx, &mut self.$name, $def)
+        }
+    };
+}
+
+impl<'t> Writer<'t> {
+    pub fn new(
+        tx: &'t WriteTransaction,
+        policy: &'t dyn WritePolicy,
+        counts: &'t mut WriteCounts,
+    ) -> Self {
+        Writer {
+            tx,
+            policy,
+            counts,
+            meta: None,
+            forward: [None, None, None, None],
+            reverse: [None, None, None, None],
+            blocks: None,
+            snapshots: None,
+            snapshot_hashes: None,
+            events: None,
+            rooms: None,
+            event_json: None,
+            membership: None,
+            user_rooms: None,
+            room_events: None,
+        }
+    }
+
+    table!(meta, tables::META, &'static str, u64);
+    table!(blocks, tables::BLOCKS, u128, Bytes);
+    table!(snapshots, tables::SNAPSHOTS, u64, Bytes);
+    table!(snapshot_hashes, tables::SNAPSHOT_HASHES, u128, u64);
+    table!(events, tables::EVENTS, u64, Bytes);
+    table!(rooms, tables::ROOMS, u64, Bytes);
+    table!(event_json, tables::EVENT_JSON, u64, Bytes);
+    table!(membership, tables::MEMBERSHIP, (u64, u64), u8);
+    table!(user_rooms, tables::USER_ROOMS, (u64, u64), ());
+    table!(room_events, tables::ROOM_EVENTS, (u64, u64), u64);
+
+    /// The NIDs of `strings`, interning the new ones.
+    pub fn intern(&mut self, kind: Kind, strings: &[&str]) -> Result<Vec<u64>> {
+        let tx = self.tx;
+        let forward = open(tx, &mut self.forward[kind.index], kind.forward)?;
+        let reverse = open(tx, &mut self.reverse[kind.index], kind.reverse)?;
+        let meta = open(tx, &mut self.meta, tables::META)?;
+        intern::get_or_create(forward, reverse, meta, kind, strings)
+    }
+
+    /// The NID of `s`, if interned.
+    pub fn lookup(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
+        let forward = open(self.tx, &mut self.forward[kind.index], kind.forward)?;
+        intern::lookup(forward, s)
+    }
+
+    /// The string behind `nid`.
+    pub fn string(&mut self, kind: Kind, nid: u64) -> Result<String> {
+        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        intern::resolve(reverse, kind, nid)
+    }
+
+    /// Fails unless `nid` is interned as `kind`.
+    pub fn require(&mut self, kind: Kind, nid: u64) -> Result<()> {
+        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        match reverse.get(nid)? {
+            Some(_) => Ok(()),
+            None => Err(Error::UnknownNid {
+                kind: kind.nid,
+                nid,
+            }),
+        }
+    }
+
+    /// Stores a block unless one with the same content exists.
+    pub fn put_block(&mut self, entries: &[DeltaEntry]) -> Result<BlockRef> {
+        let bytes = encode_block(entries)?;
+        let count = u32::try_from(entries.len())
+            .map_err(|_| Error::InvalidState(format!("block of {} entries", entries.len())))?;
+        let hash = BlockHash::of(&bytes);
+        let table = self.blocks()?;
+        let existing = table.get(hash.0)?.map(|v| v.value() == bytes.as_slice());
+        match existing {
+            Some(true) => {}
+            Some(false) => {
+                return Err(Error::HashCollision {
+                    table: "blocks",
+                    hash: hash.0,
+                });
+            }
+            None => {
+                table.insert(hash.0, bytes.as_slice())?;
+                self.counts.blocks += 1;
+                self.counts.entries += u64::from(count);
+            }
+        }
+        Ok(BlockRef {
+            hash,
+            entries: count,
+        })
+    }
+
+    /// Fails unless every block is stored with the entry count its reference gives.
+    pub fn check_blocks(&mut self, blocks: &[BlockRef]) -> Result<()> {
+        let table = self.blocks()?;
+        for r in blocks {
+            let row = table
+                .get(r.hash.0)?
+                .ok_or_else(|| Error::InvalidState(format!("block {} is not stored", r.hash)))?;
+            let view =
+                BlockView::parse(row.value()).map_err(|e| Error::corrupt("blocks", r.hash, e))?;
+            if view.len() != r.entries as usize {
+                return Err(Error::InvalidState(format!(
+                    "block {} holds {} entries, not {}",
+                    r.hash,
+                    view.len(),
+                    r.entries
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a block list, or finds the identical one already stored.
+    pub fn insert_snapshot(
+        &mut self,
+        state_len: usize,
+        blocks: &[BlockRef],
+    ) -> Result<SnapshotNid> {
+        let state_len = u32::try_from(state_len)
+            .map_err(|_| Error::InvalidState(format!("state of {state_len} entries")))?;
+        let record = encode_snapshot(state_len, blocks);
+        let hash = snapshot_hash(&record);
+        let existing = self.snapshot_hashes()?.get(hash)?.map(|v| v.value());
+        if let Some(nid) = existing {
+            let same = self
+                .snapshots()?
+                .get(nid)?
+                .is_some_and(|stored| stored.value() == record.as_slice());
+            if !same {
+                return Err(Error::HashCollision {
+                    table: "snapshot_hashes",
+                    hash,
+                });
+            }
+            return SnapshotNid::new(nid)
+                .ok_or_else(|| Error::corrupt("snapshot_hashes", hash, "zero NID"));
+        }
+        let meta = self.meta()?;
+        let next = meta
+            .get(NEXT_SNAPSHOT)?
+            .map_or(SnapshotNid::EMPTY.get() + 1, |v| v.value());
+        let nid = SnapshotNid::new(next)
+            .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
+        meta.insert(NEXT_SNAPSHOT, next + 1)?;
+        self.snapshots()?.insert(next, record.as_slice())?;
+        self.snapshot_hashes()?.insert(hash, next)?;
+        self.counts.snapshots += 1;
+        Ok(nid)
+    }
+
+    fn read_tables(&mut self) -> Result<(&Table<'t, u128, Bytes>, &Table<'t, u64, Bytes>)> {
+        self.blocks()?;
+        self.snapshots()?;
+        match (&self.blocks, &self.snapshots) {
+            (Some(b), Some(s)) => Ok((b, s)),
+            // Both were opened just above.
+            _ => Err(Error::InvalidState("tables failed to open".into())),
+        }
+    }
+
+    pub fn snapshot_refs(&mut self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
+        Ok(snapshot_record(self.snapshots()?, snapshot)?.blocks)
+    }
+
+    /// The state the given blocks make, as if they were a snapshot.
+    pub fn flatten_refs(&mut self, refs: &[BlockRef]) -> Result<StateMap> {
+        let (blocks, _) = self.read_tables()?;
+        resolve::flatten(&load_refs(blocks, refs.to_vec(), SnapshotNid::EMPTY)?.runs()?)
+    }
+
+    pub fn flatten(&mut self, snapshot: SnapshotNid) -> Result<StateMap> {
+        let (blocks, snapshots) = self.read_tables()?;
+        resolve::flatten(&load(blocks, snapshots, snapshot)?.runs()?)
+    }
+
+    pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
+        let (blocks, snapshots) = self.read_tables()?;
+        let (a, b) = (load(blocks, snapshots, a)?, load(blocks, snapshots, b)?);
+        resolve::diff(&a.runs()?, &b.runs()?)
+    }
+
+    /// Stores a whole state as one block.
+    pub fn snapshot_from_state(&mut self, state: &StateMap) -> Result<SnapshotNid> {
+        if state.is_empty() {
+            return Ok(SnapshotNid::EMPTY);
+        }
+        let entries: Vec<DeltaEntry> = state.iter().map(|e| DeltaEntry::from(*e)).collect();
+        let block = self.put_block(&entries)?;
+        self.insert_snapshot(state.len(), &[block])
+    }
+
+    /// Stores `parent` changed by `delta`, laid out by the write policy.
+    pub fn snapshot_from_delta(
+        &mut self,
+        parent: SnapshotNid,
+        mut delta: Vec<DeltaEntry>,
+    ) -> Result<SnapshotNid> {
+        delta.sort_unstable_by_key(|e| e.key);
+        if let Some(w) = delta.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(Error::InvalidState(format!(
+                "delta names {:?} twice",
+                w[0].key
+            )));
+        }
+        let policy = self.policy;
+        let (blocks, snapshots) = self.read_tables()?;
+        let parent_len = snapshot_record(snapshots, parent)?.state_len as usize;
+        let loaded = load(blocks, snapshots, parent)?;
+        if delta.is_empty() {
+            return Ok(parent);
+        }
+        let keep = policy
+            .plan(&loaded.refs, delta.len())
+            .keep
+            .min(loaded.refs.len());
+        let delta_bytes = encode_block(&delta)?;
+        let delta_view =
+            BlockView::parse(&delta_bytes).map_err(|e| Error::InvalidState(e.to_string()))?;
+        let mut runs = loaded.runs()?;
+        let mut state_len = parent_len;
+        for d in &delta {
+            let was = resolve::lookup(&runs, d.key)?.is_some();
+            state_len =
+                (state_len + usize::from(d.event.is_some())).saturating_sub(usize::from(was));
+        }
+        runs.drain(..keep);
+        runs.push(Run::whole(BlockHash::of(&delta_bytes), delta_view));
+        let merged = resolve::merge(&runs, keep > 0)?;
+        let mut refs = loaded.refs[..keep].to_vec();
+        drop(runs);
+        drop(loaded);
+        if !merged.is_empty() {
+            refs.push(self.put_block(&merged)?);
+        }
+        self.insert_snapshot(state_len, &refs)
+    }
+
+    pub fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
+        let row = self.events()?.get(event.get())?;
+        row.map(|v| codec::decode("events", event, v.value()))
+            .transpose()
+    }
+
+    pub fn expect_event(&mut self, event: EventNid) -> Result<EventRecord> {
+        self.event(event)?.ok_or(Error::UnknownEvent(event))
+    }
+
+    pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
+        let bytes = codec::encode(record)?;
+        self.events()?.insert(event.get(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn room(&mut self, room: RoomNid) -> Result<Option<RoomRecord>> {
+        let row = self.rooms()?.get(room.get())?;
+        row.map(|v| codec::decode("rooms", room, v.value()))
+            .transpose()
+    }
+
+    pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
+        let bytes = codec::encode(record)?;
+        self.rooms()?.insert(room.get(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// The snapshot after `event`, stored if new.
+    pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
+        let record = self.expect_event(event)?;
+        match record.sets() {
+            Some(key) => {
+                self.snapshot_from_delta(record.state_before, vec![DeltaEntry::set(key, event)])
+            }
+            None => Ok(record.state_before),
+        }
+    }
+
+    pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
+        self.event_json()?.insert(event.get(), json)?;
+        Ok(())
+    }
+
+    pub fn add_room_event(&mut self, room: RoomNid, seq: u64, event: EventNid) -> Result<()> {
+        self.room_events()?.insert((room.get(), seq), event.get())?;
+        Ok(())
+    }
+
+    /// Records `user`'s membership of `room` (`None`: no longer in the room's state).
+    pub fn set_membership(
+        &mut self,
+        room: RoomNid,
+        user: StateKeyNid,
+        membership: Option<Membership>,
+    ) -> Result<()> {
+        let (r, u) = (room.get(), user.get());
+        match membership {
+            Some(m) => self.membership()?.insert((r, u), m.code())?,
+            None => self.membership()?.remove((r, u))?,
+        };
+        if membership == Some(Membership::Join) {
+            self.user_rooms()?.insert((u, r), ())?;
+        } else {
+            self.user_rooms()?.remove((u, r))?;
+        }
+        Ok(())
+    }
+}
