@@ -173,27 +173,135 @@ pub struct ResolveRequest<'a> {
     pub combined: &'a Combined,
 }
 
+/// What a resolver may read while it works: the store as the ingest batch has written it so
+/// far.
+pub trait StateSource {
+    /// An event's record, if stored.
+    fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>>;
+    /// The event holding `key` in a snapshot.
+    fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>>;
+    /// An event's ID.
+    fn event_id(&mut self, event: EventNid) -> Result<String>;
+    /// An event's JSON as ingested, if stored.
+    fn event_json(&mut self, event: EventNid) -> Result<Option<String>>;
+}
+
+impl StateSource for Writer<'_> {
+    fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
+        Writer::event(self, event)
+    }
+    fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        self.lookup_key(snapshot, key)
+    }
+    fn event_id(&mut self, event: EventNid) -> Result<String> {
+        self.string(intern::EVENT, event.get())
+    }
+    fn event_json(&mut self, event: EventNid) -> Result<Option<String>> {
+        Writer::event_json_text(self, event)
+    }
+}
+
 /// Settles conflicted state. Ingest calls it when states to combine disagree on a key.
 pub trait StateResolver {
     /// The resolved state, or `None` to refuse: the event is then reported as needing state
     /// resolution.
-    fn resolve(&mut self, request: &ResolveRequest<'_>) -> Result<Option<StateMap>>;
+    fn resolve(
+        &mut self,
+        request: &ResolveRequest<'_>,
+        source: &mut dyn StateSource,
+    ) -> Result<Option<StateMap>>;
 }
 
-/// A resolver that settles nothing: an event whose states conflict is a bad line naming the
-/// conflicted keys. Honest until full Matrix state resolution is plugged in.
+/// A resolver that settles nothing: an event whose states disagree at all is a bad line naming
+/// the conflicted keys.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Refuse;
 
 impl StateResolver for Refuse {
-    fn resolve(&mut self, _request: &ResolveRequest<'_>) -> Result<Option<StateMap>> {
+    fn resolve(
+        &mut self,
+        _request: &ResolveRequest<'_>,
+        _source: &mut dyn StateSource,
+    ) -> Result<Option<StateMap>> {
         Ok(None)
     }
 }
 
+/// Settles only the disagreements that are not contests: for each conflicted key it takes the
+/// candidate whose own history replaced every other candidate (following the key back through
+/// each event's state before it), and a state that lacks the key contests nothing. This is what
+/// a fork looks like when its branches change different keys. Two concurrent changes to the
+/// same key are a real conflict and are refused, as [`Refuse`] would.
+///
+/// It is not Matrix state resolution: it applies no authorization rules, so a branch that
+/// changed power levels does not invalidate events of the other. Use it where histories are
+/// trusted, and a full state-resolution implementation where they are not.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrivialMerge;
+
+/// How far back [`TrivialMerge`] follows one key's history before calling a conflict real.
+pub const TRIVIAL_MERGE_MAX_DEPTH: usize = 10_000;
+
+impl StateResolver for TrivialMerge {
+    fn resolve(
+        &mut self,
+        request: &ResolveRequest<'_>,
+        source: &mut dyn StateSource,
+    ) -> Result<Option<StateMap>> {
+        let mut entries = request.combined.unconflicted.entries().to_vec();
+        for conflict in &request.combined.conflicted {
+            match superseding(source, conflict.key, &conflict.candidates)? {
+                Some(event) => entries.push(crate::StateEntry {
+                    key: conflict.key,
+                    event,
+                }),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(StateMap::from_entries(entries)))
+    }
+}
+
+/// The candidate whose history for `key` holds every other candidate, if there is one.
+fn superseding(
+    source: &mut dyn StateSource,
+    key: StateKey,
+    candidates: &[EventNid],
+) -> Result<Option<EventNid>> {
+    for &winner in candidates {
+        let mut others: Vec<EventNid> = candidates
+            .iter()
+            .copied()
+            .filter(|c| *c != winner)
+            .collect();
+        let mut current = winner;
+        for _ in 0..TRIVIAL_MERGE_MAX_DEPTH {
+            if others.is_empty() {
+                break;
+            }
+            let Some(record) = source.event(current)? else {
+                break;
+            };
+            let Some(previous) = source.lookup(record.state_before, key)? else {
+                break;
+            };
+            others.retain(|o| *o != previous);
+            current = previous;
+        }
+        if others.is_empty() {
+            return Ok(Some(winner));
+        }
+    }
+    Ok(None)
+}
+
 impl<R: StateResolver + ?Sized> StateResolver for &mut R {
-    fn resolve(&mut self, request: &ResolveRequest<'_>) -> Result<Option<StateMap>> {
-        (**self).resolve(request)
+    fn resolve(
+        &mut self,
+        request: &ResolveRequest<'_>,
+        source: &mut dyn StateSource,
+    ) -> Result<Option<StateMap>> {
+        (**self).resolve(request, source)
     }
 }
 
@@ -318,9 +426,20 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
     }
 
     /// Reads `input` to its end, line by line, never holding more than one batch.
-    pub fn read_from(&mut self, mut input: impl BufRead) -> Result<()> {
+    pub fn read_from(&mut self, input: impl BufRead) -> Result<()> {
+        self.read_from_with(input, |_| {})
+    }
+
+    /// Like [`read_from`](Self::read_from), calling `on_commit` with the report after each
+    /// committed batch, for progress display.
+    pub fn read_from_with(
+        &mut self,
+        mut input: impl BufRead,
+        mut on_commit: impl FnMut(&IngestReport),
+    ) -> Result<()> {
         let mut line = Vec::new();
         loop {
+            let batches = self.report.batches;
             let (read, oversized) = read_bounded_line(&mut input, &mut line, MAX_EVENT_BYTES)?;
             if read == 0 {
                 return Ok(());
@@ -335,6 +454,9 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
                 })?;
             } else {
                 self.push_line(&line)?;
+            }
+            if self.report.batches != batches {
+                on_commit(&self.report);
             }
         }
     }
@@ -613,13 +735,15 @@ struct Checked {
 
 fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>> {
     if let Some(nid) = w
-        .lookup(intern::EVENT, &p.event_id)?
+        .lookup_nid(intern::EVENT, &p.event_id)?
         .and_then(EventNid::new)
         && w.event(nid)?.is_some()
     {
         return Ok(Err(Problem::DuplicateEvent));
     }
-    let room_nid = w.lookup(intern::ROOM, &p.room_id)?.and_then(RoomNid::new);
+    let room_nid = w
+        .lookup_nid(intern::ROOM, &p.room_id)?
+        .and_then(RoomNid::new);
     let room = match room_nid {
         Some(nid) => w.room(nid)?.map(|r| (nid, r)),
         None => None,
@@ -637,7 +761,7 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
     let mut prevs = Vec::with_capacity(p.prev_events.len());
     for r in &p.prev_events {
         let id = r.id();
-        let Some(nid) = w.lookup(intern::EVENT, id)?.and_then(EventNid::new) else {
+        let Some(nid) = w.lookup_nid(intern::EVENT, id)?.and_then(EventNid::new) else {
             return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
         };
         let Some(record) = w.event(nid)? else {
@@ -823,12 +947,12 @@ fn state_of_all<R: StateResolver>(
             states: &states,
             combined: &combined,
         };
-        match resolver.resolve(&request)? {
+        match resolver.resolve(&request, w)? {
             Some(state) => state,
             None => return Err(Failure::Late(needs_resolution(w, &combined)?)),
         }
     };
-    Ok(w.snapshot_from_state(&resolved)?)
+    Ok(w.snapshot_from_merge(afters[0], &resolved)?)
 }
 
 fn needs_resolution(w: &mut Writer<'_>, combined: &Combined) -> Result<BadLine> {

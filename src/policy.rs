@@ -38,6 +38,12 @@ pub trait WritePolicy: fmt::Debug + Send + Sync {
     /// Plans a snapshot built from `parent` (its blocks, oldest first) plus a delta of
     /// `delta_len` entries. A `keep` larger than `parent.len()` is treated as `parent.len()`.
     fn plan(&self, parent: &[BlockRef], delta_len: usize) -> Plan;
+
+    /// Whether a state built from several parents is stored as a delta from the first parent
+    /// (`true`), or written in full (`false`, the seed's rule).
+    fn merge_as_delta(&self) -> bool {
+        false
+    }
 }
 
 /// The seed's rule, from Dendrite's roomserver: append the delta as a new block while the parent

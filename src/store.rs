@@ -886,6 +886,16 @@ pub struct StoreStats {
     pub tables: Vec<TableSize>,
     /// Entries held by all blocks together, tombstones included.
     pub stored_entries: u64,
+    /// Entries of every snapshot's state, flattened and added up: what storing each snapshot
+    /// in full would take.
+    pub snapshot_entries: u64,
+    /// Entries of the state before every event, added up: what storing a full copy per event
+    /// would take.
+    pub event_entries: u64,
+    /// Event records.
+    pub events: u64,
+    /// Of which state events.
+    pub state_events: u64,
 }
 
 impl StoreStats {
@@ -953,8 +963,30 @@ fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
             .map_err(|e| Error::corrupt("blocks", BlockHash(hash.value()), e))?;
         stored_entries += view.len() as u64;
     }
+    let mut state_lens = std::collections::HashMap::new();
+    for row in tx.open(tables::SNAPSHOTS)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        let record = decode_snapshot(bytes.value())
+            .map_err(|e| Error::corrupt("snapshots", nid.value(), e))?;
+        state_lens.insert(nid.value(), u64::from(record.state_len));
+    }
+    let (mut events, mut state_events, mut event_entries) = (0, 0, 0);
+    for row in tx.open(tables::EVENTS)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        let record: EventRecord = codec::decode("events", nid.value(), bytes.value())?;
+        events += 1;
+        state_events += u64::from(record.state_key.is_some());
+        event_entries += state_lens
+            .get(&record.state_before.get())
+            .copied()
+            .ok_or(Error::UnknownSnapshot(record.state_before))?;
+    }
     Ok(StoreStats {
         tables: out,
         stored_entries,
+        snapshot_entries: state_lens.values().sum(),
+        event_entries,
+        events,
+        state_events,
     })
 }

@@ -7,7 +7,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
 use crate::membership::Membership;
-use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid};
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::policy::WritePolicy;
 use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Run, StateDiff, StateMap};
@@ -20,6 +20,8 @@ use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
 
 type Bytes = &'static [u8];
+type BlockTable<'t> = Table<'t, u128, Bytes>;
+type SnapshotTable<'t> = Table<'t, u64, Bytes>;
 
 pub(crate) struct Writer<'t> {
     tx: &'t WriteTransaction,
@@ -104,7 +106,7 @@ impl<'t> Writer<'t> {
     }
 
     /// The NID of `s`, if interned.
-    pub fn lookup(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
+    pub fn lookup_nid(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
         let forward = open(self.tx, &mut self.forward[kind.index], kind.forward)?;
         intern::lookup(forward, s)
     }
@@ -214,7 +216,7 @@ impl<'t> Writer<'t> {
         Ok(nid)
     }
 
-    fn read_tables(&mut self) -> Result<(&Table<'t, u128, Bytes>, &Table<'t, u64, Bytes>)> {
+    fn read_tables(&mut self) -> Result<(&BlockTable<'t>, &SnapshotTable<'t>)> {
         self.blocks()?;
         self.snapshots()?;
         match (&self.blocks, &self.snapshots) {
@@ -239,10 +241,36 @@ impl<'t> Writer<'t> {
         resolve::flatten(&load(blocks, snapshots, snapshot)?.runs()?)
     }
 
+    pub fn lookup_key(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        let (blocks, snapshots) = self.read_tables()?;
+        resolve::lookup(&load(blocks, snapshots, snapshot)?.runs()?, key)
+    }
+
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
         let (blocks, snapshots) = self.read_tables()?;
         let (a, b) = (load(blocks, snapshots, a)?, load(blocks, snapshots, b)?);
         resolve::diff(&a.runs()?, &b.runs()?)
+    }
+
+    /// Stores a whole state that was built from several parents, `base` among them: as a delta
+    /// from `base` when the policy prefers that, else in full.
+    pub fn snapshot_from_merge(
+        &mut self,
+        base: SnapshotNid,
+        state: &StateMap,
+    ) -> Result<SnapshotNid> {
+        if !self.policy.merge_as_delta() {
+            return self.snapshot_from_state(state);
+        }
+        let diff = resolve::diff_maps(&self.flatten(base)?, state);
+        let delta = diff
+            .added
+            .iter()
+            .map(|e| DeltaEntry::from(*e))
+            .chain(diff.changed.iter().map(|c| DeltaEntry::set(c.key, c.new)))
+            .chain(diff.removed.iter().map(|e| DeltaEntry::remove(e.key)))
+            .collect();
+        self.snapshot_from_delta(base, delta)
     }
 
     /// Stores a whole state as one block.
@@ -343,6 +371,15 @@ impl<'t> Writer<'t> {
     pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
         self.event_json()?.insert(event.get(), json)?;
         Ok(())
+    }
+
+    pub fn event_json_text(&mut self, event: EventNid) -> Result<Option<String>> {
+        let row = self.event_json()?.get(event.get())?;
+        row.map(|v| {
+            String::from_utf8(v.value().to_vec())
+                .map_err(|e| Error::corrupt("event_json", event, e))
+        })
+        .transpose()
     }
 
     pub fn add_room_event(&mut self, room: RoomNid, seq: u64, event: EventNid) -> Result<()> {

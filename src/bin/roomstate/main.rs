@@ -1,0 +1,392 @@
+//! The `roomstate` command: ingest, query and measure a room-state store. It uses only the
+//! library's public API.
+
+mod demo;
+mod names;
+mod query;
+
+use clap::{Parser, Subcommand};
+use roomstate::ingest::{
+    IngestOptions, IngestReport, Ingester, OnBadLine, Refuse, StateResolver, TrivialMerge,
+    open_input,
+};
+use roomstate::workload::{GenConfig, Workload, write_jsonl};
+use roomstate::{Membership, Store, StoreRead};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Matrix room state in one redb file.
+#[derive(Parser)]
+#[command(name = "roomstate", version, about)]
+struct Cli {
+    /// The store file (created if missing). Accepted before or after the subcommand.
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a synthetic room, store the state before every event, and show the figures.
+    Demo {
+        /// Members who join the room.
+        #[arg(long, default_value_t = 3_000)]
+        members: u64,
+        /// State events in all (joins, then churn).
+        #[arg(long, default_value_t = 8_000)]
+        state_events: u64,
+        /// Messages after each state event.
+        #[arg(long, default_value_t = 5)]
+        messages_per_state: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Ingest JSON-lines event files (`-` is standard input; gzip is detected).
+    Ingest {
+        /// Input files.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Events per committed batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: usize,
+        /// Skip bad lines and report them, instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_lines: bool,
+        /// How conflicting states are settled: `trivial` takes a change over the state it
+        /// replaced and refuses concurrent changes of one key; `refuse` settles nothing.
+        #[arg(long, value_enum, default_value_t = ResolverChoice::Trivial)]
+        resolver: ResolverChoice,
+    },
+    /// Print a state as JSON: before (or after) an event, or a room's current state.
+    State {
+        /// The event whose state to print.
+        #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+        event: Option<String>,
+        /// The state after the event rather than before it.
+        #[arg(long, requires = "event")]
+        after: bool,
+        /// The room whose current state to print.
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// Print, for every event of a room in ingest order, the state before it (JSON lines).
+    States {
+        /// The room.
+        #[arg(long)]
+        room: String,
+    },
+    /// Print the difference between the states before two events, as JSON.
+    Diff {
+        /// The first event.
+        a: String,
+        /// The second event.
+        b: String,
+    },
+    /// List a room's members from its current state.
+    Members {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// Only members with this membership (join, invite, leave, ban, knock).
+        #[arg(long)]
+        membership: Option<Membership>,
+    },
+    /// List the rooms a user is joined to.
+    Rooms {
+        /// The user ID.
+        #[arg(long)]
+        user: String,
+    },
+    /// Print an event's stored JSON.
+    Event {
+        /// The event ID.
+        id: String,
+    },
+    /// Counts and sizes per table, and deduplication figures.
+    Stats {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic history as JSON lines to standard output.
+    Gen {
+        /// hq, many or forky.
+        workload: Workload,
+        /// Seed of every random choice.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Members (hq, forky) or rooms (many).
+        #[arg(long)]
+        members: Option<u64>,
+        /// State events (hq, forky) or state events per room (many).
+        #[arg(long)]
+        state_events: Option<u64>,
+        /// Messages after each state event.
+        #[arg(long)]
+        messages_per_state: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ResolverChoice {
+    Trivial,
+    Refuse,
+}
+
+/// A failure, split the way the exit code reports it.
+pub enum Failure {
+    /// The user's doing: bad input, an unknown ID. Exit code 1.
+    User(String),
+    /// The store's: I/O, corruption. Exit code 2.
+    Store(String),
+}
+
+impl From<roomstate::Error> for Failure {
+    fn from(e: roomstate::Error) -> Self {
+        if e.is_user_error() {
+            Failure::User(e.to_string())
+        } else {
+            Failure::Store(e.to_string())
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::User("output closed".into())
+        } else {
+            Failure::Store(format!("I/O error: {e}"))
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+const DEFAULT_DB: &str = "roomstate.redb";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::User(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Store(msg)) => {
+            eprintln!("store failure: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    let db = cli.db;
+    match cli.command {
+        Command::Demo {
+            members,
+            state_events,
+            messages_per_state,
+            seed,
+        } => {
+            let config = GenConfig {
+                workload: Workload::Hq,
+                seed,
+                members,
+                state_events,
+                messages_per_state,
+            };
+            demo::run(db.as_deref(), config)
+        }
+        Command::Ingest {
+            files,
+            batch_size,
+            skip_bad_lines,
+            resolver,
+        } => {
+            let store = Store::open(db_path(&db))?;
+            match resolver {
+                ResolverChoice::Trivial => {
+                    ingest(&store, &files, batch_size, skip_bad_lines, TrivialMerge)
+                }
+                ResolverChoice::Refuse => {
+                    ingest(&store, &files, batch_size, skip_bad_lines, Refuse)
+                }
+            }
+        }
+        Command::Gen {
+            workload,
+            seed,
+            members,
+            state_events,
+            messages_per_state,
+        } => {
+            let mut config = GenConfig::new(workload);
+            config.seed = seed.unwrap_or(config.seed);
+            config.members = members.unwrap_or(config.members);
+            config.state_events = state_events.unwrap_or(config.state_events);
+            config.messages_per_state = messages_per_state.unwrap_or(config.messages_per_state);
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            write_jsonl(config, out)?;
+            Ok(())
+        }
+        query => {
+            let store = open_existing(&db)?;
+            let rx = store.read()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            run_query(&rx, query, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn run_query(rx: &roomstate::ReadTxn, command: Command, out: &mut impl Write) -> CliResult {
+    match command {
+        Command::State {
+            event: Some(event),
+            after,
+            ..
+        } => query::state_of_event(rx, &event, after, out),
+        Command::State {
+            room: Some(room), ..
+        } => query::state_of_room(rx, &room, out),
+        Command::States { room } => query::states(rx, &room, out),
+        Command::Diff { a, b } => query::diff(rx, &a, &b, out),
+        Command::Members { room, membership } => query::members(rx, &room, membership, out),
+        Command::Rooms { user } => query::rooms(rx, &user, out),
+        Command::Event { id } => query::event(rx, &id, out),
+        Command::Stats { json } => query::stats(rx, json, out),
+        _ => Err(Failure::User("nothing to do".into())),
+    }
+}
+
+fn db_path(db: &Option<PathBuf>) -> &Path {
+    db.as_deref().unwrap_or(Path::new(DEFAULT_DB))
+}
+
+/// Opens a store that must already exist: a query on a missing file is a typo, not a request
+/// to create one.
+fn open_existing(db: &Option<PathBuf>) -> CliResult<Store> {
+    let path = db_path(db);
+    if !path.exists() {
+        return Err(Failure::User(format!(
+            "no store at {} (use --db PATH, or ingest first)",
+            path.display()
+        )));
+    }
+    Ok(Store::open(path)?)
+}
+
+fn ingest(
+    store: &Store,
+    files: &[String],
+    batch_size: usize,
+    skip: bool,
+    resolver: impl StateResolver,
+) -> CliResult {
+    let options = IngestOptions {
+        batch_size,
+        on_bad_line: if skip {
+            OnBadLine::Skip
+        } else {
+            OnBadLine::Stop
+        },
+        ..IngestOptions::default()
+    };
+    let total_bytes: Option<u64> = files
+        .iter()
+        .map(|f| {
+            let plain = f != "-" && !f.ends_with(".gz");
+            plain
+                .then(|| std::fs::metadata(f).ok().map(|m| m.len()))
+                .flatten()
+        })
+        .sum();
+    let mut progress = Progress::new(total_bytes);
+    let mut ingester = Ingester::new(store, options, resolver);
+    for file in files {
+        let input =
+            open_input(file).map_err(|e| Failure::User(format!("cannot read {file}: {e}")))?;
+        ingester.read_from_with(input, |report| progress.update(report))?;
+    }
+    let report = ingester.finish()?;
+    progress.finish();
+    summary(store, &report)
+}
+
+/// A progress bar on a terminal, a plain line every few seconds otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total_bytes: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total_bytes {
+                Some(n) => indicatif::ProgressBar::new(n),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            let template = match total_bytes {
+                Some(_) => "{bar:40} {bytes}/{total_bytes} {msg} ({eta})",
+                None => "{spinner} {bytes} {msg}",
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress {
+            bar,
+            last_line: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, report: &IngestReport) {
+        let rate = report.events as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(report.bytes);
+                bar.set_message(format!("{} events, {rate:.0}/s", report.events));
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
+                eprintln!(
+                    "ingested {} events ({} bytes, {rate:.0} events/s)",
+                    report.events, report.bytes
+                );
+                self.last_line = Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn summary(store: &Store, report: &IngestReport) -> CliResult {
+    let stats = store.read()?.stats()?;
+    println!("events        {}", report.events);
+    println!("state events  {}", report.state_events);
+    println!("rooms         {}", report.rooms);
+    println!("snapshots     {}", stats.rows("snapshots"));
+    println!("blocks        {}", stats.rows("blocks"));
+    println!("input bytes   {}", report.bytes);
+    println!("state bytes   {}", stats.state_bytes());
+    println!("events/s      {:.0}", report.events_per_second());
+    println!("bad lines     {}", report.bad_lines);
+    for bad in &report.listed_bad_lines {
+        eprintln!("skipped {bad}");
+    }
+    Ok(())
+}
