@@ -1,1 +1,128 @@
-fn main() {}
+//! Flatten, lookup and diff of a 100,000-entry state, against a plain copy of the same entries
+//! measured in the same run.
+//!
+//! `cargo bench --bench resolve` prints criterion's figures and, at the end, the median
+//! flatten/copy ratio from interleaved runs (the machine is shared, so only same-run ratios mean
+//! anything).
+
+use criterion::{Criterion, criterion_group};
+use roomstate::{
+    DeltaEntry, EventNid, SnapshotNid, StateEntry, StateKey, StateKeyNid, Store, StoreRead, TypeNid,
+};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const STATE: u64 = 100_000;
+const DELTAS: u64 = 63;
+
+struct Fixture {
+    store: Store,
+    /// The full state written as one block.
+    base: SnapshotNid,
+    /// The base plus 63 single-entry delta blocks: the seed policy's worst read case.
+    layered: SnapshotNid,
+    /// The state before the last delta.
+    previous: SnapshotNid,
+}
+
+fn member(user: u64) -> StateKey {
+    StateKey::new(TypeNid::MEMBER, StateKeyNid::new(65_536 + user).unwrap())
+}
+
+fn fixture() -> Fixture {
+    let store = Store::in_memory().unwrap();
+    let mut tx = store.write().unwrap();
+    let state = roomstate::StateMap::from_entries(
+        (0..STATE)
+            .map(|u| StateEntry {
+                key: member(u),
+                event: EventNid::new(u + 1).unwrap(),
+            })
+            .collect(),
+    );
+    let base = tx.snapshot_from_state(&state).unwrap();
+    let mut layered = base;
+    let mut previous = base;
+    for i in 0..DELTAS {
+        previous = layered;
+        let delta = vec![DeltaEntry::set(
+            member(i * 1_571 % STATE),
+            EventNid::new(STATE + i + 1).unwrap(),
+        )];
+        layered = tx.snapshot_from_delta(layered, delta).unwrap();
+    }
+    tx.commit().unwrap();
+    Fixture {
+        store,
+        base,
+        layered,
+        previous,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    let rx = f.store.read().unwrap();
+    let resolver = rx.resolver().unwrap();
+    let flat: Vec<StateEntry> = resolver.flatten(f.layered).unwrap().into_vec();
+    assert_eq!(flat.len() as u64, STATE);
+
+    let mut g = c.benchmark_group("state_100k");
+    g.bench_function("copy", |b| b.iter(|| black_box(flat.to_vec())));
+    g.bench_function("flatten_1_block", |b| {
+        b.iter(|| resolver.flatten(black_box(f.base)).unwrap())
+    });
+    g.bench_function("flatten_64_blocks", |b| {
+        b.iter(|| resolver.flatten(black_box(f.layered)).unwrap())
+    });
+    g.bench_function("lookup_64_blocks", |b| {
+        let mut u = 0;
+        b.iter(|| {
+            u = (u + 7_919) % STATE;
+            resolver.lookup(f.layered, member(u)).unwrap()
+        })
+    });
+    g.bench_function("diff_consecutive", |b| {
+        b.iter(|| resolver.diff(black_box(f.previous), f.layered).unwrap())
+    });
+    g.bench_function("diff_base_to_layered", |b| {
+        b.iter(|| resolver.diff(black_box(f.base), f.layered).unwrap())
+    });
+    g.bench_function("combine_2", |b| {
+        b.iter(|| resolver.combine(&[f.previous, f.layered]).unwrap())
+    });
+    g.finish();
+
+    let (flatten, copy) = interleaved(
+        || drop(black_box(resolver.flatten(f.layered).unwrap())),
+        || drop(black_box(flat.to_vec())),
+    );
+    println!(
+        "\nflatten of 100,000 entries in 64 blocks: median {flatten:?}; plain copy: median {copy:?}; \
+         flatten/copy = {:.2}",
+        flatten.as_secs_f64() / copy.as_secs_f64()
+    );
+}
+
+/// Median times of `a` and `b`, run alternately so both see the same machine load.
+fn interleaved(mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..301 {
+        let t = Instant::now();
+        a();
+        ta.push(t.elapsed());
+        let t = Instant::now();
+        b();
+        tb.push(t.elapsed());
+    }
+    ta.sort();
+    tb.sort();
+    (ta[ta.len() / 2], tb[tb.len() / 2])
+}
+
+criterion_group!(group, benches);
+
+fn main() {
+    group();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -38,6 +38,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The spec's limit on an event's size, which also bounds the memory one line may take.
@@ -139,7 +140,9 @@ impl fmt::Display for Problem {
 /// A line that was refused, with where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadLine {
-    /// The line number, from 1.
+    /// The input it came from, when the ingester was told (see [`Ingester::set_source`]).
+    pub source: Option<String>,
+    /// The line number within its input, from 1.
     pub line: u64,
     /// The event ID, when the line had one.
     pub event_id: Option<String>,
@@ -149,6 +152,9 @@ pub struct BadLine {
 
 impl fmt::Display for BadLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(source) = &self.source {
+            write!(f, "{source}: ")?;
+        }
         write!(f, "line {}", self.line)?;
         if let Some(id) = &self.event_id {
             write!(f, " (event {id})")?;
@@ -371,9 +377,35 @@ pub struct Ingester<'s, R> {
     store: &'s Store,
     options: IngestOptions,
     resolver: R,
-    pending: Vec<(u64, Vec<u8>)>,
+    pending: Vec<Pending>,
     report: IngestReport,
     started: Instant,
+    source: Option<Arc<str>>,
+    source_line: u64,
+}
+
+/// A line waiting for its batch. An oversized line keeps its place, so that bad lines are met
+/// and reported in line order.
+struct Pending {
+    source: Option<Arc<str>>,
+    line: u64,
+    body: Body,
+}
+
+enum Body {
+    Json(Vec<u8>),
+    TooLarge(usize),
+}
+
+impl Pending {
+    fn bad(&self, event_id: Option<String>, problem: Problem) -> BadLine {
+        BadLine {
+            source: self.source.as_deref().map(str::to_owned),
+            line: self.line,
+            event_id,
+            problem,
+        }
+    }
 }
 
 impl<R> fmt::Debug for Ingester<'_, R> {
@@ -417,7 +449,16 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             pending: Vec::with_capacity(capacity),
             report: IngestReport::default(),
             started: Instant::now(),
+            source: None,
+            source_line: 0,
         }
+    }
+
+    /// Names the input the following lines come from, and numbers them from 1 again. Bad lines
+    /// name it.
+    pub fn set_source(&mut self, name: &str) {
+        self.source = Some(Arc::from(name));
+        self.source_line = 0;
     }
 
     /// What has been committed so far.
@@ -438,20 +479,17 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
         mut on_commit: impl FnMut(&IngestReport),
     ) -> Result<()> {
         let mut line = Vec::new();
+        // One byte more than an event may take, for a carriage return before the newline.
+        let limit = MAX_EVENT_BYTES + 1;
         loop {
             let batches = self.report.batches;
-            let (read, oversized) = read_bounded_line(&mut input, &mut line, MAX_EVENT_BYTES)?;
-            if read == 0 {
+            let read = read_bounded_line(&mut input, &mut line, limit)?;
+            if read.consumed == 0 {
                 return Ok(());
             }
-            self.report.bytes += read as u64;
-            if oversized {
-                self.report.lines += 1;
-                self.reject(BadLine {
-                    line: self.report.lines,
-                    event_id: None,
-                    problem: Problem::TooLarge(read),
-                })?;
+            self.report.bytes += read.consumed as u64;
+            if read.oversized {
+                self.push(Body::TooLarge(read.line_len))?;
             } else {
                 self.push_line(&line)?;
             }
@@ -463,12 +501,26 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
 
     /// Adds one line (without its newline). Blank lines are counted and skipped.
     pub fn push_line(&mut self, line: &[u8]) -> Result<()> {
-        self.report.lines += 1;
         let trimmed = line.trim_ascii();
+        if trimmed.len() > MAX_EVENT_BYTES {
+            return self.push(Body::TooLarge(trimmed.len()));
+        }
         if trimmed.is_empty() {
+            self.report.lines += 1;
+            self.source_line += 1;
             return Ok(());
         }
-        self.pending.push((self.report.lines, trimmed.to_vec()));
+        self.push(Body::Json(trimmed.to_vec()))
+    }
+
+    fn push(&mut self, body: Body) -> Result<()> {
+        self.report.lines += 1;
+        self.source_line += 1;
+        self.pending.push(Pending {
+            source: self.source.clone(),
+            line: self.source_line,
+            body,
+        });
         if self.pending.len() >= self.options.batch_size.max(1) {
             self.flush(self.options.durable_batches)?;
         }
@@ -509,11 +561,11 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             let mut retry = false;
             {
                 let mut w = tx.writer();
-                for (index, (line, bytes)) in self.pending.iter().enumerate() {
+                for (index, pending) in self.pending.iter().enumerate() {
                     if late.contains(&index) {
                         continue;
                     }
-                    match ingest_one(&mut w, &mut self.resolver, *line, bytes) {
+                    match ingest_one(&mut w, &mut self.resolver, pending) {
                         Ok(outcome) => outcome.count(&mut tally),
                         Err(Failure::Store(e)) => return Err(e),
                         Err(Failure::Early(bad)) => {
@@ -554,20 +606,34 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
     }
 }
 
-/// Reads one line into `buf` (newline dropped), keeping at most `limit` bytes. Returns the bytes
-/// consumed and whether the line was longer than `limit` (its rest is read and dropped).
+struct LineRead {
+    /// Bytes taken from the input, newline included.
+    consumed: usize,
+    /// Bytes of the line, newline excluded.
+    line_len: usize,
+    /// Whether the line was longer than the limit (and `buf` holds none of it).
+    oversized: bool,
+}
+
+/// Reads one line into `buf` (newline dropped), keeping at most `limit` bytes; the rest of a
+/// longer line is read and dropped.
 fn read_bounded_line(
     input: &mut impl BufRead,
     buf: &mut Vec<u8>,
     limit: usize,
-) -> io::Result<(usize, bool)> {
+) -> io::Result<LineRead> {
     buf.clear();
     let mut consumed = 0;
+    let mut line_len = 0;
     let mut oversized = false;
     loop {
         let available = input.fill_buf()?;
         if available.is_empty() {
-            return Ok((consumed, oversized));
+            return Ok(LineRead {
+                consumed,
+                line_len,
+                oversized,
+            });
         }
         let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], i + 1),
@@ -580,10 +646,15 @@ fn read_bounded_line(
             buf.clear();
         }
         let ended = done > chunk.len();
+        line_len += chunk.len();
         input.consume(done);
         consumed += done;
         if ended {
-            return Ok((consumed, oversized));
+            return Ok(LineRead {
+                consumed,
+                line_len,
+                oversized,
+            });
         }
     }
 }
@@ -605,12 +676,30 @@ impl<'a> EventRef<'a> {
     }
 }
 
+/// A content field that only some event types give a meaning to: any JSON value is accepted,
+/// and only a string is read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+impl Loose<'_> {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Loose::Text(s) => Some(s),
+            Loose::Other(_) => None,
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct Content<'a> {
     #[serde(borrow, default)]
-    membership: Option<Cow<'a, str>>,
+    membership: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    room_version: Option<Cow<'a, str>>,
+    room_version: Option<Loose<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -791,28 +880,18 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
 fn ingest_one<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
-    line: u64,
-    bytes: &[u8],
+    pending: &Pending,
 ) -> Result<Outcome, Failure> {
-    let parsed = parse(bytes).map_err(|(event_id, problem)| {
-        Failure::Early(BadLine {
-            line,
-            event_id,
-            problem,
-        })
-    })?;
-    let bad = |problem| BadLine {
-        line,
-        event_id: Some(parsed.event_id.to_string()),
-        problem,
+    let bytes = match &pending.body {
+        Body::Json(bytes) => bytes,
+        Body::TooLarge(n) => return Err(Failure::Early(pending.bad(None, Problem::TooLarge(*n)))),
     };
+    let parsed = parse(bytes)
+        .map_err(|(event_id, problem)| Failure::Early(pending.bad(event_id, problem)))?;
+    let bad = |problem| pending.bad(Some(parsed.event_id.to_string()), problem);
     let checked = check(w, &parsed)?.map_err(|p| Failure::Early(bad(p)))?;
     store_event(w, resolver, &parsed, checked, bytes).map_err(|f| match f {
-        Failure::Late(b) => Failure::Late(BadLine {
-            line,
-            event_id: Some(parsed.event_id.to_string()),
-            ..b
-        }),
+        Failure::Late(b) => Failure::Late(bad(b.problem)),
         other => other,
     })
 }
@@ -846,7 +925,13 @@ fn store_event<R: StateResolver>(
         Some(r) => r,
         None => {
             let [room] = intern_one(w, intern::ROOM, &p.room_id, RoomNid::new)?;
-            let version = p.content.room_version.as_deref().unwrap_or("1").to_owned();
+            let version = p
+                .content
+                .room_version
+                .as_ref()
+                .and_then(Loose::text)
+                .unwrap_or("1")
+                .to_owned();
             let record = RoomRecord {
                 version,
                 current_state: SnapshotNid::EMPTY,
@@ -862,7 +947,10 @@ fn store_event<R: StateResolver>(
         event_id: &p.event_id,
     };
     let before = state_of_all(w, resolver, &ctx, &checked.prevs)?;
-    let membership = match (event_type, &p.content.membership) {
+    let membership = match (
+        event_type,
+        p.content.membership.as_ref().and_then(Loose::text),
+    ) {
         (TypeNid::MEMBER, Some(m)) => m.parse::<Membership>().ok(),
         _ => None,
     };
@@ -964,6 +1052,7 @@ fn needs_resolution(w: &mut Writer<'_>, combined: &Combined) -> Result<BadLine> 
         ));
     }
     Ok(BadLine {
+        source: None,
         line: 0,
         event_id: None,
         problem: Problem::NeedsStateResolution(keys),

@@ -43,6 +43,11 @@ mod store;
 mod tables;
 pub mod workload;
 mod write;
+/// The README's tour, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use error::{Error, Result, StringKind};
 pub use intern::MAX_ID_BYTES;

@@ -35,3 +35,83 @@ pub fn key(ty: u64, sk: u64) -> StateKey {
 pub fn ev(n: u64) -> EventNid {
     EventNid::new(n).unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// States as strings, for comparing the store with references written in strings.
+
+use roomstate::{ReadTxn, StateMap, StoreRead};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// A (type, state key) pair as strings.
+pub type NamedKey = (Rc<str>, Rc<str>);
+/// A state as strings: (type, state key) to event ID.
+pub type NamedState = BTreeMap<NamedKey, Rc<str>>;
+
+/// Turns NIDs back into strings through a read transaction, caching each string.
+#[derive(Default)]
+pub struct StringNames {
+    types: HashMap<TypeNid, Rc<str>>,
+    keys: HashMap<StateKeyNid, Rc<str>>,
+    events: HashMap<EventNid, Rc<str>>,
+}
+
+impl StringNames {
+    pub fn event_type(&mut self, rx: &ReadTxn, ty: TypeNid) -> Rc<str> {
+        self.types
+            .entry(ty)
+            .or_insert_with(|| rx.event_type(ty).unwrap().into())
+            .clone()
+    }
+
+    pub fn state_key(&mut self, rx: &ReadTxn, key: StateKeyNid) -> Rc<str> {
+        self.keys
+            .entry(key)
+            .or_insert_with(|| rx.state_key(key).unwrap().into())
+            .clone()
+    }
+
+    pub fn event_id(&mut self, rx: &ReadTxn, event: EventNid) -> Rc<str> {
+        self.events
+            .entry(event)
+            .or_insert_with(|| rx.event_id(event).unwrap().into())
+            .clone()
+    }
+
+    /// A state with every NID turned into its string.
+    pub fn state(&mut self, rx: &ReadTxn, state: &StateMap) -> NamedState {
+        state
+            .iter()
+            .map(|e| {
+                let key = (self.event_type(rx, e.key.ty), self.state_key(rx, e.key.key));
+                (key, self.event_id(rx, e.event))
+            })
+            .collect()
+    }
+}
+
+/// The first few keys on which two states differ, for assertion messages.
+pub fn describe_difference(expected: &NamedState, got: &NamedState) -> String {
+    let mut out = Vec::new();
+    for (k, v) in expected {
+        match got.get(k) {
+            None => out.push(format!("  missing {k:?} -> {v}")),
+            Some(g) if g != v => out.push(format!("  {k:?}: expected {v}, got {g}")),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in got {
+        if !expected.contains_key(k) {
+            out.push(format!("  unexpected {k:?} -> {v}"));
+        }
+    }
+    let total = out.len();
+    out.truncate(20);
+    format!(
+        "{} of {total} differences (expected {} entries, got {}):\n{}",
+        out.len(),
+        expected.len(),
+        got.len(),
+        out.join("\n")
+    )
+}

@@ -170,7 +170,19 @@ pub type CliResult<T = ()> = Result<T, Failure>;
 const DEFAULT_DB: &str = "roomstate.redb";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage mistakes are the user's: exit 1 like any other user error (2 means the store
+    // failed). Help and version requests print and succeed.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::User(msg)) => {
@@ -312,6 +324,7 @@ fn ingest(
     for file in files {
         let input =
             open_input(file).map_err(|e| Failure::User(format!("cannot read {file}: {e}")))?;
+        ingester.set_source(file);
         ingester.read_from_with(input, |report| progress.update(report))?;
     }
     let report = ingester.finish()?;

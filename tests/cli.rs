@@ -1,0 +1,841 @@
+//! The `roomstate` binary, run as a user would: generate, ingest (files, gzip, standard input),
+//! query, and the exit codes and messages of failures.
+
+mod common;
+
+use common::{NamedState, StringNames};
+use roomstate::{Membership, Store, StoreRead};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const HQ_ROOM: &str = "!hq:server0.test";
+
+/// What one run of the binary did.
+struct Run {
+    args: Vec<String>,
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "roomstate {:?} failed with {}:\n{}",
+            self.args, self.code, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "roomstate {:?}: stdout is not one JSON document ({e}):\n{}",
+                self.args, self.stdout
+            )
+        })
+    }
+
+    /// A failure with the given exit code and a one-line message starting with `prefix`.
+    fn fails(self, code: i32, prefix: &str) -> Self {
+        assert_eq!(
+            self.code, code,
+            "roomstate {:?}: exit code (stderr: {})",
+            self.args, self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "roomstate {:?}: expected a one-line message, got {:?}",
+            self.args,
+            self.stderr
+        );
+        assert!(
+            lines[0].starts_with(prefix),
+            "roomstate {:?}: message {:?} does not start with {prefix:?}",
+            self.args,
+            lines[0]
+        );
+        self
+    }
+}
+
+/// Runs the binary in `dir` (so default store files land there), feeding `stdin` if given.
+fn roomstate(dir: &Path, args: &[&str], stdin: Option<Vec<u8>>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_roomstate"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = command.spawn().expect("the binary runs");
+    let writer = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            // The child may stop reading early (on a bad line); that is its business.
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let output = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Generates the small hq history into `dir/hq.jsonl` and returns its path and lines.
+fn gen_hq(dir: &Path) -> (PathBuf, Vec<String>) {
+    let run = roomstate(
+        dir,
+        &[
+            "gen",
+            "hq",
+            "--members",
+            "200",
+            "--state-events",
+            "400",
+            "--messages-per-state",
+            "1",
+        ],
+        None,
+    )
+    .ok();
+    let path = dir.join("hq.jsonl");
+    std::fs::write(&path, &run.stdout).unwrap();
+    let lines: Vec<String> = run.stdout.lines().map(str::to_owned).collect();
+    (path, lines)
+}
+
+fn event_id(line: &str) -> String {
+    let v: Value = serde_json::from_str(line).unwrap();
+    v["event_id"].as_str().unwrap().to_owned()
+}
+
+/// A state printed by `state` as the same map the library's state gives.
+fn printed_state(doc: &Value) -> NamedState {
+    doc.as_array()
+        .expect("a state is a JSON array")
+        .iter()
+        .map(|e| {
+            let s = |f: &str| -> std::rc::Rc<str> { e[f].as_str().expect(f).into() };
+            ((s("type"), s("state_key")), s("event_id"))
+        })
+        .collect()
+}
+
+fn stats_events(dir: &Path, db: &str) -> u64 {
+    let run = roomstate(dir, &["--db", db, "stats", "--json"], None).ok();
+    run.json()["events"]
+        .as_u64()
+        .expect("events in stats --json")
+}
+
+/// Rows per table, from `stats --json`.
+fn table_rows(dir: &Path, db: &str) -> Vec<(String, u64)> {
+    let run = roomstate(dir, &["--db", db, "stats", "--json"], None).ok();
+    run.json()["tables"]
+        .as_array()
+        .expect("tables in stats --json")
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_owned(),
+                t["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gen_ingest_and_every_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (file, lines) = gen_hq(d);
+    assert!(lines.len() >= 400, "{} lines", lines.len());
+    let states = lines
+        .iter()
+        .filter(|l| {
+            let v: Value = serde_json::from_str(l).expect("gen writes JSON lines");
+            v.get("state_key").is_some()
+        })
+        .count();
+    assert_eq!(states, 400);
+
+    let db = d.join("store.redb");
+    let db = path_str(&db);
+    let run = roomstate(d, &["--db", db, "ingest", path_str(&file)], None).ok();
+    assert!(
+        run.stdout
+            .contains(&format!("events        {}", lines.len())),
+        "summary:\n{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("bad lines     0"), "{}", run.stdout);
+
+    let first = event_id(&lines[0]);
+    let tenth = event_id(&lines[9]);
+    let late = event_id(&lines[lines.len() - 5]);
+    let last = event_id(lines.last().unwrap());
+
+    // Collect the library's answers, then close the store before running the binary again.
+    let (before_tenth, after_tenth, before_late, current, joined, library_states) = {
+        let store = Store::open(db).unwrap();
+        let rx = store.read().unwrap();
+        let mut names = StringNames::default();
+        let nid = |id: &str| rx.event_nid(id).unwrap().unwrap();
+        let room = rx.room_nid(HQ_ROOM).unwrap().unwrap();
+        let record = rx.room(room).unwrap().unwrap();
+        let joined: Vec<String> = rx
+            .members(room, Some(Membership::Join))
+            .unwrap()
+            .into_iter()
+            .map(|(u, _)| rx.state_key(u).unwrap())
+            .collect();
+        let mut library_states = BTreeMap::new();
+        for l in lines.iter().step_by(37) {
+            let id = event_id(l);
+            library_states.insert(
+                id.clone(),
+                names.state(&rx, &rx.state_before(nid(&id)).unwrap()),
+            );
+        }
+        (
+            names.state(&rx, &rx.state_before(nid(&tenth)).unwrap()),
+            names.state(&rx, &rx.state_after(nid(&tenth)).unwrap()),
+            names.state(&rx, &rx.state_before(nid(&late)).unwrap()),
+            names.state(&rx, &rx.flatten(record.current_state).unwrap()),
+            joined,
+            library_states,
+        )
+    };
+
+    // state --event, --after, --room
+    let run = roomstate(d, &["--db", db, "state", "--event", &tenth], None).ok();
+    assert_eq!(printed_state(&run.json()), before_tenth, "state --event");
+    let run = roomstate(
+        d,
+        &["--db", db, "state", "--event", &tenth, "--after"],
+        None,
+    )
+    .ok();
+    assert_eq!(
+        printed_state(&run.json()),
+        after_tenth,
+        "state --event --after"
+    );
+    let run = roomstate(d, &["--db", db, "state", "--event", &first], None).ok();
+    assert!(
+        printed_state(&run.json()).is_empty(),
+        "nothing before the create event"
+    );
+    let run = roomstate(d, &["--db", db, "state", "--room", HQ_ROOM], None).ok();
+    let printed_current = printed_state(&run.json());
+    assert_eq!(printed_current, current, "state --room");
+    // The last event is a message; the current state is the state after it.
+    let run = roomstate(d, &["--db", db, "state", "--event", &last, "--after"], None).ok();
+    assert_eq!(printed_state(&run.json()), current);
+
+    // states --room: one JSON line per event, in ingest order.
+    let run = roomstate(d, &["--db", db, "states", "--room", HQ_ROOM], None).ok();
+    let printed: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line of states is JSON"))
+        .collect();
+    assert_eq!(printed.len(), lines.len());
+    for (doc, line) in printed.iter().zip(&lines) {
+        let id = doc["event_id"].as_str().unwrap();
+        assert_eq!(id, event_id(line), "states lists events in ingest order");
+        if let Some(expected) = library_states.get(id) {
+            let got: NamedState = doc["state_before"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    let s = |i: usize| -> std::rc::Rc<str> { row[i].as_str().unwrap().into() };
+                    ((s(0), s(1)), s(2))
+                })
+                .collect();
+            assert_eq!(&got, expected, "states: state before {id}");
+        }
+    }
+    assert_eq!(library_states.len(), lines.len().div_ceil(37));
+
+    // diff A B: the difference of the states before the two events.
+    let run = roomstate(d, &["--db", db, "diff", &tenth, &late], None).ok();
+    let doc = run.json();
+    let mut expected_added = BTreeSet::new();
+    let mut expected_changed = BTreeSet::new();
+    for (k, v) in &before_late {
+        match before_tenth.get(k) {
+            None => {
+                expected_added.insert((k.0.to_string(), k.1.to_string(), v.to_string()));
+            }
+            Some(old) if old != v => {
+                expected_changed.insert((
+                    k.0.to_string(),
+                    k.1.to_string(),
+                    old.to_string(),
+                    v.to_string(),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let added: BTreeSet<(String, String, String)> = doc["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |f: &str| e[f].as_str().unwrap().to_owned();
+            (s("type"), s("state_key"), s("event_id"))
+        })
+        .collect();
+    let changed: BTreeSet<(String, String, String, String)> = doc["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |f: &str| e[f].as_str().unwrap().to_owned();
+            (
+                s("type"),
+                s("state_key"),
+                s("old_event_id"),
+                s("new_event_id"),
+            )
+        })
+        .collect();
+    assert_eq!(added, expected_added, "diff: added");
+    assert_eq!(changed, expected_changed, "diff: changed");
+    assert_eq!(
+        doc["removed"].as_array().map(Vec::len),
+        Some(0),
+        "diff: removed"
+    );
+    assert!(
+        !added.is_empty() && !changed.is_empty(),
+        "a diff worth checking"
+    );
+    let run = roomstate(d, &["--db", db, "diff", &late, &late], None).ok();
+    let doc = run.json();
+    for part in ["added", "removed", "changed"] {
+        assert_eq!(
+            doc[part].as_array().map(Vec::len),
+            Some(0),
+            "diff with itself: {part}"
+        );
+    }
+
+    // members --room R --membership join
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            db,
+            "members",
+            "--room",
+            HQ_ROOM,
+            "--membership",
+            "join",
+        ],
+        None,
+    )
+    .ok();
+    let listed: Vec<(String, String)> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["user_id"].as_str().unwrap().to_owned(),
+                e["membership"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, String)> = joined
+        .iter()
+        .map(|u| (u.clone(), "join".to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "members --membership join");
+    let current_joined: BTreeSet<String> = printed_current
+        .iter()
+        .filter(|((ty, _), _)| &**ty == "m.room.member")
+        .map(|((_, user), _)| user.to_string())
+        .collect();
+    assert!(
+        listed.iter().all(|(u, _)| current_joined.contains(u)),
+        "members come from the current state"
+    );
+    let run = roomstate(d, &["--db", db, "members", "--room", HQ_ROOM], None).ok();
+    let all = run.json();
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        current_joined.len(),
+        "members of every kind"
+    );
+
+    // rooms --user
+    let (joined_user, _) = &listed[0];
+    let run = roomstate(d, &["--db", db, "rooms", "--user", joined_user], None).ok();
+    assert_eq!(run.json(), serde_json::json!([HQ_ROOM]));
+    let run = roomstate(
+        d,
+        &["--db", db, "rooms", "--user", "@nobody:nowhere.test"],
+        None,
+    )
+    .ok();
+    assert_eq!(run.json(), serde_json::json!([]));
+
+    // event ID: the stored JSON, byte for byte.
+    let run = roomstate(d, &["--db", db, "event", &tenth], None).ok();
+    assert_eq!(run.stdout, format!("{}\n", lines[9]));
+    run.json();
+
+    // stats, stats --json
+    let run = roomstate(d, &["--db", db, "stats"], None).ok();
+    assert!(run.stdout.contains("events"), "{}", run.stdout);
+    assert!(run.stdout.contains("blocks"), "{}", run.stdout);
+    let run = roomstate(d, &["--db", db, "stats", "--json"], None).ok();
+    let doc = run.json();
+    for key in [
+        "tables",
+        "events",
+        "state_events",
+        "stored_entries",
+        "snapshot_entries",
+        "event_entries",
+        "state_bytes",
+        "table_bytes",
+        "bytes_per_event",
+        "bytes_per_state_event",
+        "state_bytes_per_state_event",
+    ] {
+        assert!(doc.get(key).is_some(), "stats --json lacks {key}");
+    }
+    assert_eq!(doc["events"].as_u64(), Some(lines.len() as u64));
+    assert_eq!(doc["state_events"].as_u64(), Some(400));
+    let tables = doc["tables"].as_array().unwrap();
+    let events_row = tables
+        .iter()
+        .find(|t| t["table"] == "events")
+        .expect("an events table");
+    assert_eq!(events_row["rows"].as_u64(), Some(lines.len() as u64));
+    for t in tables {
+        for key in ["rows", "stored_bytes", "metadata_bytes", "fragmented_bytes"] {
+            assert!(t[key].is_u64(), "table {} lacks {key}", t["table"]);
+        }
+    }
+}
+
+#[test]
+fn gen_is_deterministic_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = ["gen", "forky", "--members", "20", "--state-events", "60"];
+    let a = roomstate(d, &args, None).ok();
+    let b = roomstate(d, &args, None).ok();
+    assert_eq!(a.stdout, b.stdout);
+    let mut seeded = args.to_vec();
+    seeded.extend(["--seed", "2"]);
+    let c = roomstate(d, &seeded, None).ok();
+    assert_ne!(a.stdout, c.stdout);
+    for l in a.stdout.lines() {
+        let v: Value = serde_json::from_str(l).expect("JSON lines");
+        assert!(v["event_id"].as_str().unwrap().starts_with('$'));
+    }
+    let run = roomstate(d, &["gen", "nonsense"], None);
+    assert_ne!(run.code, 0, "an unknown workload is refused");
+    assert!(run.stderr.contains("unknown workload"), "{}", run.stderr);
+}
+
+#[test]
+fn db_option_after_the_subcommand_and_stdin_and_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (file, lines) = gen_hq(d);
+    let n = lines.len() as u64;
+    let text = std::fs::read(&file).unwrap();
+
+    // --db after the subcommand, for ingest and for a query.
+    let after = d.join("after.redb");
+    roomstate(
+        d,
+        &["ingest", path_str(&file), "--db", path_str(&after)],
+        None,
+    )
+    .ok();
+    assert_eq!(stats_events(d, path_str(&after)), n);
+    let run = roomstate(d, &["stats", "--json", "--db", path_str(&after)], None).ok();
+    assert_eq!(run.json()["events"].as_u64(), Some(n));
+
+    // `ingest -` reads standard input, plain or gzipped.
+    let piped = d.join("stdin.redb");
+    let run = roomstate(
+        d,
+        &["--db", path_str(&piped), "ingest", "-"],
+        Some(text.clone()),
+    )
+    .ok();
+    assert!(
+        run.stdout.contains(&format!("events        {n}")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(stats_events(d, path_str(&piped)), n);
+    let piped_gz = d.join("stdin-gz.redb");
+    roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&piped_gz),
+            "ingest",
+            "-",
+            "--batch-size",
+            "50",
+        ],
+        Some(gzip(&text)),
+    )
+    .ok();
+    assert_eq!(stats_events(d, path_str(&piped_gz)), n);
+
+    // A gzip file.
+    let gz_file = d.join("hq.jsonl.gz");
+    std::fs::write(&gz_file, gzip(&text)).unwrap();
+    let from_gz = d.join("gz.redb");
+    roomstate(
+        d,
+        &["--db", path_str(&from_gz), "ingest", path_str(&gz_file)],
+        None,
+    )
+    .ok();
+
+    // All four stores hold the same state.
+    let current_of = |db: &Path| {
+        let run = roomstate(d, &["--db", path_str(db), "state", "--room", HQ_ROOM], None).ok();
+        printed_state(&run.json())
+    };
+    let expected = current_of(&after);
+    assert!(!expected.is_empty());
+    for db in [&piped, &piped_gz, &from_gz] {
+        assert_eq!(current_of(db), expected, "{}", db.display());
+    }
+
+    // Without --db, the default file in the working directory.
+    roomstate(d, &["ingest", path_str(&file)], None).ok();
+    assert!(d.join("roomstate.redb").exists());
+    let run = roomstate(d, &["stats", "--json"], None).ok();
+    assert_eq!(run.json()["events"].as_u64(), Some(n));
+}
+
+#[test]
+fn user_errors_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("s.redb");
+    let db = path_str(&db);
+    let good = [
+        r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"content":{"room_version":"10"}}"#,
+        r#"{"event_id":"$m","room_id":"!r:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"content":{"membership":"join"}}"#,
+    ];
+    let first = d.join("first.jsonl");
+    std::fs::write(&first, format!("{}\n{}\n", good[0], good[1])).unwrap();
+    roomstate(d, &["--db", db, "ingest", path_str(&first)], None).ok();
+    let rows_before = table_rows(d, db);
+
+    // A query on a missing store file is a user error, and creates no file.
+    let missing = d.join("missing.redb");
+    for args in [
+        vec!["--db", path_str(&missing), "stats"],
+        vec!["--db", path_str(&missing), "state", "--room", "!r:x"],
+        vec!["--db", path_str(&missing), "event", "$c"],
+    ] {
+        roomstate(d, &args, None).fails(1, "error:");
+    }
+    assert!(!missing.exists(), "a query created the store file");
+
+    // Unknown IDs.
+    let run = roomstate(d, &["--db", db, "event", "$nope"], None).fails(1, "error:");
+    assert!(run.stderr.contains("$nope"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    roomstate(d, &["--db", db, "state", "--event", "$nope"], None).fails(1, "error:");
+    roomstate(d, &["--db", db, "state", "--room", "!nope:x"], None).fails(1, "error:");
+    roomstate(d, &["--db", db, "states", "--room", "!nope:x"], None).fails(1, "error:");
+    roomstate(d, &["--db", db, "diff", "$c", "$nope"], None).fails(1, "error:");
+    roomstate(d, &["--db", db, "members", "--room", "!nope:x"], None).fails(1, "error:");
+
+    // A bad line in stop mode: exit 1 naming the line, and nothing of its batch stored.
+    let bad = d.join("bad.jsonl");
+    let third = r#"{"event_id":"$t","room_id":"!r:x","type":"m.room.topic","state_key":"","sender":"@a:x","prev_events":["$m"],"content":{"topic":"x"}}"#;
+    std::fs::write(&bad, format!("{third}\n{{not json\n")).unwrap();
+    let run = roomstate(d, &["--db", db, "ingest", path_str(&bad)], None).fails(1, "error:");
+    assert!(run.stderr.contains("line 2"), "{}", run.stderr);
+    let rows_after = table_rows(d, db);
+    assert_eq!(
+        rows_before, rows_after,
+        "the failed batch changed the store"
+    );
+    roomstate(d, &["--db", db, "event", "$t"], None).fails(1, "error:");
+
+    let unknown_prev = d.join("unknown.jsonl");
+    std::fs::write(
+        &unknown_prev,
+        r#"{"event_id":"$u","room_id":"!r:x","type":"m.room.message","prev_events":["$ghost"],"content":{}}"#,
+    )
+    .unwrap();
+    let run =
+        roomstate(d, &["--db", db, "ingest", path_str(&unknown_prev)], None).fails(1, "error:");
+    assert!(run.stderr.contains("line 1"), "{}", run.stderr);
+    assert!(run.stderr.contains("$ghost"), "{}", run.stderr);
+
+    // A missing input file.
+    let run = roomstate(
+        d,
+        &["--db", db, "ingest", path_str(&d.join("no-such.jsonl"))],
+        None,
+    )
+    .fails(1, "error:");
+    assert!(run.stderr.contains("no-such.jsonl"), "{}", run.stderr);
+}
+
+#[test]
+fn skip_bad_lines_and_resolver_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A fork on `$m`: `$t` and `$n` change different keys, so only `refuse` refuses `$n`.
+    let lines = [
+        r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"content":{}}"#,
+        r#"{"event_id":"$m","room_id":"!r:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"content":{"membership":"join"}}"#,
+        "this is not JSON",
+        r#"{"event_id":"$t","room_id":"!r:x","type":"m.room.topic","state_key":"","sender":"@a:x","prev_events":["$m"],"content":{"topic":"t"}}"#,
+        r#"{"event_id":"$n","room_id":"!r:x","type":"m.room.name","state_key":"","sender":"@a:x","prev_events":["$m"],"content":{"name":"n"}}"#,
+        r#"{"event_id":"$j","room_id":"!r:x","type":"m.room.message","sender":"@a:x","prev_events":["$t","$n"],"content":{}}"#,
+    ];
+    let file = d.join("fork.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let trivial = d.join("trivial.redb");
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&trivial),
+            "ingest",
+            path_str(&file),
+            "--skip-bad-lines",
+        ],
+        None,
+    )
+    .ok();
+    assert!(run.stdout.contains("bad lines     1"), "{}", run.stdout);
+    assert!(run.stdout.contains("events        5"), "{}", run.stdout);
+    let skipped: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("skipped"))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{}", run.stderr);
+    assert!(
+        skipped[0].starts_with(&format!("skipped {}: line 3:", path_str(&file))),
+        "{}",
+        skipped[0]
+    );
+    let run = roomstate(
+        d,
+        &["--db", path_str(&trivial), "state", "--event", "$j"],
+        None,
+    )
+    .ok();
+    let state = printed_state(&run.json());
+    assert_eq!(
+        state.len(),
+        4,
+        "create, member, topic and name before the merge"
+    );
+
+    let refuse = d.join("refuse.redb");
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&refuse),
+            "ingest",
+            path_str(&file),
+            "--skip-bad-lines",
+            "--resolver",
+            "refuse",
+        ],
+        None,
+    )
+    .ok();
+    assert!(run.stdout.contains("bad lines     3"), "{}", run.stdout);
+    assert!(run.stdout.contains("events        3"), "{}", run.stdout);
+    let skipped: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("skipped"))
+        .collect();
+    assert_eq!(skipped.len(), 3, "{}", run.stderr);
+    assert!(
+        skipped[1].starts_with(&format!(
+            "skipped {}: line 5 (event $n): needs state resolution",
+            path_str(&file)
+        )),
+        "{}",
+        skipped[1]
+    );
+    assert!(
+        skipped[2].starts_with(&format!(
+            "skipped {}: line 6 (event $j): unknown prev event $n",
+            path_str(&file)
+        )),
+        "{}",
+        skipped[2]
+    );
+
+    // Stop mode with refuse: exit 1, naming the event.
+    let fresh = d.join("stop.redb");
+    let clean = d.join("clean.jsonl");
+    let without_garbage: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('{'))
+        .collect();
+    std::fs::write(&clean, without_garbage.join("\n")).unwrap();
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&fresh),
+            "ingest",
+            path_str(&clean),
+            "--resolver",
+            "refuse",
+        ],
+        None,
+    )
+    .fails(
+        1,
+        &format!(
+            "error: {}: line 4 (event $n): needs state resolution",
+            path_str(&clean)
+        ),
+    );
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn store_failures_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let junk = d.join("junk.redb");
+    std::fs::write(
+        &junk,
+        b"this is not a redb file, not at all, not even close.\n",
+    )
+    .unwrap();
+    roomstate(d, &["--db", path_str(&junk), "stats"], None).fails(2, "store failure:");
+}
+
+#[test]
+fn demo_runs_and_wants_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("demo.redb");
+    let args = [
+        "demo",
+        "--db",
+        path_str(&db),
+        "--members",
+        "200",
+        "--state-events",
+        "400",
+        "--messages-per-state",
+        "1",
+    ];
+    let run = roomstate(d, &args, None).ok();
+    assert!(run.stdout.contains("Current state of"), "{}", run.stdout);
+    assert!(run.stdout.contains(path_str(&db)), "{}", run.stdout);
+    let events = stats_events(d, path_str(&db));
+    assert!(events > 400, "{events} events");
+    // The demo's store answers queries.
+    let run = roomstate(
+        d,
+        &["--db", path_str(&db), "state", "--room", HQ_ROOM],
+        None,
+    )
+    .ok();
+    assert!(!printed_state(&run.json()).is_empty());
+    // A second run refuses to touch a store that holds events.
+    roomstate(d, &args, None).fails(1, "error:");
+    assert_eq!(stats_events(d, path_str(&db)), events);
+}
+
+/// With several input files, a bad line's number is its line in its own file, and the message
+/// names the file.
+#[test]
+fn bad_line_in_second_file_is_numbered_within_that_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = d.join("a.jsonl");
+    let b = d.join("b.jsonl");
+    std::fs::write(
+        &a,
+        concat!(
+            r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","prev_events":[],"content":{}}"#,
+            "\n",
+            r#"{"event_id":"$m","room_id":"!r:x","type":"m.room.message","prev_events":["$c"],"content":{}}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        concat!(
+            r#"{"event_id":"$n","room_id":"!r:x","type":"m.room.message","prev_events":["$m"],"content":{}}"#,
+            "\n",
+            "{oops\n"
+        ),
+    )
+    .unwrap();
+    let db = d.join("s.redb");
+    let run = roomstate(
+        d,
+        &["--db", path_str(&db), "ingest", path_str(&a), path_str(&b)],
+        None,
+    )
+    .fails(1, "error:");
+    assert!(
+        run.stderr.contains("b.jsonl") && run.stderr.contains("line 2"),
+        "expected the message to name b.jsonl, line 2: {}",
+        run.stderr
+    );
+}
