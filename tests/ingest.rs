@@ -948,7 +948,8 @@ fn stop_not_an_event() {
         r#"[1, 2, 3]"#,
         r#"{"event_id": 7, "room_id": "!r:x", "type": "t", "prev_events": ["$c"]}"#,
         r#"{"event_id": "$x", "room_id": "!r:x", "type": "t", "prev_events": "$c"}"#,
-        r#"{"event_id": "$x", "room_id": "!r:x", "type": "m.room.member", "state_key": "@a:x", "prev_events": ["$c"], "content": {"membership": 1}}"#,
+        r#"{"event_id": "$x", "room_id": "!r:x", "type": "t", "state_key": 5, "prev_events": ["$c"]}"#,
+        r#"{"event_id": "$x", "room_id": "!r:x", "type": "t", "prev_events": ["$c"], "content": "text"}"#,
     ] {
         let bad = stop_case(&prefix(), &[good_join(), text.to_owned()], Refuse);
         assert!(
