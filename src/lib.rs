@@ -53,7 +53,7 @@ pub use error::{Error, Result, StringKind};
 pub use intern::MAX_ID_BYTES;
 pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
-pub use policy::{Dendrite, Plan, WritePolicy};
+pub use policy::{Conduit, Dendrite, Full, Layer, Plan, Synapse, Tiered, WritePolicy};
 pub use record::{EventRecord, RoomRecord};
 pub use resolve::{Changed, Combined, Conflict, StateDiff, StateMap};
 pub use snapshot::BlockRef;

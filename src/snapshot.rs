@@ -1,16 +1,21 @@
 //! Snapshot records: the ordered list of blocks a state is made of. A later block overrides an
 //! earlier one for the same (type, state key).
 //!
-//! Layout (see `docs/format.md`): one tag byte [`SNAPSHOT_FORMAT_LIST`], the number of entries in
-//! the resolved state as a little-endian `u32`, then 20 bytes per block: the block's hash as a
-//! little-endian `u128` and its entry count as a little-endian `u32`. The counts let write
-//! policies plan, and readers size their output, without reading the blocks themselves.
+//! Layout (see `docs/format.md`): one tag byte, the number of entries in the resolved state as a
+//! little-endian `u32`, with tag [`SNAPSHOT_FORMAT_CHILD`] the parent snapshot's NID as a
+//! little-endian `u64`, then 20 bytes per block: the block's hash as a little-endian `u128` and
+//! its entry count as a little-endian `u32`. A child's blocks follow its parent's, so a snapshot
+//! can name a large shared prefix in 8 bytes. The counts let write policies plan, and readers
+//! size their output, without reading the blocks themselves.
 
 use crate::block::BlockHash;
+use crate::nid::SnapshotNid;
 use std::fmt;
 
-/// The tag byte of the block-list layout.
+/// The tag byte of a snapshot that lists all of its blocks.
 pub const SNAPSHOT_FORMAT_LIST: u8 = 1;
+/// The tag byte of a snapshot whose blocks follow those of a parent snapshot.
+pub const SNAPSHOT_FORMAT_CHILD: u8 = 2;
 const REF_BYTES: usize = 20;
 
 /// One block of a snapshot, with its size.
@@ -27,18 +32,24 @@ pub struct BlockRef {
 pub struct SnapshotRecord {
     /// How many entries the resolved state holds.
     pub state_len: u32,
-    /// The blocks, oldest first.
+    /// The snapshot whose blocks come before this record's own.
+    pub parent: Option<SnapshotNid>,
+    /// The record's own blocks, oldest first.
     pub blocks: Vec<BlockRef>,
 }
 
-const HEADER_BYTES: usize = 5;
-
 /// Encodes a snapshot record.
-pub fn encode_snapshot(state_len: u32, blocks: &[BlockRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_BYTES + blocks.len() * REF_BYTES);
-    out.push(SNAPSHOT_FORMAT_LIST);
-    out.extend_from_slice(&state_len.to_le_bytes());
-    for b in blocks {
+pub fn encode_snapshot(record: &SnapshotRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + record.blocks.len() * REF_BYTES);
+    match record.parent {
+        None => out.push(SNAPSHOT_FORMAT_LIST),
+        Some(_) => out.push(SNAPSHOT_FORMAT_CHILD),
+    }
+    out.extend_from_slice(&record.state_len.to_le_bytes());
+    if let Some(parent) = record.parent {
+        out.extend_from_slice(&parent.get().to_le_bytes());
+    }
+    for b in &record.blocks {
         out.extend_from_slice(&b.hash.0.to_le_bytes());
         out.extend_from_slice(&b.entries.to_le_bytes());
     }
@@ -54,6 +65,8 @@ pub enum SnapshotShapeError {
     UnknownFormat(u8),
     /// The header is cut short, or the body is not a whole number of block references.
     Truncated(usize),
+    /// A child record names parent 0.
+    ZeroParent,
 }
 
 impl fmt::Display for SnapshotShapeError {
@@ -64,6 +77,7 @@ impl fmt::Display for SnapshotShapeError {
             SnapshotShapeError::Truncated(n) => {
                 write!(f, "body of {n} bytes is not whole block references")
             }
+            SnapshotShapeError::ZeroParent => f.write_str("parent snapshot 0"),
         }
     }
 }
@@ -71,18 +85,27 @@ impl fmt::Display for SnapshotShapeError {
 /// Decodes a snapshot record.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, SnapshotShapeError> {
     let (&tag, rest) = bytes.split_first().ok_or(SnapshotShapeError::Empty)?;
-    if tag != SNAPSHOT_FORMAT_LIST {
-        return Err(SnapshotShapeError::UnknownFormat(tag));
-    }
-    let (len, body) = rest
+    let (len, mut body) = rest
         .split_first_chunk::<4>()
         .ok_or(SnapshotShapeError::Truncated(rest.len()))?;
+    let parent = match tag {
+        SNAPSHOT_FORMAT_LIST => None,
+        SNAPSHOT_FORMAT_CHILD => {
+            let (raw, after) = body
+                .split_first_chunk::<8>()
+                .ok_or(SnapshotShapeError::Truncated(body.len()))?;
+            body = after;
+            Some(SnapshotNid::new(u64::from_le_bytes(*raw)).ok_or(SnapshotShapeError::ZeroParent)?)
+        }
+        other => return Err(SnapshotShapeError::UnknownFormat(other)),
+    };
     let (refs, tail) = body.as_chunks::<REF_BYTES>();
     if !tail.is_empty() {
         return Err(SnapshotShapeError::Truncated(body.len()));
     }
     Ok(SnapshotRecord {
         state_len: u32::from_le_bytes(*len),
+        parent,
         blocks: refs.iter().map(decode_ref).collect(),
     })
 }
@@ -121,14 +144,20 @@ mod tests {
                 entries: 1,
             },
         ];
-        let back = decode_snapshot(&encode_snapshot(9, &refs)).unwrap();
-        assert_eq!((back.state_len, back.blocks), (9, refs));
-        assert_eq!(
-            decode_snapshot(&encode_snapshot(0, &[])).unwrap(),
-            SnapshotRecord::default()
-        );
+        for parent in [None, SnapshotNid::new(77)] {
+            let record = SnapshotRecord {
+                state_len: 9,
+                parent,
+                blocks: refs.clone(),
+            };
+            assert_eq!(decode_snapshot(&encode_snapshot(&record)).unwrap(), record);
+        }
+        let empty = SnapshotRecord::default();
+        assert_eq!(decode_snapshot(&encode_snapshot(&empty)).unwrap(), empty);
         assert!(decode_snapshot(&[1, 2]).is_err());
-        assert!(decode_snapshot(&[1, 0, 0, 0, 0, 7]).is_err());
         assert!(decode_snapshot(&[]).is_err());
+        assert!(decode_snapshot(&[1, 0, 0, 0, 0, 7]).is_err());
+        assert!(decode_snapshot(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode_snapshot(&[9, 0, 0, 0, 0]).is_err());
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
 use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
-use crate::policy::{WritePolicy, default_policy};
+use crate::policy::{Layer, WritePolicy, default_policy};
 use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Combined, Run, StateDiff, StateMap};
 use crate::snapshot::{BlockRef, SnapshotRecord, decode_snapshot, encode_snapshot, snapshot_hash};
@@ -143,7 +143,7 @@ impl Store {
             None => {
                 create_tables(&tx)?;
                 intern::seed_well_known(&tx)?;
-                let empty = encode_snapshot(0, &[]);
+                let empty = encode_snapshot(&SnapshotRecord::default());
                 tx.open_table(tables::SNAPSHOTS)?
                     .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
                 tx.open_table(tables::SNAPSHOT_HASHES)?
@@ -651,7 +651,7 @@ impl WriteTxn {
         let mut w = self.writer();
         w.check_blocks(blocks)?;
         let state_len = w.flatten_refs(blocks)?.len();
-        w.insert_snapshot(state_len, blocks)
+        w.insert_snapshot(state_len, None, blocks.to_vec())
     }
 
     /// Stores a snapshot for a whole state: the form used when a state is built from several
@@ -772,14 +772,62 @@ pub(crate) fn snapshot_record(
     decode_snapshot(row.value()).map_err(|e| Error::corrupt("snapshots", snapshot, e))
 }
 
-/// A snapshot's block list with each block's bytes held in place.
+/// The longest parent chain a snapshot may have; a longer one means a damaged (cyclic) chain.
+pub(crate) const MAX_CHAIN: usize = 1024;
+
+/// A snapshot's records from its root to itself.
+pub(crate) fn snapshot_chain(
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    snapshot: SnapshotNid,
+) -> Result<Vec<Layer>> {
+    let mut chain = Vec::new();
+    let mut next = Some(snapshot);
+    let mut state_len = None;
+    while let Some(nid) = next {
+        if chain.len() >= MAX_CHAIN {
+            return Err(Error::corrupt(
+                "snapshots",
+                snapshot,
+                "parent chain too long",
+            ));
+        }
+        let record = match snapshot_record(snapshots, nid) {
+            Err(Error::UnknownSnapshot(missing)) if missing != snapshot => {
+                return Err(Error::corrupt(
+                    "snapshots",
+                    snapshot,
+                    format!("missing parent {missing}"),
+                ));
+            }
+            other => other?,
+        };
+        state_len.get_or_insert(record.state_len);
+        next = record.parent;
+        chain.push(Layer {
+            snapshot: nid,
+            blocks: record.blocks,
+        });
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Every block of a snapshot, oldest first.
+pub(crate) fn all_blocks(chain: &[Layer]) -> Vec<BlockRef> {
+    chain
+        .iter()
+        .flat_map(|l| l.blocks.iter().copied())
+        .collect()
+}
+
+/// A snapshot's blocks with each block's bytes held in place.
 pub(crate) fn load<'b>(
     blocks: &'b impl ReadableTable<u128, &'static [u8]>,
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     snapshot: SnapshotNid,
 ) -> Result<Loaded<'b>> {
-    let record = snapshot_record(snapshots, snapshot)?;
-    load_refs(blocks, record.blocks, snapshot)
+    let chain = snapshot_chain(snapshots, snapshot)?;
+    load_refs(blocks, all_blocks(&chain), snapshot)
 }
 
 /// Blocks' bytes held in place; `snapshot` is named in errors.
@@ -809,9 +857,14 @@ where
     B: ReadableTable<u128, &'static [u8]>,
     S: ReadableTable<u64, &'static [u8]>,
 {
-    /// The blocks a snapshot lists, oldest first.
+    /// Every block of a snapshot, its parents' included, oldest first.
     pub fn blocks(&self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
-        Ok(snapshot_record(&self.snapshots, snapshot)?.blocks)
+        Ok(all_blocks(&snapshot_chain(&self.snapshots, snapshot)?))
+    }
+
+    /// A snapshot's records, from the root of its parent chain to itself.
+    pub fn chain(&self, snapshot: SnapshotNid) -> Result<Vec<Layer>> {
+        snapshot_chain(&self.snapshots, snapshot)
     }
 
     /// How many entries a snapshot's state holds, read from its record without flattening.

@@ -8,11 +8,12 @@ use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
 use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
+use crate::policy::Layer;
 use crate::policy::WritePolicy;
 use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Run, StateDiff, StateMap};
-use crate::snapshot::{BlockRef, encode_snapshot, snapshot_hash};
-use crate::store::{WriteCounts, load, load_refs, snapshot_record};
+use crate::snapshot::{BlockRef, SnapshotRecord, encode_snapshot, snapshot_hash};
+use crate::store::{WriteCounts, all_blocks, load, load_refs, snapshot_chain, snapshot_record};
 use crate::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
@@ -22,6 +23,25 @@ pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
 type Bytes = &'static [u8];
 type BlockTable<'t> = Table<'t, u128, Bytes>;
 type SnapshotTable<'t> = Table<'t, u64, Bytes>;
+
+/// Where a plan puts the new snapshot: its parent, where its tail starts among the parent's
+/// blocks, and how many tail blocks it keeps.
+fn layout(
+    chain: &[Layer],
+    refs: &[BlockRef],
+    plan: crate::Plan,
+) -> (Option<SnapshotNid>, usize, usize) {
+    let base = plan.base.and_then(|b| chain.get(b).map(|_| b));
+    let (parent, tail_start) = match base {
+        Some(b) => (
+            Some(chain[b].snapshot),
+            chain[..=b].iter().map(|l| l.blocks.len()).sum(),
+        ),
+        None => (None, 0),
+    };
+    let keep = plan.keep.min(refs.len() - tail_start);
+    (parent, tail_start, keep)
+}
 
 pub(crate) struct Writer<'t> {
     tx: &'t WriteTransaction,
@@ -182,11 +202,16 @@ impl<'t> Writer<'t> {
     pub fn insert_snapshot(
         &mut self,
         state_len: usize,
-        blocks: &[BlockRef],
+        parent: Option<SnapshotNid>,
+        blocks: Vec<BlockRef>,
     ) -> Result<SnapshotNid> {
         let state_len = u32::try_from(state_len)
             .map_err(|_| Error::InvalidState(format!("state of {state_len} entries")))?;
-        let record = encode_snapshot(state_len, blocks);
+        let record = encode_snapshot(&SnapshotRecord {
+            state_len,
+            parent,
+            blocks,
+        });
         let hash = snapshot_hash(&record);
         let existing = self.snapshot_hashes()?.get(hash)?.map(|v| v.value());
         if let Some(nid) = existing {
@@ -227,7 +252,7 @@ impl<'t> Writer<'t> {
     }
 
     pub fn snapshot_refs(&mut self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
-        Ok(snapshot_record(self.snapshots()?, snapshot)?.blocks)
+        Ok(all_blocks(&snapshot_chain(self.snapshots()?, snapshot)?))
     }
 
     /// The state the given blocks make, as if they were a snapshot.
@@ -280,7 +305,7 @@ impl<'t> Writer<'t> {
         }
         let entries: Vec<DeltaEntry> = state.iter().map(|e| DeltaEntry::from(*e)).collect();
         let block = self.put_block(&entries)?;
-        self.insert_snapshot(state.len(), &[block])
+        self.insert_snapshot(state.len(), None, vec![block])
     }
 
     /// Stores `parent` changed by `delta`, laid out by the write policy.
@@ -298,15 +323,14 @@ impl<'t> Writer<'t> {
         }
         let policy = self.policy;
         let (blocks, snapshots) = self.read_tables()?;
-        let parent_len = snapshot_record(snapshots, parent)?.state_len as usize;
-        let loaded = load(blocks, snapshots, parent)?;
+        let chain = snapshot_chain(snapshots, parent)?;
         if delta.is_empty() {
             return Ok(parent);
         }
-        let keep = policy
-            .plan(&loaded.refs, delta.len())
-            .keep
-            .min(loaded.refs.len());
+        let parent_len = snapshot_record(snapshots, parent)?.state_len as usize;
+        let refs = all_blocks(&chain);
+        let loaded = load_refs(blocks, refs.clone(), parent)?;
+        let (base, tail_start, keep) = layout(&chain, &refs, policy.plan(&chain, delta.len()));
         let delta_bytes = encode_block(&delta)?;
         let delta_view =
             BlockView::parse(&delta_bytes).map_err(|e| Error::InvalidState(e.to_string()))?;
@@ -317,16 +341,16 @@ impl<'t> Writer<'t> {
             state_len =
                 (state_len + usize::from(d.event.is_some())).saturating_sub(usize::from(was));
         }
-        runs.drain(..keep);
+        runs.drain(..tail_start + keep);
         runs.push(Run::whole(BlockHash::of(&delta_bytes), delta_view));
-        let merged = resolve::merge(&runs, keep > 0)?;
-        let mut refs = loaded.refs[..keep].to_vec();
+        let merged = resolve::merge(&runs, tail_start + keep > 0)?;
+        let mut own = refs[tail_start..tail_start + keep].to_vec();
         drop(runs);
         drop(loaded);
         if !merged.is_empty() {
-            refs.push(self.put_block(&merged)?);
+            own.push(self.put_block(&merged)?);
         }
-        self.insert_snapshot(state_len, &refs)
+        self.insert_snapshot(state_len, base, own)
     }
 
     pub fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {

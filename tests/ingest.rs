@@ -299,9 +299,9 @@ impl WritePolicy for DeltaMerges {
     fn name(&self) -> &str {
         "delta-merges-3"
     }
-    fn plan(&self, parent: &[roomstate::BlockRef], _delta_len: usize) -> Plan {
-        if parent.len() < 3 {
-            Plan::append(parent)
+    fn plan(&self, chain: &[roomstate::Layer], _delta_len: usize) -> Plan {
+        if chain.iter().map(|l| l.blocks.len()).sum::<usize>() < 3 {
+            Plan::append()
         } else {
             Plan::rewrite()
         }
@@ -675,11 +675,14 @@ fn check_against_reference(
 }
 
 fn stores(seed: u64) -> Store {
-    // Alternate the default policy and one that merges as deltas and rewrites often.
-    if seed.is_multiple_of(2) {
-        Store::builder().policy(DeltaMerges).in_memory().unwrap()
-    } else {
-        Store::in_memory().unwrap()
+    // Cycle through every shipped policy and one that merges as deltas and rewrites often.
+    let names = roomstate::policy::POLICY_NAMES;
+    match names.get(seed as usize % (names.len() + 1)) {
+        Some(name) => Store::builder()
+            .boxed_policy(roomstate::policy::by_name(name).unwrap())
+            .in_memory()
+            .unwrap(),
+        None => Store::builder().policy(DeltaMerges).in_memory().unwrap(),
     }
 }
 

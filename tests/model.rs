@@ -5,8 +5,8 @@ mod common;
 
 use common::{Rng, ev, key};
 use roomstate::{
-    BlockRef, DeltaEntry, Dendrite, Plan, SnapshotNid, StateEntry, StateKey, StateMap, Store,
-    StoreRead, TypeNid, WritePolicy, resolve,
+    Conduit, DeltaEntry, Dendrite, Full, Layer, Plan, SnapshotNid, StateEntry, StateKey, StateMap,
+    Store, StoreRead, Synapse, Tiered, TypeNid, WritePolicy, resolve,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,20 +21,30 @@ impl WritePolicy for MergeHalf {
     fn name(&self) -> &str {
         "merge-half"
     }
-    fn plan(&self, parent: &[BlockRef], _delta_len: usize) -> Plan {
-        let keep = if parent.len() < 4 {
-            parent.len()
-        } else {
-            parent.len() / 2
-        };
-        Plan { keep }
+    fn plan(&self, chain: &[Layer], _delta_len: usize) -> Plan {
+        let blocks: usize = chain.iter().map(|l| l.blocks.len()).sum();
+        let keep = if blocks < 4 { blocks } else { blocks / 2 };
+        Plan { base: None, keep }
     }
 }
 
+/// Every shipped policy, some with small constants so that their thresholds are crossed often.
 fn policies() -> Vec<Box<dyn WritePolicy>> {
     vec![
+        Box::new(Tiered::default()),
+        Box::new(Tiered {
+            promote_at: 4,
+            base_ratio: 2,
+        }),
         Box::new(Dendrite::default()),
         Box::new(Dendrite { max_blocks: 3 }),
+        Box::new(Synapse { max_hops: 4 }),
+        Box::new(Conduit::default()),
+        Box::new(Conduit {
+            max_layers: 3,
+            diff_to_sibling: 1_000_000,
+        }),
+        Box::new(Full),
         Box::new(MergeHalf),
     ]
 }
@@ -204,7 +214,8 @@ fn run_sequence(seed: u64, policy: Box<dyn WritePolicy>) {
 #[test]
 fn random_sequences_match_btreemap_model() {
     for seed in 0..1_000u64 {
-        let policy = policies().swap_remove((seed % 3) as usize);
+        let mut all = policies();
+        let policy = all.swap_remove((seed % all.len() as u64) as usize);
         run_sequence(seed, policy);
     }
 }
@@ -212,6 +223,7 @@ fn random_sequences_match_btreemap_model() {
 #[test]
 fn long_chain_crosses_the_rewrite_threshold() {
     for policy in policies() {
+        let layered = policy.name() != "full";
         let store = Store::builder().boxed_policy(policy).in_memory().unwrap();
         let mut rng = Rng(7);
         let mut world = World {
@@ -227,7 +239,10 @@ fn long_chain_crosses_the_rewrite_threshold() {
             let snap = world.snapshots[newest + 1].0;
             longest = longest.max(tx.resolver().unwrap().blocks(snap).unwrap().len());
         }
-        assert!(longest >= 3, "the chain never grew past one block");
+        assert!(
+            !layered || longest >= 3,
+            "the chain never grew past one block"
+        );
         tx.commit().unwrap();
         check_all(&world, &mut rng, &store);
     }

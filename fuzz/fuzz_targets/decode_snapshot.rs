@@ -7,6 +7,6 @@ use roomstate::snapshot::{decode_snapshot, encode_snapshot};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = decode_snapshot(data) {
-        assert_eq!(encode_snapshot(record.state_len, &record.blocks), data);
+        assert_eq!(encode_snapshot(&record), data);
     }
 });
