@@ -156,6 +156,22 @@ impl<'a> Run<'a> {
         (self.start..self.end).map(|i| self.view.entry_at(i).ok_or_else(|| self.damaged(i)))
     }
 
+    /// `Some(event)` when the run holds `key` (`Some(None)` for a tombstone).
+    pub fn find(&self, key: StateKey) -> Result<Option<Option<EventNid>>> {
+        let at = self
+            .view
+            .lower_bound(key, self.start..self.end)
+            .map_err(|i| self.damaged(i))?;
+        if at >= self.end {
+            return Ok(None);
+        }
+        match self.view.entry_at(at) {
+            Some(e) if e.key == key => Ok(Some(e.event)),
+            Some(_) => Ok(None),
+            None => Err(self.damaged(at)),
+        }
+    }
+
     /// Narrows the run to the keys of one event type.
     fn of_type(&self, ty: TypeNid) -> Result<Run<'a>> {
         let lo = StateKey::new(ty, StateKeyNid::MIN);
@@ -252,16 +268,8 @@ pub(crate) fn merge(runs: &[Run<'_>], keep_tombstones: bool) -> Result<Vec<Delta
 /// Looks one key up, newest run first, stopping at the first run that holds it.
 pub(crate) fn lookup(runs: &[Run<'_>], key: StateKey) -> Result<Option<EventNid>> {
     for run in runs.iter().rev() {
-        let at = run
-            .view
-            .lower_bound(key, run.start..run.end)
-            .map_err(|i| run.damaged(i))?;
-        if at < run.end {
-            match run.view.entry_at(at) {
-                Some(e) if e.key == key => return Ok(e.event),
-                Some(_) => {}
-                None => return Err(run.damaged(at)),
-            }
+        if let Some(event) = run.find(key)? {
+            return Ok(event);
         }
     }
     Ok(None)

@@ -413,9 +413,15 @@ pub trait StoreRead: sealed::Sealed {
         })
     }
 
-    /// Row counts and sizes of every table, and how many entries the blocks hold.
+    /// Row counts and sizes of every table, and how many entries the blocks hold. Reads every
+    /// block, snapshot and event record; [`table_sizes`](Self::table_sizes) is the cheap part.
     fn stats(&self) -> Result<StoreStats> {
         store_stats(self.txn())
+    }
+
+    /// Row counts and sizes of every table, from redb's own counters (no scan).
+    fn table_sizes(&self) -> Result<Vec<TableSize>> {
+        table_sizes(self.txn())
     }
 
     /// The event's JSON exactly as ingested, if stored.
@@ -830,6 +836,31 @@ pub(crate) fn load<'b>(
     load_refs(blocks, all_blocks(&chain), snapshot)
 }
 
+/// Looks a key up, reading blocks from the newest and stopping at the first that holds it, so
+/// a key changed recently costs one block read however many blocks the snapshot has.
+pub(crate) fn lookup_lazily(
+    blocks: &impl ReadableTable<u128, &'static [u8]>,
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    snapshot: SnapshotNid,
+    key: StateKey,
+) -> Result<Option<EventNid>> {
+    for r in all_blocks(&snapshot_chain(snapshots, snapshot)?)
+        .iter()
+        .rev()
+    {
+        let row = blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
+            snapshot,
+            block: r.hash.0,
+        })?;
+        let view =
+            BlockView::parse(row.value()).map_err(|e| Error::corrupt("blocks", r.hash, e))?;
+        if let Some(event) = Run::whole(r.hash, view).find(key)? {
+            return Ok(event);
+        }
+    }
+    Ok(None)
+}
+
 /// Blocks' bytes held in place; `snapshot` is named in errors.
 pub(crate) fn load_refs<'b>(
     blocks: &'b impl ReadableTable<u128, &'static [u8]>,
@@ -886,7 +917,7 @@ where
     /// The event holding `key`, found by binary search in each block from the newest, without
     /// building the state.
     pub fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        resolve::lookup(&self.load(snapshot)?.runs()?, key)
+        lookup_lazily(&self.blocks, &self.snapshots, snapshot, key)
     }
 
     /// The entries of the given event types.
@@ -964,13 +995,22 @@ impl StoreStats {
 
     /// Stored plus metadata bytes of the state tables: blocks, snapshots and their index.
     pub fn state_bytes(&self) -> u64 {
-        ["blocks", "snapshots", "snapshot_hashes"]
-            .iter()
-            .filter_map(|n| self.table(n))
-            .map(|t| t.stored_bytes + t.metadata_bytes)
-            .sum()
+        state_bytes(&self.tables)
     }
 }
+
+/// Stored plus metadata bytes of the state tables (blocks, snapshots and their index) among
+/// `tables`.
+pub fn state_bytes(tables: &[TableSize]) -> u64 {
+    tables
+        .iter()
+        .filter(|t| STATE_TABLES.contains(&t.name))
+        .map(|t| t.stored_bytes + t.metadata_bytes)
+        .sum()
+}
+
+/// The tables that hold states: what "state bytes" counts.
+pub const STATE_TABLES: [&str; 3] = ["blocks", "snapshots", "snapshot_hashes"];
 
 fn table_size<K: Key + 'static, V: Value + 'static, T: Tables>(
     tx: &T,
@@ -988,7 +1028,7 @@ fn table_size<K: Key + 'static, V: Value + 'static, T: Tables>(
     })
 }
 
-fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
+fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
     let mut out = vec![
         table_size(tx, tables::BLOCKS, "blocks")?,
         table_size(tx, tables::SNAPSHOTS, "snapshots")?,
@@ -1009,6 +1049,11 @@ fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
         out.push(table_size(tx, kind.forward, forward)?);
         out.push(table_size(tx, kind.reverse, reverse)?);
     }
+    Ok(out)
+}
+
+fn store_stats<T: Tables>(tx: &T) -> Result<StoreStats> {
+    let out = table_sizes(tx)?;
     let mut stored_entries = 0;
     for row in tx.open(tables::BLOCKS)?.range::<u128>(..)? {
         let (hash, bytes) = row?;

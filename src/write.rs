@@ -13,7 +13,9 @@ use crate::policy::WritePolicy;
 use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Run, StateDiff, StateMap};
 use crate::snapshot::{BlockRef, SnapshotRecord, encode_snapshot, snapshot_hash};
-use crate::store::{WriteCounts, all_blocks, load, load_refs, snapshot_chain, snapshot_record};
+use crate::store::{
+    WriteCounts, all_blocks, load, load_refs, lookup_lazily, snapshot_chain, snapshot_record,
+};
 use crate::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
@@ -268,7 +270,7 @@ impl<'t> Writer<'t> {
 
     pub fn lookup_key(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
         let (blocks, snapshots) = self.read_tables()?;
-        resolve::lookup(&load(blocks, snapshots, snapshot)?.runs()?, key)
+        lookup_lazily(blocks, snapshots, snapshot, key)
     }
 
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {

@@ -839,3 +839,57 @@ fn bad_line_in_second_file_is_numbered_within_that_file() {
         run.stderr
     );
 }
+
+#[test]
+fn bench_reports_every_policy_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("plot.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_roomstate"))
+        .args(["bench", "--json", "--scale", "tiny", "--plot"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let policies: Vec<&str> = lines
+        .iter()
+        .map(|l| l["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, roomstate::policy::POLICY_NAMES);
+    for line in &lines {
+        for key in [
+            "workload",
+            "state_events",
+            "bytes_per_state_change",
+            "entries_written_per_state_change",
+            "blocks_per_load",
+            "flatten_ns",
+            "copy_ns",
+            "flatten_over_copy",
+            "lookup_ns",
+            "diff_ns",
+            "ingest_events_per_s",
+            "peak_rss_bytes",
+        ] {
+            assert!(line.get(key).is_some(), "{key} missing from {line}");
+        }
+        assert!(line["bytes_per_state_change"].as_f64().unwrap() > 0.0);
+        assert_eq!(line["state_events"], lines[0]["state_events"]);
+    }
+    // The naive baseline writes the most.
+    let bytes = |name: &str| {
+        lines.iter().find(|l| l["policy"] == name).unwrap()["bytes_per_state_change"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(bytes("full") > bytes("tiered"));
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
+}

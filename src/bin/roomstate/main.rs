@@ -1,8 +1,10 @@
 //! The `roomstate` command: ingest, query and measure a room-state store. It uses only the
 //! library's public API.
 
+mod bench;
 mod demo;
 mod names;
+mod plot;
 mod query;
 
 use clap::{Parser, Subcommand};
@@ -112,6 +114,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ingest one generated history under every write policy and compare them.
+    Bench {
+        /// Print one JSON object per policy.
+        #[arg(long)]
+        json: bool,
+        /// The history's shape.
+        #[arg(long, default_value = "hq")]
+        workload: Workload,
+        /// `small` (seconds, for CI) or `full` (hq at 100,000 members and 200,000 state events).
+        #[arg(long, value_enum, default_value_t = Scale::Small)]
+        scale: Scale,
+        /// Also write an SVG plot of bytes per state change against state size.
+        #[arg(long, value_name = "SVG")]
+        plot: Option<PathBuf>,
+        /// Measure one policy in this process (used by the bench itself).
+        #[arg(long, hide = true, value_name = "POLICY")]
+        one: Option<String>,
+    },
     /// Write a synthetic history as JSON lines to standard output.
     Gen {
         /// hq, many or forky.
@@ -129,6 +149,15 @@ enum Command {
         #[arg(long)]
         messages_per_state: Option<u32>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scale {
+    /// Seconds in debug builds: for the test suite.
+    #[value(hide = true)]
+    Tiny,
+    Small,
+    Full,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -228,6 +257,23 @@ fn run(cli: Cli) -> CliResult {
                 ResolverChoice::Refuse => {
                     ingest(&store, &files, batch_size, skip_bad_lines, Refuse)
                 }
+            }
+        }
+        Command::Bench {
+            json,
+            workload,
+            scale,
+            plot,
+            one,
+        } => {
+            let scale = match scale {
+                Scale::Tiny => bench::Scale::Tiny,
+                Scale::Small => bench::Scale::Small,
+                Scale::Full => bench::Scale::Full,
+            };
+            match one {
+                Some(policy) => bench::run_one(&policy, workload, scale),
+                None => bench::run(workload, scale, json, plot.as_deref()),
             }
         }
         Command::Gen {

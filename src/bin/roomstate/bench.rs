@@ -1,0 +1,362 @@
+//! `roomstate bench`: the same generated history under every write policy, each in its own
+//! child process and store, with size, speed and memory figures side by side.
+//!
+//! Each policy runs in a child (`bench --one POLICY`) so that its peak memory is its own. Times
+//! are medians, and flatten is reported against a plain copy of the same entries measured in the
+//! same process, since the machine is shared.
+
+use crate::{CliResult, Failure};
+use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
+use roomstate::workload::{GenConfig, Generator, Workload};
+use roomstate::{SnapshotNid, StateEntry, Store, StoreRead, policy};
+use serde::{Deserialize, Serialize};
+use std::hint::black_box;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// One policy's figures: the `--json` line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Figures {
+    pub policy: String,
+    pub workload: String,
+    pub events: u64,
+    pub state_events: u64,
+    pub bytes_per_state_change: f64,
+    pub file_bytes_per_event: f64,
+    pub entries_written_per_state_change: f64,
+    pub blocks_per_load: u64,
+    pub final_state_entries: u64,
+    pub flatten_ns: u64,
+    pub copy_ns: u64,
+    pub flatten_over_copy: f64,
+    pub lookup_ns: u64,
+    pub diff_ns: u64,
+    pub ingest_events_per_s: f64,
+    pub peak_rss_bytes: u64,
+    /// (state entries, state bytes per state change so far), sampled during ingest.
+    pub samples: Vec<(u64, f64)>,
+}
+
+/// How large a history to bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// For the test suite.
+    Tiny,
+    /// Under a minute, for CI smoke runs.
+    Small,
+    /// `hq` at 100,000 members and 200,000 state events.
+    Full,
+}
+
+impl Scale {
+    fn name(self) -> &'static str {
+        match self {
+            Scale::Tiny => "tiny",
+            Scale::Small => "small",
+            Scale::Full => "full",
+        }
+    }
+}
+
+/// The history a workload and scale stand for.
+pub fn config(workload: Workload, scale: Scale) -> GenConfig {
+    let mut c = GenConfig::new(workload);
+    match (workload, scale) {
+        (_, Scale::Tiny) => {
+            c.members = c.members.min(100);
+            c.state_events = c.state_events.min(300);
+            c.messages_per_state = 1;
+        }
+        (Workload::Hq, Scale::Full) => {
+            c.members = 100_000;
+            c.state_events = 200_000;
+            c.messages_per_state = 10;
+        }
+        (Workload::Hq, Scale::Small) => {
+            c.members = 2_000;
+            c.state_events = 5_000;
+            c.messages_per_state = 10;
+        }
+        (Workload::Many, Scale::Small) => {
+            c.members = 500;
+        }
+        (Workload::Forky, Scale::Small) => {
+            c.members = 300;
+            c.state_events = 2_000;
+        }
+        _ => {}
+    }
+    c
+}
+
+/// Runs every policy in a child process and prints their figures.
+pub fn run(workload: Workload, scale: Scale, json: bool, plot: Option<&Path>) -> CliResult {
+    let exe = std::env::current_exe()?;
+    let mut all = Vec::new();
+    for name in policy::POLICY_NAMES {
+        if scale == Scale::Full && name == "full" {
+            // A full copy per change would write hundreds of gigabytes at this scale.
+            continue;
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "--one", name, "--workload", workload.name()]);
+        cmd.args(["--scale", scale.name()]);
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return Err(Failure::Store(format!(
+                "bench of {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let figures: Figures = serde_json::from_slice(&out.stdout)
+            .map_err(|e| Failure::Store(format!("bench of {name} printed no figures: {e}")))?;
+        if json {
+            let mut line = serde_json::to_value(&figures).map_err(std::io::Error::from)?;
+            if let Some(map) = line.as_object_mut() {
+                map.remove("samples");
+            }
+            println!("{line}");
+        } else {
+            eprintln!("{name}: done");
+        }
+        all.push(figures);
+    }
+    if !json {
+        print_table(&all, &mut std::io::stdout().lock())?;
+    }
+    if let Some(path) = plot {
+        std::fs::write(path, crate::plot::svg(&all))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
+    writeln!(
+        out,
+        "{:<11} {:>10} {:>9} {:>7} {:>10} {:>10} {:>6} {:>9} {:>9} {:>10} {:>9}",
+        "policy",
+        "B/change",
+        "entries",
+        "blocks",
+        "flatten",
+        "copy",
+        "ratio",
+        "lookup",
+        "diff",
+        "events/s",
+        "peak MiB"
+    )?;
+    for f in all {
+        writeln!(
+            out,
+            "{:<11} {:>10.1} {:>9.1} {:>7} {:>8}µs {:>8}µs {:>6.2} {:>7}ns {:>7}ns {:>10.0} {:>9.1}",
+            f.policy,
+            f.bytes_per_state_change,
+            f.entries_written_per_state_change,
+            f.blocks_per_load,
+            f.flatten_ns / 1_000,
+            f.copy_ns / 1_000,
+            f.flatten_over_copy,
+            f.lookup_ns,
+            f.diff_ns,
+            f.ingest_events_per_s,
+            f.peak_rss_bytes as f64 / (1 << 20) as f64
+        )?;
+    }
+    Ok(())
+}
+
+/// The child: ingest under one policy, measure, print one JSON object.
+pub fn run_one(name: &str, workload: Workload, scale: Scale) -> CliResult {
+    let policy =
+        policy::by_name(name).ok_or_else(|| Failure::User(format!("unknown policy {name}")))?;
+    let path = scratch_path(name);
+    let result = measure(&path, policy, workload, scale);
+    let _ = std::fs::remove_file(&path);
+    let figures = result?;
+    println!(
+        "{}",
+        serde_json::to_string(&figures).map_err(std::io::Error::from)?
+    );
+    Ok(())
+}
+
+fn scratch_path(policy: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "roomstate-bench-{}-{policy}.redb",
+        std::process::id()
+    ))
+}
+
+fn measure(
+    path: &Path,
+    policy: Box<dyn policy::WritePolicy>,
+    workload: Workload,
+    scale: Scale,
+) -> CliResult<Figures> {
+    let _ = std::fs::remove_file(path);
+    let mut store = Store::builder().boxed_policy(policy).open(path)?;
+    let config = config(workload, scale);
+    let name = store.policy().name().to_owned();
+    let (report, samples) = ingest(&store, config)?;
+    store.compact()?;
+    let rx = store.read()?;
+    let stats = rx.stats()?;
+    let file_bytes = std::fs::metadata(path)?.len();
+    let per_state = |x: f64| x / stats.state_events.max(1) as f64;
+    let (final_state, consecutive) = probes(&rx)?;
+    let resolver = rx.resolver()?;
+    let flat: Vec<StateEntry> = resolver.flatten(final_state)?.into_vec();
+    let (flatten_ns, copy_ns) = interleaved(
+        || resolver.flatten(final_state).map(|s| drop(black_box(s))),
+        || drop(black_box(flat.to_vec())),
+    )?;
+    let lookup_ns = median_over(&flat, |e| {
+        resolver.lookup(final_state, e.key).map(|found| {
+            black_box(found);
+        })
+    })?;
+    let diff_ns = median_over(&consecutive, |(a, b)| {
+        resolver.diff(*a, *b).map(|d| drop(black_box(d)))
+    })?;
+    Ok(Figures {
+        policy: name,
+        workload: workload.name().to_owned(),
+        events: report.events,
+        state_events: stats.state_events,
+        bytes_per_state_change: per_state(stats.state_bytes() as f64),
+        file_bytes_per_event: file_bytes as f64 / report.events.max(1) as f64,
+        entries_written_per_state_change: per_state(stats.stored_entries as f64),
+        blocks_per_load: resolver.blocks(final_state)?.len() as u64,
+        final_state_entries: flat.len() as u64,
+        flatten_ns,
+        copy_ns,
+        flatten_over_copy: flatten_ns as f64 / copy_ns.max(1) as f64,
+        lookup_ns,
+        diff_ns,
+        ingest_events_per_s: report.events_per_second(),
+        peak_rss_bytes: peak_rss(),
+        samples,
+    })
+}
+
+/// Ingests the generated history, sampling state bytes per change as the state grows.
+fn ingest(
+    store: &Store,
+    config: GenConfig,
+) -> CliResult<(roomstate::ingest::IngestReport, Vec<(u64, f64)>)> {
+    let options = IngestOptions {
+        batch_size: 10_000,
+        ..IngestOptions::default()
+    };
+    let mut ingester = Ingester::new(store, options, TrivialMerge);
+    let mut samples = Vec::new();
+    let mut last_batches = 0;
+    let mut sample_room = None;
+    for event in Generator::new(config) {
+        sample_room.get_or_insert_with(|| event.room_id.clone());
+        ingester.push_line(event.to_json_line().as_bytes())?;
+        let report = ingester.report();
+        if report.batches != last_batches && report.batches.is_multiple_of(4) {
+            last_batches = report.batches;
+            if let Some(room) = &sample_room {
+                samples.push(sample(store, room, report.state_events)?);
+            }
+        }
+    }
+    let report = ingester.finish()?;
+    if let Some(room) = &sample_room {
+        samples.push(sample(store, room, report.state_events)?);
+    }
+    Ok((report, samples))
+}
+
+fn sample(store: &Store, room_id: &str, state_events: u64) -> CliResult<(u64, f64)> {
+    let rx = store.read()?;
+    let bytes = roomstate::state_bytes(&rx.table_sizes()?);
+    let entries = match rx.room_nid(room_id)? {
+        Some(room) => match rx.room(room)? {
+            Some(record) => rx.resolver()?.state_len(record.current_state)?,
+            None => 0,
+        },
+        None => 0,
+    };
+    Ok((entries, bytes as f64 / state_events.max(1) as f64))
+}
+
+/// The largest room's current state, and up to 200 pairs of states before consecutive state
+/// events of that room, from the end of its history.
+fn probes(rx: &roomstate::ReadTxn) -> CliResult<(SnapshotNid, Vec<(SnapshotNid, SnapshotNid)>)> {
+    let resolver = rx.resolver()?;
+    let mut best: Option<(u64, roomstate::RoomNid, SnapshotNid)> = None;
+    for raw in 1.. {
+        let Some(room) = roomstate::RoomNid::new(raw) else {
+            continue;
+        };
+        let Some(record) = rx.room(room)? else { break };
+        let len = resolver.state_len(record.current_state)?;
+        if best.is_none_or(|(l, _, _)| len > l) {
+            best = Some((len, room, record.current_state));
+        }
+    }
+    let (_, room, state) = best.ok_or_else(|| Failure::Store("no room was ingested".into()))?;
+    let mut befores = Vec::new();
+    for event in rx.room_events(room)?.into_iter().rev() {
+        let record = rx.expect_event(event)?;
+        if record.state_key.is_some() {
+            befores.push(record.state_before);
+            if befores.len() > 200 {
+                break;
+            }
+        }
+    }
+    let pairs = befores.windows(2).map(|w| (w[1], w[0])).collect();
+    Ok((state, pairs))
+}
+
+/// Median times of `a` and `b`, run alternately so that both see the same machine load.
+fn interleaved(
+    mut a: impl FnMut() -> roomstate::Result<()>,
+    mut b: impl FnMut(),
+) -> CliResult<(u64, u64)> {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..51 {
+        let t = Instant::now();
+        a()?;
+        ta.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        b();
+        tb.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok((median(&mut ta), median(&mut tb)))
+}
+
+/// The median time of `f` over up to 2,000 items spread across `items`.
+fn median_over<T>(items: &[T], mut f: impl FnMut(&T) -> roomstate::Result<()>) -> CliResult<u64> {
+    let step = (items.len() / 2_000).max(1);
+    let mut times = Vec::new();
+    for item in items.iter().step_by(step) {
+        let t = Instant::now();
+        f(item)?;
+        times.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(median(&mut times))
+}
+
+fn median(times: &mut [u64]) -> u64 {
+    times.sort_unstable();
+    times.get(times.len() / 2).copied().unwrap_or(0)
+}
+
+/// The process's peak resident set (VmHWM), or 0 where /proc does not say.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
