@@ -18,6 +18,7 @@ use crate::store::{
 };
 use crate::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use std::collections::HashMap;
 
 /// The meta key of the snapshot NID counter.
 pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
@@ -61,6 +62,17 @@ pub(crate) struct Writer<'t> {
     membership: Option<Table<'t, (u64, u64), u8>>,
     user_rooms: Option<Table<'t, (u64, u64), ()>>,
     room_events: Option<Table<'t, (u64, u64), u64>>,
+    /// Read-through, write-through caches for the life of the writer (one ingest batch): the
+    /// previous event, its room and its strings are almost always the ones just written.
+    cache: Cache,
+}
+
+#[derive(Default)]
+struct Cache {
+    nids: [HashMap<Box<str>, u64>; 4],
+    events: HashMap<EventNid, EventRecord>,
+    afters: HashMap<EventNid, SnapshotNid>,
+    rooms: HashMap<RoomNid, RoomRecord>,
 }
 
 fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
@@ -104,6 +116,7 @@ impl<'t> Writer<'t> {
             membership: None,
             user_rooms: None,
             room_events: None,
+            cache: Cache::default(),
         }
     }
 
@@ -120,17 +133,43 @@ impl<'t> Writer<'t> {
 
     /// The NIDs of `strings`, interning the new ones.
     pub fn intern(&mut self, kind: Kind, strings: &[&str]) -> Result<Vec<u64>> {
-        let tx = self.tx;
-        let forward = open(tx, &mut self.forward[kind.index], kind.forward)?;
-        let reverse = open(tx, &mut self.reverse[kind.index], kind.reverse)?;
-        let meta = open(tx, &mut self.meta, tables::META)?;
-        intern::get_or_create(forward, reverse, meta, kind, strings)
+        let cache = &mut self.cache.nids[kind.index];
+        let misses: Vec<&str> = strings
+            .iter()
+            .copied()
+            .filter(|s| !cache.contains_key(*s))
+            .collect();
+        if !misses.is_empty() {
+            let tx = self.tx;
+            let forward = open(tx, &mut self.forward[kind.index], kind.forward)?;
+            let reverse = open(tx, &mut self.reverse[kind.index], kind.reverse)?;
+            let meta = open(tx, &mut self.meta, tables::META)?;
+            let nids = intern::get_or_create(forward, reverse, meta, kind, &misses)?;
+            for (s, nid) in misses.iter().zip(nids) {
+                cache.insert(Box::from(*s), nid);
+            }
+        }
+        strings
+            .iter()
+            .map(|s| {
+                cache.get(*s).copied().ok_or_else(|| {
+                    Error::InvalidState(format!("{} {s:?} was not interned", kind.nid))
+                })
+            })
+            .collect()
     }
 
     /// The NID of `s`, if interned.
     pub fn lookup_nid(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
+        if let Some(nid) = self.cache.nids[kind.index].get(s) {
+            return Ok(Some(*nid));
+        }
         let forward = open(self.tx, &mut self.forward[kind.index], kind.forward)?;
-        intern::lookup(forward, s)
+        let found = intern::lookup(forward, s)?;
+        if let Some(nid) = found {
+            self.cache.nids[kind.index].insert(Box::from(s), nid);
+        }
+        Ok(found)
     }
 
     /// The string behind `nid`.
@@ -356,9 +395,17 @@ impl<'t> Writer<'t> {
     }
 
     pub fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
+        if let Some(record) = self.cache.events.get(&event) {
+            return Ok(Some(record.clone()));
+        }
         let row = self.events()?.get(event.get())?;
-        row.map(|v| codec::decode("events", event, v.value()))
-            .transpose()
+        let record: Option<EventRecord> = row
+            .map(|v| codec::decode("events", event, v.value()))
+            .transpose()?;
+        if let Some(r) = &record {
+            self.cache.events.insert(event, r.clone());
+        }
+        Ok(record)
     }
 
     pub fn expect_event(&mut self, event: EventNid) -> Result<EventRecord> {
@@ -368,30 +415,46 @@ impl<'t> Writer<'t> {
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
         let bytes = codec::encode(record)?;
         self.events()?.insert(event.get(), bytes.as_slice())?;
+        self.cache.afters.remove(&event);
+        self.cache.events.insert(event, record.clone());
         Ok(())
     }
 
     pub fn room(&mut self, room: RoomNid) -> Result<Option<RoomRecord>> {
+        if let Some(record) = self.cache.rooms.get(&room) {
+            return Ok(Some(record.clone()));
+        }
         let row = self.rooms()?.get(room.get())?;
-        row.map(|v| codec::decode("rooms", room, v.value()))
-            .transpose()
+        let record: Option<RoomRecord> = row
+            .map(|v| codec::decode("rooms", room, v.value()))
+            .transpose()?;
+        if let Some(r) = &record {
+            self.cache.rooms.insert(room, r.clone());
+        }
+        Ok(record)
     }
 
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
         let bytes = codec::encode(record)?;
         self.rooms()?.insert(room.get(), bytes.as_slice())?;
+        self.cache.rooms.insert(room, record.clone());
         Ok(())
     }
 
     /// The snapshot after `event`, stored if new.
     pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
-        let record = self.expect_event(event)?;
-        match record.sets() {
-            Some(key) => {
-                self.snapshot_from_delta(record.state_before, vec![DeltaEntry::set(key, event)])
-            }
-            None => Ok(record.state_before),
+        if let Some(after) = self.cache.afters.get(&event) {
+            return Ok(*after);
         }
+        let record = self.expect_event(event)?;
+        let after = match record.sets() {
+            Some(key) => {
+                self.snapshot_from_delta(record.state_before, vec![DeltaEntry::set(key, event)])?
+            }
+            None => record.state_before,
+        };
+        self.cache.afters.insert(event, after);
+        Ok(after)
     }
 
     pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {

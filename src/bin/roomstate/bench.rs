@@ -203,6 +203,10 @@ fn measure(
     let name = store.policy().name().to_owned();
     let (report, samples) = ingest(&store, config)?;
     store.compact()?;
+    // Measure reads on a freshly opened store, as after a restart: compaction leaves redb's page
+    // cache full of pages it copied, which would otherwise evict the state's pages.
+    drop(store);
+    let store = Store::open(path)?;
     let rx = store.read()?;
     let stats = rx.stats()?;
     let file_bytes = std::fs::metadata(path)?.len();
