@@ -1,19 +1,26 @@
 //! State entries and state blocks: sorted runs of entries in a fixed little-endian layout that is
 //! read in place, keyed by the xxh3-128 hash of their bytes.
 //!
-//! Layout (see `docs/format.md`): one tag byte [`BLOCK_FORMAT_FIXED24`], then 24 bytes per entry:
-//! type NID, state-key NID, event NID, each a little-endian `u64`. An event NID of 0 is a
-//! tombstone: the key is removed by this block.
+//! Layout (see `docs/format.md`): one tag byte, then a fixed number of bytes per entry: type NID,
+//! state-key NID, event NID, each little-endian. [`BLOCK_FORMAT_FIXED12`] stores them as `u32`s
+//! (12 bytes an entry) when every NID of the block fits, which is all of them below four
+//! billion; [`BLOCK_FORMAT_FIXED24`] as `u64`s otherwise. Both are read in place and searched by
+//! bisection; widening a `u32` costs nothing next to a copy. An event NID of 0 is a tombstone:
+//! the key is removed by this block.
 
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use std::fmt;
 use std::ops::Range;
 
-/// The tag byte of the fixed-width entry layout.
+/// The tag byte of the layout with `u64` NIDs, 24 bytes an entry.
 pub const BLOCK_FORMAT_FIXED24: u8 = 1;
-/// Bytes per encoded entry.
+/// The tag byte of the layout with `u32` NIDs, 12 bytes an entry.
+pub const BLOCK_FORMAT_FIXED12: u8 = 2;
+/// Bytes per entry with `u64` NIDs.
 pub const ENTRY_BYTES: usize = 24;
+/// Bytes per entry with `u32` NIDs.
+pub const NARROW_ENTRY_BYTES: usize = 12;
 const HEADER_BYTES: usize = 1;
 
 /// One entry of a resolved state: the event that holds a (type, state key).
@@ -87,12 +94,33 @@ pub fn encode_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
             w[1].key
         )));
     }
-    let mut out = Vec::with_capacity(HEADER_BYTES + entries.len() * ENTRY_BYTES);
-    out.push(BLOCK_FORMAT_FIXED24);
-    for e in entries {
-        out.extend_from_slice(&e.key.ty.get().to_le_bytes());
-        out.extend_from_slice(&e.key.key.get().to_le_bytes());
-        out.extend_from_slice(&e.event.map_or(0, EventNid::get).to_le_bytes());
+    let words = |e: &DeltaEntry| {
+        [
+            e.key.ty.get(),
+            e.key.key.get(),
+            e.event.map_or(0, EventNid::get),
+        ]
+    };
+    let narrow = entries
+        .iter()
+        .all(|e| words(e).iter().all(|w| u32::try_from(*w).is_ok()));
+    let width = if narrow {
+        NARROW_ENTRY_BYTES
+    } else {
+        ENTRY_BYTES
+    };
+    let mut out = Vec::with_capacity(HEADER_BYTES + entries.len() * width);
+    if narrow {
+        out.push(BLOCK_FORMAT_FIXED12);
+        for w in entries.iter().flat_map(words) {
+            // Every word was checked to fit above.
+            out.extend_from_slice(&u32::try_from(w).unwrap_or(u32::MAX).to_le_bytes());
+        }
+    } else {
+        out.push(BLOCK_FORMAT_FIXED24);
+        for w in entries.iter().flat_map(words) {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
     }
     Ok(out)
 }
@@ -100,7 +128,13 @@ pub fn encode_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
 /// A block's bytes, checked for shape and read in place.
 #[derive(Clone, Copy)]
 pub struct BlockView<'a> {
-    entries: &'a [[u8; ENTRY_BYTES]],
+    entries: Entries<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Entries<'a> {
+    Wide(&'a [[u8; ENTRY_BYTES]]),
+    Narrow(&'a [[u8; NARROW_ENTRY_BYTES]]),
 }
 
 impl fmt::Debug for BlockView<'_> {
@@ -136,10 +170,17 @@ impl<'a> BlockView<'a> {
     /// Checks the tag and length. Entry contents are checked as they are read.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BlockShapeError> {
         let (&tag, body) = bytes.split_first().ok_or(BlockShapeError::Empty)?;
-        if tag != BLOCK_FORMAT_FIXED24 {
-            return Err(BlockShapeError::UnknownFormat(tag));
-        }
-        let (entries, rest) = body.as_chunks::<ENTRY_BYTES>();
+        let (entries, rest) = match tag {
+            BLOCK_FORMAT_FIXED24 => {
+                let (e, rest) = body.as_chunks::<ENTRY_BYTES>();
+                (Entries::Wide(e), rest)
+            }
+            BLOCK_FORMAT_FIXED12 => {
+                let (e, rest) = body.as_chunks::<NARROW_ENTRY_BYTES>();
+                (Entries::Narrow(e), rest)
+            }
+            other => return Err(BlockShapeError::UnknownFormat(other)),
+        };
         if !rest.is_empty() {
             return Err(BlockShapeError::Truncated(body.len()));
         }
@@ -148,22 +189,31 @@ impl<'a> BlockView<'a> {
 
     /// Number of entries, tombstones included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match self.entries {
+            Entries::Wide(e) => e.len(),
+            Entries::Narrow(e) => e.len(),
+        }
     }
 
     /// Whether the block has no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// The key at `index`, or `None` when either NID is 0 (a damaged block).
     pub fn key_at(&self, index: usize) -> Option<StateKey> {
-        self.entries.get(index).and_then(decode_key)
+        match self.entries {
+            Entries::Wide(e) => e.get(index).and_then(|c| key_of(wide(c))),
+            Entries::Narrow(e) => e.get(index).and_then(|c| key_of(narrow(c))),
+        }
     }
 
     /// The entry at `index`, or `None` when it is out of range or damaged.
     pub fn entry_at(&self, index: usize) -> Option<DeltaEntry> {
-        self.entries.get(index).and_then(decode)
+        match self.entries {
+            Entries::Wide(e) => e.get(index).and_then(|c| entry_of(wide(c))),
+            Entries::Narrow(e) => e.get(index).and_then(|c| entry_of(narrow(c))),
+        }
     }
 
     /// Binary search: `Some(event)` when the block holds `key` (`Some(None)` for a tombstone).
@@ -193,48 +243,75 @@ impl<'a> BlockView<'a> {
 
     /// Entries in order; a damaged entry yields `Err(index)`.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<DeltaEntry, usize>> + 'a {
-        self.entries
-            .iter()
-            .enumerate()
-            .map(|(i, c)| decode(c).ok_or(i))
+        let view = *self;
+        (0..self.len()).map(move |i| view.entry_at(i).ok_or(i))
     }
 
     /// Appends the live entries of `range` to `out`, skipping tombstones. `Err(index)` names a
     /// damaged entry. This is the bulk path of flatten, kept free of per-entry search.
     pub fn copy_live(&self, range: Range<usize>, out: &mut Vec<StateEntry>) -> Result<(), usize> {
-        let start = range.start;
-        let slice = self.entries.get(range).unwrap_or(&[]);
-        for (offset, chunk) in slice.iter().enumerate() {
-            let e = decode(chunk).ok_or(start + offset)?;
-            if let Some(event) = e.event {
-                out.push(StateEntry { key: e.key, event });
-            }
+        match self.entries {
+            Entries::Wide(e) => copy_live(e, range, wide, out),
+            Entries::Narrow(e) => copy_live(e, range, narrow, out),
         }
-        Ok(())
     }
 }
 
-#[inline]
-fn word(chunk: &[u8; ENTRY_BYTES], index: usize) -> u64 {
-    let mut w = [0u8; 8];
-    // index is 0, 1 or 2 at every call site, so the range lies inside the 24-byte chunk.
-    w.copy_from_slice(&chunk[index * 8..index * 8 + 8]);
-    u64::from_le_bytes(w)
+fn copy_live<const N: usize>(
+    chunks: &[[u8; N]],
+    range: Range<usize>,
+    words: fn(&[u8; N]) -> [u64; 3],
+    out: &mut Vec<StateEntry>,
+) -> Result<(), usize> {
+    let start = range.start;
+    let slice = chunks.get(range).unwrap_or(&[]);
+    out.reserve(slice.len());
+    for (offset, chunk) in slice.iter().enumerate() {
+        let e = entry_of(words(chunk)).ok_or(start + offset)?;
+        if let Some(event) = e.event {
+            out.push(StateEntry { key: e.key, event });
+        }
+    }
+    Ok(())
 }
 
 #[inline]
-fn decode_key(chunk: &[u8; ENTRY_BYTES]) -> Option<StateKey> {
-    Some(StateKey {
-        ty: TypeNid::new(word(chunk, 0))?,
-        key: StateKeyNid::new(word(chunk, 1))?,
+fn wide(chunk: &[u8; ENTRY_BYTES]) -> [u64; 3] {
+    let (a, rest) = chunk.split_at(8);
+    let (b, c) = rest.split_at(8);
+    [a, b, c].map(|w| {
+        let mut buf = [0u8; 8];
+        // Each part is exactly 8 bytes: the splits are at constant offsets of a 24-byte array.
+        buf.copy_from_slice(w);
+        u64::from_le_bytes(buf)
     })
 }
 
 #[inline]
-fn decode(chunk: &[u8; ENTRY_BYTES]) -> Option<DeltaEntry> {
+fn narrow(chunk: &[u8; NARROW_ENTRY_BYTES]) -> [u64; 3] {
+    let (a, rest) = chunk.split_at(4);
+    let (b, c) = rest.split_at(4);
+    [a, b, c].map(|w| {
+        let mut buf = [0u8; 4];
+        // Each part is exactly 4 bytes: the splits are at constant offsets of a 12-byte array.
+        buf.copy_from_slice(w);
+        u64::from(u32::from_le_bytes(buf))
+    })
+}
+
+#[inline]
+fn key_of(words: [u64; 3]) -> Option<StateKey> {
+    Some(StateKey {
+        ty: TypeNid::new(words[0])?,
+        key: StateKeyNid::new(words[1])?,
+    })
+}
+
+#[inline]
+fn entry_of(words: [u64; 3]) -> Option<DeltaEntry> {
     Some(DeltaEntry {
-        key: decode_key(chunk)?,
-        event: EventNid::new(word(chunk, 2)),
+        key: key_of(words)?,
+        event: EventNid::new(words[2]),
     })
 }
 
@@ -254,7 +331,7 @@ mod tests {
             DeltaEntry::set(key(5, 9), EventNid::new(11).unwrap()),
         ];
         let bytes = encode_block(&entries).unwrap();
-        assert_eq!(bytes.len(), 1 + 3 * ENTRY_BYTES);
+        assert_eq!(bytes.len(), 1 + 3 * NARROW_ENTRY_BYTES);
         let view = BlockView::parse(&bytes).unwrap();
         let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
         assert_eq!(back, entries);
@@ -262,6 +339,23 @@ mod tests {
         assert_eq!(view.find(key(5, 9)), Ok(Some(EventNid::new(11))));
         assert_eq!(view.find(key(5, 4)), Ok(None));
         assert_eq!(view.find(key(9, 9)), Ok(None));
+    }
+
+    #[test]
+    fn large_nids_use_the_wide_layout() {
+        let entries = vec![
+            DeltaEntry::set(key(1, 1), EventNid::new(u64::from(u32::MAX) + 1).unwrap()),
+            DeltaEntry::set(key(5, 1 << 40), EventNid::new(3).unwrap()),
+        ];
+        let bytes = encode_block(&entries).unwrap();
+        assert_eq!(bytes[0], BLOCK_FORMAT_FIXED24);
+        assert_eq!(bytes.len(), 1 + 2 * ENTRY_BYTES);
+        let view = BlockView::parse(&bytes).unwrap();
+        let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(back, entries);
+        let mut live = Vec::new();
+        view.copy_live(0..2, &mut live).unwrap();
+        assert_eq!(live.len(), 2);
     }
 
     #[test]

@@ -9,7 +9,6 @@
 use crate::block::{BlockHash, BlockView, DeltaEntry, StateEntry};
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
-use std::cmp::Reverse;
 
 /// A resolved state: one entry per (type, state key), sorted by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -195,18 +194,57 @@ impl<'a> Run<'a> {
 }
 
 /// Folds runs into one sorted list where a newer run wins: the entries newer than the base.
+///
+/// Runs are merged pairwise from the newest: under every policy here the older runs are the
+/// larger, so each entry is moved about twice rather than sorted.
 fn overrides(newer: &[Run<'_>]) -> Result<Vec<DeltaEntry>> {
-    let total: usize = newer.iter().map(Run::len).sum();
-    let mut tagged = Vec::with_capacity(total);
-    for (age, run) in newer.iter().enumerate() {
+    let mut acc: Vec<DeltaEntry> = Vec::new();
+    for run in newer.iter().rev() {
+        let mut merged = Vec::with_capacity(acc.len() + run.len());
+        let mut winners = acc.into_iter().peekable();
         for e in run.entries() {
-            tagged.push((e?, Reverse(age)));
+            let e = e?;
+            while let Some(w) = winners.next_if(|w| w.key < e.key) {
+                merged.push(w);
+            }
+            match winners.next_if(|w| w.key == e.key) {
+                Some(w) => merged.push(w),
+                None => merged.push(e),
+            }
+        }
+        merged.extend(winners);
+        acc = merged;
+    }
+    Ok(acc)
+}
+
+/// The first index in `from..end` whose key is not below `key`, found by galloping from `from`:
+/// `O(log gap)`, so placing many overrides costs about one pass over the base.
+fn gallop(run: &Run<'_>, key: StateKey, from: usize) -> Result<usize> {
+    let mut step = 1;
+    let mut lo = from;
+    loop {
+        let probe = lo + step;
+        if probe >= run.end {
+            break;
+        }
+        match run.view.key_at(probe) {
+            Some(k) if k < key => {
+                lo = probe;
+                step *= 2;
+            }
+            Some(_) => {
+                return run
+                    .view
+                    .lower_bound(key, lo..probe + 1)
+                    .map_err(|i| run.damaged(i));
+            }
+            None => return Err(run.damaged(probe)),
         }
     }
-    // Sorting by key and then newest first leaves the winner at the head of each key's group.
-    tagged.sort_unstable_by_key(|(e, age)| (e.key, *age));
-    tagged.dedup_by_key(|(e, _)| e.key);
-    Ok(tagged.into_iter().map(|(e, _)| e).collect())
+    run.view
+        .lower_bound(key, lo..run.end)
+        .map_err(|i| run.damaged(i))
 }
 
 /// Flattens runs, oldest first, into a state map.
@@ -218,10 +256,7 @@ pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
     let mut out = Vec::with_capacity(base.len() + over.len());
     let mut cursor = base.start;
     for o in &over {
-        let at = base
-            .view
-            .lower_bound(o.key, cursor..base.end)
-            .map_err(|i| base.damaged(i))?;
+        let at = gallop(base, o.key, cursor)?;
         base.view
             .copy_live(cursor..at, &mut out)
             .map_err(|i| base.damaged(i))?;
