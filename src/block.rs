@@ -257,46 +257,95 @@ impl<'a> BlockView<'a> {
     }
 }
 
+#[inline(always)]
 fn copy_live<const N: usize>(
     chunks: &[[u8; N]],
     range: Range<usize>,
-    words: fn(&[u8; N]) -> [u64; 3],
+    words: impl Fn(&[u8; N]) -> [u64; 3] + Copy,
     out: &mut Vec<StateEntry>,
 ) -> Result<(), usize> {
     let start = range.start;
     let slice = chunks.get(range).unwrap_or(&[]);
-    out.reserve(slice.len());
-    for (offset, chunk) in slice.iter().enumerate() {
-        let e = entry_of(words(chunk)).ok_or(start + offset)?;
-        if let Some(event) = e.event {
-            out.push(StateEntry { key: e.key, event });
+    let (mut zero_key, mut tombstones) = (false, false);
+    let written = out.len();
+    // The fast path maps every entry (a mapped slice iterator lets `extend` skip per-entry
+    // capacity checks) and only notes the rare cases, which are mended after.
+    out.extend(slice.iter().map(|chunk| {
+        let [t, k, e] = words(chunk);
+        zero_key |= t == 0 || k == 0;
+        tombstones |= e == 0;
+        StateEntry {
+            key: StateKey {
+                ty: TypeNid::new(t).unwrap_or(TypeNid::MAX),
+                key: StateKeyNid::new(k).unwrap_or(StateKeyNid::MAX),
+            },
+            event: EventNid::new(e).unwrap_or(EventNid::MAX),
         }
+    }));
+    if zero_key {
+        out.truncate(written);
+        let offset = slice.iter().position(|c| {
+            let [t, k, _] = words(c);
+            t == 0 || k == 0
+        });
+        return Err(start + offset.unwrap_or(0));
+    }
+    if tombstones {
+        let mut raw = slice.iter().map(|c| words(c)[2]);
+        let mut index = 0;
+        out.retain(|_| {
+            index += 1;
+            // Entries before this call's are kept; this call's are kept unless a tombstone.
+            index <= written || raw.next() != Some(0)
+        });
     }
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn wide(chunk: &[u8; ENTRY_BYTES]) -> [u64; 3] {
-    let (a, rest) = chunk.split_at(8);
-    let (b, c) = rest.split_at(8);
-    [a, b, c].map(|w| {
-        let mut buf = [0u8; 8];
-        // Each part is exactly 8 bytes: the splits are at constant offsets of a 24-byte array.
-        buf.copy_from_slice(w);
-        u64::from_le_bytes(buf)
-    })
+    // Destructuring the array is infallible and lets the compiler emit three plain loads.
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        c5,
+        c6,
+        c7,
+    ] = *chunk;
+    [
+        u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+    ]
 }
 
-#[inline]
+#[inline(always)]
 fn narrow(chunk: &[u8; NARROW_ENTRY_BYTES]) -> [u64; 3] {
-    let (a, rest) = chunk.split_at(4);
-    let (b, c) = rest.split_at(4);
-    [a, b, c].map(|w| {
-        let mut buf = [0u8; 4];
-        // Each part is exactly 4 bytes: the splits are at constant offsets of a 12-byte array.
-        buf.copy_from_slice(w);
-        u64::from(u32::from_le_bytes(buf))
-    })
+    let [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3] = *chunk;
+    [
+        u64::from(u32::from_le_bytes([a0, a1, a2, a3])),
+        u64::from(u32::from_le_bytes([b0, b1, b2, b3])),
+        u64::from(u32::from_le_bytes([c0, c1, c2, c3])),
+    ]
 }
 
 #[inline]
@@ -356,6 +405,33 @@ mod tests {
         let mut live = Vec::new();
         view.copy_live(0..2, &mut live).unwrap();
         assert_eq!(live.len(), 2);
+    }
+
+    #[test]
+    fn copy_live_skips_tombstones_and_reports_damage() {
+        let entries = vec![
+            DeltaEntry::set(key(1, 1), EventNid::new(10).unwrap()),
+            DeltaEntry::remove(key(1, 2)),
+            DeltaEntry::set(key(1, 3), EventNid::new(12).unwrap()),
+            DeltaEntry::remove(key(1, 4)),
+        ];
+        let bytes = encode_block(&entries).unwrap();
+        let view = BlockView::parse(&bytes).unwrap();
+        let earlier = StateEntry {
+            key: key(1, 1),
+            event: EventNid::new(99).unwrap(),
+        };
+        let mut out = vec![earlier];
+        view.copy_live(1..4, &mut out).unwrap();
+        let events: Vec<u64> = out.iter().map(|e| e.event.get()).collect();
+        assert_eq!(events, [99, 12]);
+        // A zero type NID in the range is reported by index, and nothing of the range is kept.
+        let mut damaged = bytes.clone();
+        damaged[1 + 2 * NARROW_ENTRY_BYTES..1 + 2 * NARROW_ENTRY_BYTES + 4].fill(0);
+        let view = BlockView::parse(&damaged).unwrap();
+        let mut out = vec![earlier];
+        assert_eq!(view.copy_live(0..4, &mut out), Err(2));
+        assert_eq!(out, vec![earlier]);
     }
 
     #[test]

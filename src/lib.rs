@@ -58,6 +58,6 @@ pub use record::{EventRecord, RoomRecord};
 pub use resolve::{Changed, Combined, Conflict, StateDiff, StateMap};
 pub use snapshot::BlockRef;
 pub use store::{
-    ReadTxn, Resolver, ResolverOf, STATE_TABLES, Store, StoreBuilder, StoreRead, StoreStats,
-    TableSize, WriteCounts, WriteTxn, state_bytes,
+    DEFAULT_CACHE_BYTES, ReadTxn, Resolver, ResolverOf, STATE_TABLES, Store, StoreBuilder,
+    StoreRead, StoreStats, TableSize, WriteCounts, WriteTxn, state_bytes,
 };

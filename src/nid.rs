@@ -29,6 +29,9 @@ macro_rules! nid_type {
 
             /// Which kind of ID this is, for error messages.
             pub const KIND: NidKind = $kind;
+
+            /// The largest value, a placeholder that decoding never hands out for a real ID.
+            pub const MAX: Self = Self(NonZeroU64::MAX);
         }
 
         impl fmt::Debug for $name {

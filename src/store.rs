@@ -60,17 +60,22 @@ impl std::fmt::Debug for Store {
 #[derive(Debug)]
 pub struct StoreBuilder {
     policy: Arc<dyn WritePolicy>,
-    cache_bytes: Option<usize>,
+    cache_bytes: usize,
 }
 
 impl Default for StoreBuilder {
     fn default() -> Self {
         StoreBuilder {
             policy: Arc::from(default_policy()),
-            cache_bytes: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
+
+/// The page cache a store gets unless told otherwise: enough to keep a 100,000-entry room's base
+/// blocks and the B-tree interiors hot, small enough for a server's memory budget. redb's own
+/// default is 1 GiB.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 
 impl StoreBuilder {
     /// The write policy new snapshots are laid out by. Stores written under different policies
@@ -86,17 +91,15 @@ impl StoreBuilder {
         self
     }
 
-    /// redb's page cache size in bytes (redb's default when not set).
+    /// redb's page cache size in bytes ([`DEFAULT_CACHE_BYTES`] when not set).
     pub fn cache_bytes(mut self, bytes: usize) -> Self {
-        self.cache_bytes = Some(bytes);
+        self.cache_bytes = bytes;
         self
     }
 
     fn redb(&self) -> redb::Builder {
         let mut b = Database::builder();
-        if let Some(bytes) = self.cache_bytes {
-            b.set_cache_size(bytes);
-        }
+        b.set_cache_size(self.cache_bytes);
         b
     }
 
