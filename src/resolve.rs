@@ -218,60 +218,84 @@ fn overrides(newer: &[Run<'_>]) -> Result<Vec<DeltaEntry>> {
     Ok(acc)
 }
 
-/// The first index in `from..end` whose key is not below `key`, found by galloping from `from`:
-/// `O(log gap)`, so placing many overrides costs about one pass over the base.
-fn gallop(run: &Run<'_>, key: StateKey, from: usize) -> Result<usize> {
-    let mut step = 1;
-    let mut lo = from;
-    loop {
-        let probe = lo + step;
-        if probe >= run.end {
-            break;
-        }
-        match run.view.key_at(probe) {
-            Some(k) if k < key => {
-                lo = probe;
-                step *= 2;
-            }
-            Some(_) => {
-                return run
-                    .view
-                    .lower_bound(key, lo..probe + 1)
-                    .map_err(|i| run.damaged(i));
-            }
-            None => return Err(run.damaged(probe)),
-        }
-    }
-    run.view
-        .lower_bound(key, lo..run.end)
-        .map_err(|i| run.damaged(i))
-}
-
 /// Flattens runs, oldest first, into a state map.
+///
+/// The base run is copied whole, in one pass; the newer entries are then placed by galloping
+/// through the copy from one to the next. Most of them replace an event in place (a member's
+/// new membership); keys the base lacks are merged in with one backward pass, and removed keys
+/// with one `retain`, only when there are any.
 pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
     let Some((base, newer)) = runs.split_first() else {
         return Ok(StateMap::default());
     };
     let over = overrides(newer)?;
     let mut out = Vec::with_capacity(base.len() + over.len());
-    let mut cursor = base.start;
+    base.view
+        .copy_live(base.start..base.end, &mut out)
+        .map_err(|i| base.damaged(i))?;
+    let mut inserts = Vec::new();
+    let mut removals = Vec::new();
+    let mut cursor = 0;
     for o in &over {
-        let at = gallop(base, o.key, cursor)?;
-        base.view
-            .copy_live(cursor..at, &mut out)
-            .map_err(|i| base.damaged(i))?;
-        cursor = at;
-        if at < base.end && base.view.key_at(at) == Some(o.key) {
-            cursor = at + 1;
-        }
-        if let Some(event) = o.event {
-            out.push(StateEntry { key: o.key, event });
+        cursor = gallop_entries(&out, o.key, cursor);
+        match (out.get_mut(cursor).filter(|e| e.key == o.key), o.event) {
+            (Some(held), Some(event)) => held.event = event,
+            (Some(_), None) => removals.push(cursor),
+            (None, Some(event)) => inserts.push(StateEntry { key: o.key, event }),
+            (None, None) => {}
         }
     }
-    base.view
-        .copy_live(cursor..base.end, &mut out)
-        .map_err(|i| base.damaged(i))?;
+    if !removals.is_empty() {
+        let mut index = 0;
+        let mut next = removals.iter().peekable();
+        out.retain(|_| {
+            let removed = next.next_if_eq(&&index).is_some();
+            index += 1;
+            !removed
+        });
+    }
+    merge_in(&mut out, &inserts);
     Ok(StateMap::from_sorted(out))
+}
+
+/// The first index at or after `from` whose key is not below `key`, by galloping.
+fn gallop_entries(entries: &[StateEntry], key: StateKey, from: usize) -> usize {
+    let mut lo = from;
+    let mut step = 1;
+    while let Some(e) = entries.get(lo + step) {
+        if e.key >= key {
+            break;
+        }
+        lo += step;
+        step *= 2;
+    }
+    let hi = (lo + step + 1).min(entries.len());
+    let window = entries.get(lo..hi).unwrap_or(&[]);
+    lo + window.partition_point(|e| e.key < key)
+}
+
+/// Merges sorted `inserts` (keys `out` lacks) into sorted `out`, from the back, in place.
+fn merge_in(out: &mut Vec<StateEntry>, inserts: &[StateEntry]) {
+    let Some(&filler) = inserts.first() else {
+        return;
+    };
+    let old_len = out.len();
+    out.resize(old_len + inserts.len(), filler);
+    let (mut i, mut j) = (old_len, inserts.len());
+    for k in (0..out.len()).rev() {
+        let take_old = match (i.checked_sub(1), j.checked_sub(1)) {
+            (Some(a), Some(b)) => out[a].key > inserts[b].key,
+            (Some(_), None) => break,
+            (None, _) => false,
+        };
+        if take_old {
+            i -= 1;
+            out[k] = out[i];
+        } else {
+            j -= 1;
+            out[k] = inserts[j];
+        }
+    }
 }
 
 /// Merges runs, oldest first, into one sorted run, keeping tombstones when `keep_tombstones`

@@ -72,10 +72,13 @@ impl Default for StoreBuilder {
     }
 }
 
-/// The page cache a store gets unless told otherwise: enough to keep a 100,000-entry room's base
-/// blocks and the B-tree interiors hot, small enough for a server's memory budget. redb's own
-/// default is 1 GiB.
-pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+/// The page cache a store gets unless told otherwise: redb's own default, 1 GiB.
+///
+/// redb caches whole pages in 131 stripes and evicts within a stripe, so a block larger than
+/// about 1/131 of the cache is read from the file again on every access. A 100,000-entry base
+/// block is 1.2 MB, so smaller caches make reads of large rooms much slower (measured in
+/// `docs/benchmarks.md`) until large runs are split into smaller blocks.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
 impl StoreBuilder {
     /// The write policy new snapshots are laid out by. Stores written under different policies
