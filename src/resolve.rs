@@ -234,27 +234,25 @@ pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
         .copy_live(base.start..base.end, &mut out)
         .map_err(|i| base.damaged(i))?;
     let mut inserts = Vec::new();
-    let mut removals = Vec::new();
+    let mut removed = Vec::new();
     let mut cursor = 0;
     for o in &over {
         cursor = gallop_entries(&out, o.key, cursor);
         match (out.get_mut(cursor).filter(|e| e.key == o.key), o.event) {
             (Some(held), Some(event)) => held.event = event,
-            (Some(_), None) => removals.push(cursor),
-            (None, Some(event)) => inserts.push(StateEntry { key: o.key, event }),
+            (Some(_), None) => removed.push(o.key),
+            (None, Some(event)) => inserts.push((cursor, StateEntry { key: o.key, event })),
             (None, None) => {}
         }
     }
-    if !removals.is_empty() {
-        let mut index = 0;
-        let mut next = removals.iter().peekable();
-        out.retain(|_| {
-            let removed = next.next_if_eq(&&index).is_some();
-            index += 1;
-            !removed
+    merge_in(&mut out, &inserts);
+    if !removed.is_empty() {
+        let mut gone = removed.iter().peekable();
+        out.retain(|e| {
+            while gone.next_if(|k| **k < e.key).is_some() {}
+            gone.next_if(|k| **k == e.key).is_none()
         });
     }
-    merge_in(&mut out, &inserts);
     Ok(StateMap::from_sorted(out))
 }
 
@@ -274,27 +272,21 @@ fn gallop_entries(entries: &[StateEntry], key: StateKey, from: usize) -> usize {
     lo + window.partition_point(|e| e.key < key)
 }
 
-/// Merges sorted `inserts` (keys `out` lacks) into sorted `out`, from the back, in place.
-fn merge_in(out: &mut Vec<StateEntry>, inserts: &[StateEntry]) {
-    let Some(&filler) = inserts.first() else {
+/// Merges `inserts` into sorted `out` in place. Each insert carries the index in `out` it goes
+/// before, found while it was placed, so the entries between two inserts move in one
+/// `copy_within` and nothing is searched again.
+fn merge_in(out: &mut Vec<StateEntry>, inserts: &[(usize, StateEntry)]) {
+    let Some(&(_, filler)) = inserts.first() else {
         return;
     };
     let old_len = out.len();
     out.resize(old_len + inserts.len(), filler);
-    let (mut i, mut j) = (old_len, inserts.len());
-    for k in (0..out.len()).rev() {
-        let take_old = match (i.checked_sub(1), j.checked_sub(1)) {
-            (Some(a), Some(b)) => out[a].key > inserts[b].key,
-            (Some(_), None) => break,
-            (None, _) => false,
-        };
-        if take_old {
-            i -= 1;
-            out[k] = out[i];
-        } else {
-            j -= 1;
-            out[k] = inserts[j];
-        }
+    let mut end = old_len;
+    for (placed, &(at, insert)) in inserts.iter().enumerate().rev() {
+        // Entries at..end belong after this insert and the `placed` inserts before it.
+        out.copy_within(at..end, at + placed + 1);
+        out[at + placed] = insert;
+        end = at;
     }
 }
 
