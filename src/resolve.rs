@@ -200,22 +200,27 @@ impl<'a> Run<'a> {
 fn overrides(newer: &[Run<'_>]) -> Result<Vec<DeltaEntry>> {
     let mut acc: Vec<DeltaEntry> = Vec::new();
     for run in newer.iter().rev() {
-        let mut merged = Vec::with_capacity(acc.len() + run.len());
-        let mut winners = acc.into_iter().peekable();
-        for e in run.entries() {
-            let e = e?;
-            while let Some(w) = winners.next_if(|w| w.key < e.key) {
-                merged.push(w);
-            }
-            match winners.next_if(|w| w.key == e.key) {
-                Some(w) => merged.push(w),
-                None => merged.push(e),
-            }
-        }
-        merged.extend(winners);
-        acc = merged;
+        acc = merge_newer_wins(run, acc)?;
     }
     Ok(acc)
+}
+
+/// Merges an older run with newer sorted entries; on a shared key the newer entry wins.
+fn merge_newer_wins(older: &Run<'_>, newer: Vec<DeltaEntry>) -> Result<Vec<DeltaEntry>> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let mut winners = newer.into_iter().peekable();
+    for e in older.entries() {
+        let e = e?;
+        while let Some(w) = winners.next_if(|w| w.key < e.key) {
+            out.push(w);
+        }
+        match winners.next_if(|w| w.key == e.key) {
+            Some(w) => out.push(w),
+            None => out.push(e),
+        }
+    }
+    out.extend(winners);
+    Ok(out)
 }
 
 /// Flattens runs, oldest first, into a state map.
@@ -299,21 +304,7 @@ pub(crate) fn merge(runs: &[Run<'_>], keep_tombstones: bool) -> Result<Vec<Delta
     let Some((base, newer)) = runs.split_first() else {
         return Ok(Vec::new());
     };
-    let over = overrides(newer)?;
-    let mut out = Vec::with_capacity(base.len() + over.len());
-    let mut over_iter = over.into_iter().peekable();
-    for e in base.entries() {
-        let e = e?;
-        while let Some(o) = over_iter.next_if(|o| o.key < e.key) {
-            out.push(o);
-        }
-        match over_iter.next_if(|o| o.key == e.key) {
-            Some(o) => out.push(o),
-            None => out.push(e),
-        }
-    }
-    out.extend(over_iter);
-    Ok(out)
+    merge_newer_wins(base, overrides(newer)?)
 }
 
 /// Looks one key up, newest run first, stopping at the first run that holds it.
