@@ -1,9 +1,10 @@
-//! Flatten, lookup and diff of a 100,000-entry state, against a plain copy of the same entries
-//! measured in the same run.
+//! Flatten, lookup, diff and combine of a 100,000-entry state under each write policy, against a
+//! plain copy of the same entries measured in the same run.
 //!
-//! `cargo bench --bench resolve` prints criterion's figures and, at the end, the median
-//! flatten/copy ratio from interleaved runs (the machine is shared, so only same-run ratios mean
-//! anything).
+//! Each policy builds its own snapshots from the same history: the full state, then 1,000
+//! single-member changes. `cargo bench --bench resolve` prints criterion's figures and, per
+//! policy, the median flatten/copy ratio from interleaved runs (the machine is shared, so only
+//! same-run ratios mean anything).
 
 use criterion::{Criterion, criterion_group};
 use roomstate::{
@@ -13,15 +14,15 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const STATE: u64 = 100_000;
-const DELTAS: u64 = 63;
+const DELTAS: u64 = 1_000;
 
 struct Fixture {
     store: Store,
     /// The full state written as one block.
     base: SnapshotNid,
-    /// The base plus 63 single-entry delta blocks: the seed policy's worst read case.
+    /// The base after 1,000 changes.
     layered: SnapshotNid,
-    /// The state before the last delta.
+    /// The state before the last change.
     previous: SnapshotNid,
 }
 
@@ -29,8 +30,11 @@ fn member(user: u64) -> StateKey {
     StateKey::new(TypeNid::MEMBER, StateKeyNid::new(65_536 + user).unwrap())
 }
 
-fn fixture() -> Fixture {
-    let store = Store::in_memory().unwrap();
+fn fixture(policy: &str) -> Fixture {
+    let store = Store::builder()
+        .boxed_policy(roomstate::policy::by_name(policy).unwrap())
+        .in_memory()
+        .unwrap();
     let mut tx = store.write().unwrap();
     let state = roomstate::StateMap::from_entries(
         (0..STATE)
@@ -61,21 +65,28 @@ fn fixture() -> Fixture {
 }
 
 fn benches(c: &mut Criterion) {
-    let f = fixture();
+    // `full` would write 1,000 copies of the state; the other policies are the comparison.
+    for policy in ["tiered", "dendrite64", "synapse100", "conduit4"] {
+        bench_policy(c, policy);
+    }
+}
+
+fn bench_policy(c: &mut Criterion, policy: &str) {
+    let f = fixture(policy);
     let rx = f.store.read().unwrap();
     let resolver = rx.resolver().unwrap();
     let flat: Vec<StateEntry> = resolver.flatten(f.layered).unwrap().into_vec();
     assert_eq!(flat.len() as u64, STATE);
 
-    let mut g = c.benchmark_group("state_100k");
+    let mut g = c.benchmark_group(format!("{policy}_100k"));
     g.bench_function("copy", |b| b.iter(|| black_box(flat.to_vec())));
-    g.bench_function("flatten_1_block", |b| {
+    g.bench_function("flatten_base", |b| {
         b.iter(|| resolver.flatten(black_box(f.base)).unwrap())
     });
-    g.bench_function("flatten_64_blocks", |b| {
+    g.bench_function("flatten", |b| {
         b.iter(|| resolver.flatten(black_box(f.layered)).unwrap())
     });
-    g.bench_function("lookup_64_blocks", |b| {
+    g.bench_function("lookup", |b| {
         let mut u = 0;
         b.iter(|| {
             u = (u + 7_919) % STATE;
@@ -98,8 +109,9 @@ fn benches(c: &mut Criterion) {
         || drop(black_box(flat.to_vec())),
     );
     println!(
-        "\nflatten of 100,000 entries in 64 blocks: median {flatten:?}; plain copy: median {copy:?}; \
-         flatten/copy = {:.2}",
+        "\n{policy}: flatten of 100,000 entries in {} blocks: median {flatten:?}; plain copy: \
+         median {copy:?}; flatten/copy = {:.2}",
+        resolver.blocks(f.layered).unwrap().len(),
         flatten.as_secs_f64() / copy.as_secs_f64()
     );
 }
