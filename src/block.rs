@@ -220,9 +220,13 @@ impl<'a> BlockView<'a> {
     /// `Err` when a probed entry is damaged.
     pub fn find(&self, key: StateKey) -> Result<Option<Option<EventNid>>, usize> {
         let index = self.lower_bound(key, 0..self.len())?;
+        if index >= self.len() {
+            return Ok(None);
+        }
         match self.entry_at(index) {
             Some(e) if e.key == key => Ok(Some(e.event)),
-            _ => Ok(None),
+            Some(_) => Ok(None),
+            None => Err(index),
         }
     }
 

@@ -974,7 +974,15 @@ fn store_event<R: StateResolver>(
     room_record.latest_events.push(event);
     let latest = room_record.latest_events.clone();
     let current = state_of_all(w, resolver, &ctx, &latest)?;
-    update_membership(w, room, room_record.current_state, current)?;
+    if room_record.current_state == before && latest.as_slice() == [event] {
+        // The common, linear case: the new current state is the old one plus this event, so
+        // only this event's own key can change a membership.
+        if let Some(key) = record.sets().filter(|k| k.ty == TypeNid::MEMBER) {
+            w.set_membership(room, key.key, record.membership)?;
+        }
+    } else {
+        update_membership(w, room, room_record.current_state, current)?;
+    }
     room_record.current_state = current;
     w.put_room(room, &room_record)?;
     Ok(Outcome {

@@ -108,7 +108,14 @@ pub(crate) fn get_or_create(
                 .map_or(kind.first_dynamic, |v| v.value()),
         };
         forward.insert(*s, nid)?;
-        reverse.insert(nid, *s)?;
+        // A counter behind the rows it hands out means a damaged file; never overwrite a row.
+        if reverse.insert(nid, *s)?.is_some() {
+            return Err(Error::corrupt(
+                kind.counter,
+                nid,
+                "counter reused an existing NID",
+            ));
+        }
         out.push(nid);
         next = Some(
             nid.checked_add(1)

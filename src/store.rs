@@ -756,16 +756,7 @@ impl Loaded<'_> {
                 let view =
                     BlockView::parse(g.value()).map_err(|e| Error::corrupt("blocks", r.hash, e))?;
                 if view.len() != r.entries as usize {
-                    return Err(Error::corrupt(
-                        "snapshots",
-                        self.snapshot,
-                        format!(
-                            "block {} holds {} entries, not {}",
-                            r.hash,
-                            view.len(),
-                            r.entries
-                        ),
-                    ));
+                    return Err(block_count_mismatch(self.snapshot, r, view.len()));
                 }
                 Ok(Run::whole(r.hash, view))
             })
@@ -792,6 +783,14 @@ pub(crate) fn snapshot_chain(
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     snapshot: SnapshotNid,
 ) -> Result<Vec<Layer>> {
+    Ok(snapshot_chain_and_len(snapshots, snapshot)?.0)
+}
+
+/// A snapshot's records from its root to itself, and the size of its state.
+pub(crate) fn snapshot_chain_and_len(
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    snapshot: SnapshotNid,
+) -> Result<(Vec<Layer>, u32)> {
     let mut chain = Vec::new();
     let mut next = Some(snapshot);
     let mut state_len = None;
@@ -821,7 +820,7 @@ pub(crate) fn snapshot_chain(
         });
     }
     chain.reverse();
-    Ok(chain)
+    Ok((chain, state_len.unwrap_or(0)))
 }
 
 /// Every block of a snapshot, oldest first.
@@ -840,6 +839,14 @@ pub(crate) fn load<'b>(
 ) -> Result<Loaded<'b>> {
     let chain = snapshot_chain(snapshots, snapshot)?;
     load_refs(blocks, all_blocks(&chain), snapshot)
+}
+
+fn block_count_mismatch(snapshot: SnapshotNid, r: &BlockRef, found: usize) -> Error {
+    Error::corrupt(
+        "snapshots",
+        snapshot,
+        format!("block {} holds {found} entries, not {}", r.hash, r.entries),
+    )
 }
 
 /// Looks a key up, reading blocks from the newest and stopping at the first that holds it, so

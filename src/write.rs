@@ -14,7 +14,8 @@ use crate::record::{EventRecord, RoomRecord};
 use crate::resolve::{self, Run, StateDiff, StateMap};
 use crate::snapshot::{BlockRef, SnapshotRecord, encode_snapshot, snapshot_hash};
 use crate::store::{
-    WriteCounts, all_blocks, load, load_refs, lookup_lazily, snapshot_chain, snapshot_record,
+    MAX_CHAIN, WriteCounts, all_blocks, load, load_refs, lookup_lazily, snapshot_chain,
+    snapshot_chain_and_len,
 };
 use crate::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
@@ -34,7 +35,12 @@ fn layout(
     refs: &[BlockRef],
     plan: crate::Plan,
 ) -> (Option<SnapshotNid>, usize, usize) {
-    let base = plan.base.and_then(|b| chain.get(b).map(|_| b));
+    // A record deeper than readers accept would commit a snapshot nobody can read: such a plan
+    // falls back to a flat record, whatever policy made it.
+    let base = plan
+        .base
+        .filter(|b| b + 2 <= MAX_CHAIN)
+        .and_then(|b| chain.get(b).map(|_| b));
     let (parent, tail_start) = match base {
         Some(b) => (
             Some(chain[b].snapshot),
@@ -275,8 +281,18 @@ impl<'t> Writer<'t> {
             .map_or(SnapshotNid::EMPTY.get() + 1, |v| v.value());
         let nid = SnapshotNid::new(next)
             .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
-        meta.insert(NEXT_SNAPSHOT, next + 1)?;
-        self.snapshots()?.insert(next, record.as_slice())?;
+        let after = next
+            .checked_add(1)
+            .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "counter exhausted"))?;
+        meta.insert(NEXT_SNAPSHOT, after)?;
+        // A counter behind the rows it hands out means a damaged file; never overwrite a row.
+        if self.snapshots()?.insert(next, record.as_slice())?.is_some() {
+            return Err(Error::corrupt(
+                "snapshots",
+                next,
+                "counter reused an existing NID",
+            ));
+        }
         self.snapshot_hashes()?.insert(hash, next)?;
         self.counts.snapshots += 1;
         Ok(nid)
@@ -364,11 +380,11 @@ impl<'t> Writer<'t> {
         }
         let policy = self.policy;
         let (blocks, snapshots) = self.read_tables()?;
-        let chain = snapshot_chain(snapshots, parent)?;
+        let (chain, parent_len) = snapshot_chain_and_len(snapshots, parent)?;
         if delta.is_empty() {
             return Ok(parent);
         }
-        let parent_len = snapshot_record(snapshots, parent)?.state_len as usize;
+        let parent_len = parent_len as usize;
         let refs = all_blocks(&chain);
         let loaded = load_refs(blocks, refs.clone(), parent)?;
         let (base, tail_start, keep) = layout(&chain, &refs, policy.plan(&chain, delta.len()));

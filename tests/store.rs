@@ -394,3 +394,23 @@ fn every_policy_deduplicates_a_repeated_derivation() {
         assert_eq!(tx.counts(), counts, "{name}: and writes nothing new");
     }
 }
+
+#[test]
+fn a_policy_cannot_commit_a_chain_too_long_to_read() {
+    // Synapse's rule with a limit past what readers accept: the store flattens instead.
+    let store = Store::builder()
+        .policy(roomstate::Synapse { max_hops: 5_000 })
+        .in_memory()
+        .unwrap();
+    let mut tx = store.write().unwrap();
+    let mut snap = SnapshotNid::EMPTY;
+    for i in 1..=1_100 {
+        snap = tx
+            .snapshot_from_delta(snap, vec![DeltaEntry::set(key(5, i), ev(i))])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let rx = store.read().unwrap();
+    assert_eq!(rx.flatten(snap).unwrap().len(), 1_100);
+    assert!(rx.resolver().unwrap().chain(snap).unwrap().len() <= 1_024);
+}

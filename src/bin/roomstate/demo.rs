@@ -15,7 +15,12 @@ const DEMO_DB: &str = "roomstate-demo.redb";
 pub fn run(db: Option<&Path>, config: GenConfig) -> CliResult {
     let path = prepare(db)?;
     let store = Store::open(&path)?;
-    if store.read()?.stats()?.events > 0 {
+    let has_events = store
+        .read()?
+        .table_sizes()?
+        .iter()
+        .any(|t| t.name == "events" && t.rows > 0);
+    if has_events {
         return Err(Failure::User(format!(
             "{} already holds events; the demo needs a new store",
             path.display()

@@ -434,14 +434,15 @@ impl Progress {
 }
 
 fn summary(store: &Store, report: &IngestReport) -> CliResult {
-    let stats = store.read()?.stats()?;
+    let tables = store.read()?.table_sizes()?;
+    let rows = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
     println!("events        {}", report.events);
     println!("state events  {}", report.state_events);
     println!("rooms         {}", report.rooms);
-    println!("snapshots     {}", stats.rows("snapshots"));
-    println!("blocks        {}", stats.rows("blocks"));
+    println!("snapshots     {}", rows("snapshots"));
+    println!("blocks        {}", rows("blocks"));
     println!("input bytes   {}", report.bytes);
-    println!("state bytes   {}", stats.state_bytes());
+    println!("state bytes   {}", roomstate::state_bytes(&tables));
     println!("events/s      {:.0}", report.events_per_second());
     println!("bad lines     {}", report.bad_lines);
     for bad in &report.listed_bad_lines {
