@@ -25,7 +25,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::intern::{self, MAX_ID_BYTES};
+use crate::intern;
 use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::record::{EventRecord, RoomRecord};
@@ -787,18 +787,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem)> {
 }
 
 fn check_field(field: &'static str, value: &str, may_be_empty: bool) -> Result<(), Problem> {
-    if value.len() > MAX_ID_BYTES {
-        Err(Problem::BadField {
-            field,
-            reason: "longer than 255 bytes",
-        })
-    } else if value.is_empty() && !may_be_empty {
-        Err(Problem::BadField {
-            field,
-            reason: "empty",
-        })
-    } else {
-        Ok(())
+    match intern::id_problem(value, may_be_empty) {
+        Some(reason) => Err(Problem::BadField { field, reason }),
+        None => Ok(()),
     }
 }
 
@@ -946,7 +937,16 @@ fn store_event<R: StateResolver>(
         version: &room_record.version,
         event_id: &p.event_id,
     };
-    let before = state_of_all(w, resolver, &ctx, &checked.prevs)?;
+    // A merge of exactly the room's forward extremities was already combined into its current
+    // state when the last of them arrived.
+    let same_set =
+        |a: &[EventNid], b: &[EventNid]| a.len() == b.len() && a.iter().all(|e| b.contains(e));
+    let before = if checked.prevs.len() > 1 && same_set(&checked.prevs, &room_record.latest_events)
+    {
+        room_record.current_state
+    } else {
+        state_of_all(w, resolver, &ctx, &checked.prevs)?
+    };
     let membership = match (
         event_type,
         p.content.membership.as_ref().and_then(Loose::text),

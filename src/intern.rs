@@ -66,13 +66,21 @@ pub(crate) const EVENT: Kind = Kind {
     may_be_empty: false,
 };
 
+/// What the spec forbids in an ID-like string, if anything: over 255 bytes, or empty where it
+/// must not be.
+pub(crate) fn id_problem(s: &str, may_be_empty: bool) -> Option<&'static str> {
+    if s.len() > MAX_ID_BYTES {
+        Some("longer than 255 bytes")
+    } else if s.is_empty() && !may_be_empty {
+        Some("empty")
+    } else {
+        None
+    }
+}
+
 /// Refuses strings the spec forbids for `kind`.
 pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<()> {
-    let reason = if s.len() > MAX_ID_BYTES {
-        "longer than 255 bytes"
-    } else if s.is_empty() && !may_be_empty {
-        "empty"
-    } else {
+    let Some(reason) = id_problem(s, may_be_empty) else {
         return Ok(());
     };
     Err(Error::InvalidId {
