@@ -35,7 +35,7 @@ pub fn svg(all: &[Figures]) -> String {
     let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">State bytes per state change against state size</text>"#,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">State bytes per state change (log scale) against state size</text>"#,
         W / 2.0
     );
     for decade in (lo as i32)..=(hi as i32) {
@@ -66,12 +66,6 @@ pub fn svg(all: &[Figures]) -> String {
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">entries in the room's state</text>"#,
         (LEFT + W - RIGHT) / 2.0,
         H - 12.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">bytes per state change (log)</text>"#,
-        H / 2.0,
-        H / 2.0
     );
     for (i, f) in all.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
