@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod check;
 mod codec;
 pub mod error;
 pub mod ingest;

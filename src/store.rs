@@ -425,6 +425,14 @@ pub trait StoreRead: sealed::Sealed {
         store_stats(self.txn())
     }
 
+    /// Walks every table: every row decodes, every block is sorted, every NID a block, event or
+    /// room names is interned both ways, every snapshot's parent and blocks exist with the
+    /// entry counts it gives, and the deduplication index matches. Problems are listed, not
+    /// raised; only a failure to read the file is an error.
+    fn check(&self) -> Result<crate::check::CheckReport> {
+        crate::check::check(self.txn())
+    }
+
     /// Row counts and sizes of every table, from redb's own counters (no scan).
     fn table_sizes(&self) -> Result<Vec<TableSize>> {
         table_sizes(self.txn())
@@ -1053,14 +1061,9 @@ fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
         table_size(tx, tables::USER_ROOMS, "user_rooms")?,
         table_size(tx, tables::ROOM_EVENTS, "room_events")?,
     ];
-    for (kind, forward, reverse) in [
-        (intern::ROOM, "room_ids", "room_ids_rev"),
-        (intern::TYPE, "event_types", "event_types_rev"),
-        (intern::STATE_KEY, "state_keys", "state_keys_rev"),
-        (intern::EVENT, "event_ids", "event_ids_rev"),
-    ] {
-        out.push(table_size(tx, kind.forward, forward)?);
-        out.push(table_size(tx, kind.reverse, reverse)?);
+    for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY, intern::EVENT] {
+        out.push(table_size(tx, kind.forward, kind.forward_name)?);
+        out.push(table_size(tx, kind.reverse, kind.reverse_name)?);
     }
     Ok(out)
 }

@@ -108,6 +108,8 @@ enum Command {
         /// The event ID.
         id: String,
     },
+    /// Walk every table and report damage; exits 2 if anything is wrong.
+    Check,
     /// Counts and sizes per table, and deduplication figures.
     Stats {
         /// Print one JSON object.
@@ -319,6 +321,7 @@ fn run_query(rx: &roomstate::ReadTxn, command: Command, out: &mut impl Write) ->
         Command::Rooms { user } => query::rooms(rx, &user, out),
         Command::Event { id } => query::event(rx, &id, out),
         Command::Stats { json } => query::stats(rx, json, out),
+        Command::Check => query::check(rx, out),
         _ => Err(Failure::User("nothing to do".into())),
     }
 }

@@ -224,3 +224,25 @@ pub fn stats(rx: &ReadTxn, as_json: bool, out: &mut impl Write) -> CliResult {
     )?;
     Ok(())
 }
+
+pub fn check(rx: &ReadTxn, out: &mut impl Write) -> CliResult {
+    let report = rx.check()?;
+    for p in &report.problems {
+        writeln!(out, "{p}")?;
+    }
+    writeln!(
+        out,
+        "checked {} rows: {} problem(s)",
+        report.rows,
+        report.problems.len()
+    )?;
+    if report.is_clean() {
+        Ok(())
+    } else {
+        out.flush()?;
+        Err(Failure::Store(format!(
+            "the store has {} problem(s)",
+            report.problems.len()
+        )))
+    }
+}

@@ -1,0 +1,325 @@
+//! The integrity walk: every row of every table decoded, and every reference followed.
+//!
+//! It reports problems instead of stopping at the first, so one damaged row does not hide the
+//! rest. Reference counts are not checked yet: blocks and snapshots carry none.
+
+use crate::block::{BlockHash, BlockView};
+use crate::codec;
+use crate::error::Result;
+use crate::intern::{self, Kind};
+use crate::record::{EventRecord, RoomRecord};
+use crate::snapshot::{SnapshotRecord, decode_snapshot, snapshot_hash};
+use crate::store::{MAX_CHAIN, Tables};
+use crate::tables;
+use redb::ReadableTable;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// One thing wrong with a store, with the table and key it was found at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The table holding the row.
+    pub table: &'static str,
+    /// The row's key, printed.
+    pub key: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.table, self.key, self.what)
+    }
+}
+
+/// What [`crate::StoreRead::check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Rows read, all tables together.
+    pub rows: u64,
+    /// Every problem found, in table order.
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// Whether nothing was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, table: &'static str, key: impl fmt::Display, what: impl fmt::Display) {
+        self.problems.push(Problem {
+            table,
+            key: key.to_string(),
+            what: what.to_string(),
+        });
+    }
+}
+
+/// The walk itself: interning, blocks, snapshots, events, rooms.
+pub(crate) fn check<T: Tables>(tx: &T) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut interned: [HashSet<u64>; 4] = Default::default();
+    for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY, intern::EVENT] {
+        interned[kind.index] = check_interning(tx, kind, &mut report)?;
+    }
+    let blocks = check_blocks(tx, &interned, &mut report)?;
+    let snapshots = check_snapshots(tx, &blocks, &mut report)?;
+    check_events(tx, &interned, &snapshots, &mut report)?;
+    check_rooms(tx, &interned, &snapshots, &mut report)?;
+    Ok(report)
+}
+
+/// Both directions agree; returns the NIDs that resolve.
+fn check_interning<T: Tables>(
+    tx: &T,
+    kind: Kind,
+    report: &mut CheckReport,
+) -> Result<HashSet<u64>> {
+    let forward = tx.open(kind.forward)?;
+    let reverse = tx.open(kind.reverse)?;
+    let mut nids = HashSet::new();
+    for row in forward.range::<&str>(..)? {
+        let (s, nid) = row?;
+        report.rows += 1;
+        let (s, nid) = (s.value(), nid.value());
+        match reverse.get(nid)? {
+            Some(back) if back.value() == s => {}
+            _ => report.problem(
+                kind.forward_name,
+                format!("{s:?}"),
+                format!("NID {nid} does not map back"),
+            ),
+        }
+    }
+    for row in reverse.range::<u64>(..)? {
+        let (nid, s) = row?;
+        report.rows += 1;
+        let (nid, s) = (nid.value(), s.value());
+        nids.insert(nid);
+        if nid == 0 {
+            report.problem(kind.reverse_name, nid, "NID 0");
+        }
+        if forward.get(s)?.map(|n| n.value()) != Some(nid) {
+            report.problem(kind.reverse_name, nid, format!("{s:?} does not map back"));
+        }
+    }
+    Ok(nids)
+}
+
+/// Every block decodes, is sorted, and names interned NIDs; returns each block's entry count.
+fn check_blocks<T: Tables>(
+    tx: &T,
+    interned: &[HashSet<u64>; 4],
+    report: &mut CheckReport,
+) -> Result<HashMap<u128, u32>> {
+    let mut counts = HashMap::new();
+    for row in tx.open(tables::BLOCKS)?.range::<u128>(..)? {
+        let (hash, bytes) = row?;
+        report.rows += 1;
+        let (hash, bytes) = (BlockHash(hash.value()), bytes.value());
+        if BlockHash::of(bytes) != hash {
+            report.problem("blocks", hash, "content does not hash to its key");
+        }
+        let view = match BlockView::parse(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                report.problem("blocks", hash, e);
+                continue;
+            }
+        };
+        counts.insert(hash.0, view.len() as u32);
+        let mut previous = None;
+        for (i, e) in view.iter().enumerate() {
+            let Ok(e) = e else {
+                report.problem("blocks", hash, format!("entry {i} has a zero NID"));
+                continue;
+            };
+            if previous.is_some_and(|p| p >= e.key) {
+                report.problem("blocks", hash, format!("entry {i} is out of order"));
+            }
+            previous = Some(e.key);
+            let refs = [
+                (intern::TYPE, e.key.ty.get()),
+                (intern::STATE_KEY, e.key.key.get()),
+            ]
+            .into_iter()
+            .chain(e.event.map(|ev| (intern::EVENT, ev.get())));
+            for (kind, nid) in refs {
+                if !interned[kind.index].contains(&nid) {
+                    report.problem(
+                        "blocks",
+                        hash,
+                        format!("entry {i}: unknown {} NID {nid}", kind.nid),
+                    );
+                }
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Every snapshot decodes, its parent and blocks exist with the counts it gives, and the
+/// deduplication index matches; returns the snapshot NIDs whose chains resolve.
+fn check_snapshots<T: Tables>(
+    tx: &T,
+    blocks: &HashMap<u128, u32>,
+    report: &mut CheckReport,
+) -> Result<HashSet<u64>> {
+    let mut records: HashMap<u64, SnapshotRecord> = HashMap::new();
+    let hashes = tx.open(tables::SNAPSHOT_HASHES)?;
+    for row in tx.open(tables::SNAPSHOTS)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        report.rows += 1;
+        let (nid, bytes) = (nid.value(), bytes.value());
+        let record = match decode_snapshot(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problem("snapshots", nid, e);
+                continue;
+            }
+        };
+        if hashes.get(snapshot_hash(bytes))?.map(|n| n.value()) != Some(nid) {
+            report.problem("snapshots", nid, "missing from the deduplication index");
+        }
+        for r in &record.blocks {
+            match blocks.get(&r.hash.0) {
+                Some(&n) if n == r.entries => {}
+                Some(&n) => report.problem(
+                    "snapshots",
+                    nid,
+                    format!("block {} holds {n} entries, not {}", r.hash, r.entries),
+                ),
+                None => report.problem("snapshots", nid, format!("block {} is missing", r.hash)),
+            }
+        }
+        records.insert(nid, record);
+    }
+    for row in hashes.range::<u128>(..)? {
+        let (hash, nid) = row?;
+        report.rows += 1;
+        if !records.contains_key(&nid.value()) {
+            report.problem(
+                "snapshot_hashes",
+                format!("{:032x}", hash.value()),
+                format!("names missing snapshot {}", nid.value()),
+            );
+        }
+    }
+    let mut resolved = HashSet::new();
+    for (&nid, record) in &records {
+        let mut depth = 0;
+        let mut parent = record.parent;
+        while let Some(p) = parent {
+            depth += 1;
+            if depth > MAX_CHAIN {
+                report.problem("snapshots", nid, "parent chain too long (a cycle?)");
+                break;
+            }
+            match records.get(&p.get()) {
+                Some(r) => parent = r.parent,
+                None => {
+                    report.problem("snapshots", nid, format!("parent {p} is missing"));
+                    break;
+                }
+            }
+        }
+        if parent.is_none() {
+            resolved.insert(nid);
+        }
+    }
+    Ok(resolved)
+}
+
+fn check_events<T: Tables>(
+    tx: &T,
+    interned: &[HashSet<u64>; 4],
+    snapshots: &HashSet<u64>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    for row in tx.open(tables::EVENTS)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        report.rows += 1;
+        let nid = nid.value();
+        let record: EventRecord = match codec::decode("events", nid, bytes.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problem("events", nid, e);
+                continue;
+            }
+        };
+        let mut refs = vec![
+            (intern::EVENT, nid),
+            (intern::ROOM, record.room.get()),
+            (intern::TYPE, record.event_type.get()),
+        ];
+        refs.extend(record.state_key.map(|k| (intern::STATE_KEY, k.get())));
+        refs.extend(
+            record
+                .prev_events
+                .iter()
+                .chain(&record.auth_events)
+                .map(|e| (intern::EVENT, e.get())),
+        );
+        for (kind, n) in refs {
+            if !interned[kind.index].contains(&n) {
+                report.problem("events", nid, format!("unknown {} NID {n}", kind.nid));
+            }
+        }
+        if !snapshots.contains(&record.state_before.get()) {
+            report.problem(
+                "events",
+                nid,
+                format!(
+                    "state before is missing or broken snapshot {}",
+                    record.state_before
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_rooms<T: Tables>(
+    tx: &T,
+    interned: &[HashSet<u64>; 4],
+    snapshots: &HashSet<u64>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let events = tx.open(tables::EVENTS)?;
+    for row in tx.open(tables::ROOMS)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        report.rows += 1;
+        let nid = nid.value();
+        let record: RoomRecord = match codec::decode("rooms", nid, bytes.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problem("rooms", nid, e);
+                continue;
+            }
+        };
+        if !interned[intern::ROOM.index].contains(&nid) {
+            report.problem("rooms", nid, "room NID is not interned");
+        }
+        if !snapshots.contains(&record.current_state.get()) {
+            report.problem(
+                "rooms",
+                nid,
+                format!(
+                    "current state is missing or broken snapshot {}",
+                    record.current_state
+                ),
+            );
+        }
+        for e in &record.latest_events {
+            if events.get(e.get())?.is_none() {
+                report.problem(
+                    "rooms",
+                    nid,
+                    format!("forward extremity {e} has no event record"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
