@@ -320,6 +320,55 @@ fn check_rooms<T: Tables>(
                 );
             }
         }
+        if let [only] = record.latest_events.as_slice()
+            && snapshots.contains(&record.current_state.get())
+            && let Some(mismatch) = current_state_mismatch(tx, record.current_state, *only)?
+        {
+            report.problem("rooms", nid, mismatch);
+        }
     }
     Ok(())
+}
+
+/// With one forward extremity, the current state must be the state after it. (With several,
+/// it is their resolved combination, which only the resolver can recompute.)
+fn current_state_mismatch<T: Tables>(
+    tx: &T,
+    current: crate::SnapshotNid,
+    extremity: crate::EventNid,
+) -> Result<Option<String>> {
+    let events = tx.open(tables::EVENTS)?;
+    let Some(bytes) = events.get(extremity.get())? else {
+        return Ok(None);
+    };
+    let Ok(record) = codec::decode::<EventRecord>("events", extremity, bytes.value()) else {
+        return Ok(None);
+    };
+    let blocks = tx.open(tables::BLOCKS)?;
+    let snapshots = tx.open(tables::SNAPSHOTS)?;
+    let flatten = |s| -> Result<crate::StateMap> {
+        crate::resolve::flatten(&crate::store::load(&blocks, &snapshots, s)?.runs()?)
+    };
+    let (Ok(before), Ok(now)) = (flatten(record.state_before), flatten(current)) else {
+        // A snapshot that does not read back was reported with its own row.
+        return Ok(None);
+    };
+    let mut expected = before.into_vec();
+    if let Some(key) = record.sets() {
+        expected.push(crate::StateEntry {
+            key,
+            event: extremity,
+        });
+    }
+    let expected = crate::StateMap::from_entries(expected);
+    Ok((expected != now).then(|| {
+        let d = crate::resolve::diff_maps(&expected, &now);
+        format!(
+            "current state differs from the state after its one forward extremity {extremity}: \
+             {} added, {} removed, {} changed",
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len()
+        )
+    }))
 }

@@ -134,3 +134,31 @@ fn the_cli_exits_2_on_a_damaged_store() {
     let stdout = String::from_utf8_lossy(&damaged.stdout);
     assert!(stdout.contains("event_ids"), "{stdout}");
 }
+
+#[test]
+fn a_current_state_that_disagrees_with_its_extremity_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    ingested(&path);
+    let store = Store::open(&path).unwrap();
+    let room = store
+        .read()
+        .unwrap()
+        .room_nid("!hq:server0.test")
+        .unwrap()
+        .unwrap();
+    let mut tx = store.write().unwrap();
+    let mut record = tx.room(room).unwrap().unwrap();
+    assert_eq!(record.latest_events.len(), 1);
+    record.current_state = roomstate::SnapshotNid::EMPTY;
+    tx.put_room(room, &record).unwrap();
+    tx.commit().unwrap();
+    let report = store.read().unwrap().check().unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.table == "rooms"
+            && p.key == room.to_string()
+            && p.what.contains("current state differs")),
+        "{:?}",
+        report.problems
+    );
+}
