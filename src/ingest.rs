@@ -1048,7 +1048,7 @@ fn state_of_all<R: StateResolver>(
             None => return Err(Failure::Late(needs_resolution(w, &combined)?)),
         }
     };
-    Ok(w.snapshot_from_merge(afters[0], &resolved)?)
+    Ok(w.snapshot_from_merge(afters[0], &states[0], &resolved)?)
 }
 
 fn needs_resolution(w: &mut Writer<'_>, combined: &Combined) -> Result<BadLine> {

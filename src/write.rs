@@ -334,17 +334,19 @@ impl<'t> Writer<'t> {
         resolve::diff(&a.runs()?, &b.runs()?)
     }
 
-    /// Stores a whole state that was built from several parents, `base` among them: as a delta
-    /// from `base` when the policy prefers that, else in full.
+    /// Stores a whole state that was built from several parents, `base` among them (given
+    /// flattened as `base_state`, which the caller has already): as a delta from `base` when the
+    /// policy prefers that, else in full.
     pub fn snapshot_from_merge(
         &mut self,
         base: SnapshotNid,
+        base_state: &StateMap,
         state: &StateMap,
     ) -> Result<SnapshotNid> {
         if !self.policy.merge_as_delta() {
             return self.snapshot_from_state(state);
         }
-        let diff = resolve::diff_maps(&self.flatten(base)?, state);
+        let diff = resolve::diff_maps(base_state, state);
         let delta = diff
             .added
             .iter()
