@@ -817,7 +817,7 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
     if let Some(nid) = w
         .lookup_nid(intern::EVENT, &p.event_id)?
         .and_then(EventNid::new)
-        && w.event(nid)?.is_some()
+        && w.event_room(nid)?.is_some()
     {
         return Ok(Err(Problem::DuplicateEvent));
     }
@@ -844,10 +844,10 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
         let Some(nid) = w.lookup_nid(intern::EVENT, id)?.and_then(EventNid::new) else {
             return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
         };
-        let Some(record) = w.event(nid)? else {
+        let Some(prev_room) = w.event_room(nid)? else {
             return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
         };
-        if Some(record.room) != room_nid {
+        if Some(prev_room) != room_nid {
             return Ok(Err(Problem::PrevEventInOtherRoom(id.to_owned())));
         }
         if !prevs.contains(&nid) {

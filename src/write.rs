@@ -413,17 +413,27 @@ impl<'t> Writer<'t> {
     }
 
     pub fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
-        if let Some(record) = self.cache.events.get(&event) {
-            return Ok(Some(record.clone()));
+        Ok(self.event_ref(event)?.cloned())
+    }
+
+    /// The room of a stored event, without copying its record out of the cache.
+    pub fn event_room(&mut self, event: EventNid) -> Result<Option<RoomNid>> {
+        Ok(self.event_ref(event)?.map(|r| r.room))
+    }
+
+    fn event_ref(&mut self, event: EventNid) -> Result<Option<&EventRecord>> {
+        if !self.cache.events.contains_key(&event) {
+            let record: Option<EventRecord> = {
+                let row = self.events()?.get(event.get())?;
+                row.map(|v| codec::decode("events", event, v.value()))
+                    .transpose()?
+            };
+            match record {
+                Some(r) => self.cache.events.insert(event, r),
+                None => return Ok(None),
+            };
         }
-        let row = self.events()?.get(event.get())?;
-        let record: Option<EventRecord> = row
-            .map(|v| codec::decode("events", event, v.value()))
-            .transpose()?;
-        if let Some(r) = &record {
-            self.cache.events.insert(event, r.clone());
-        }
-        Ok(record)
+        Ok(self.cache.events.get(&event))
     }
 
     pub fn expect_event(&mut self, event: EventNid) -> Result<EventRecord> {
