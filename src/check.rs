@@ -1,7 +1,7 @@
 //! The integrity walk: every row of every table decoded, and every reference followed.
 //!
 //! It reports problems instead of stopping at the first, so one damaged row does not hide the
-//! rest. Reference counts are not checked yet: blocks and snapshots carry none.
+//! rest.
 
 use crate::block::{BlockHash, BlockView};
 use crate::codec;
@@ -64,10 +64,29 @@ pub(crate) fn check<T: Tables>(tx: &T) -> Result<CheckReport> {
         interned[kind.index] = check_interning(tx, kind, &mut report)?;
     }
     let blocks = check_blocks(tx, &interned, &mut report)?;
-    let snapshots = check_snapshots(tx, &blocks, &mut report)?;
-    check_events(tx, &interned, &snapshots, &mut report)?;
-    check_rooms(tx, &interned, &snapshots, &mut report)?;
+    let mut tally = RefTally {
+        blocks: blocks.keys().map(|&h| (h, 0)).collect(),
+        snapshots: HashMap::new(),
+    };
+    let snapshots = check_snapshots(tx, &blocks, &mut tally, &mut report)?;
+    check_events(tx, &interned, &snapshots, &mut tally, &mut report)?;
+    check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
+    check_refs(tx, &tally, &mut report)?;
     Ok(report)
+}
+
+/// The references actually present to each stored block and snapshot, counted by the walk.
+struct RefTally {
+    blocks: HashMap<u128, u64>,
+    snapshots: HashMap<u64, u64>,
+}
+
+impl RefTally {
+    fn snapshot(&mut self, nid: u64) {
+        if let Some(count) = self.snapshots.get_mut(&nid) {
+            *count += 1;
+        }
+    }
 }
 
 /// Both directions agree; returns the NIDs that resolve.
@@ -164,6 +183,7 @@ fn check_blocks<T: Tables>(
 fn check_snapshots<T: Tables>(
     tx: &T,
     blocks: &HashMap<u128, u32>,
+    tally: &mut RefTally,
     report: &mut CheckReport,
 ) -> Result<HashSet<u64>> {
     let mut records: HashMap<u64, SnapshotRecord> = HashMap::new();
@@ -206,6 +226,21 @@ fn check_snapshots<T: Tables>(
             );
         }
     }
+    tally.snapshots = records
+        .keys()
+        .filter(|&&n| n != crate::SnapshotNid::EMPTY.get())
+        .map(|&n| (n, 0))
+        .collect();
+    for record in records.values() {
+        if let Some(p) = record.parent {
+            tally.snapshot(p.get());
+        }
+        for b in &record.blocks {
+            if let Some(count) = tally.blocks.get_mut(&b.hash.0) {
+                *count += 1;
+            }
+        }
+    }
     let mut resolved = HashSet::new();
     for (&nid, record) in &records {
         let mut depth = 0;
@@ -235,6 +270,7 @@ fn check_events<T: Tables>(
     tx: &T,
     interned: &[HashSet<u64>; 4],
     snapshots: &HashSet<u64>,
+    tally: &mut RefTally,
     report: &mut CheckReport,
 ) -> Result<()> {
     for row in tx.open(tables::EVENTS)?.range::<u64>(..)? {
@@ -266,6 +302,7 @@ fn check_events<T: Tables>(
                 report.problem("events", nid, format!("unknown {} NID {n}", kind.nid));
             }
         }
+        tally.snapshot(record.state_before.get());
         if !snapshots.contains(&record.state_before.get()) {
             report.problem(
                 "events",
@@ -284,6 +321,7 @@ fn check_rooms<T: Tables>(
     tx: &T,
     interned: &[HashSet<u64>; 4],
     snapshots: &HashSet<u64>,
+    tally: &mut RefTally,
     report: &mut CheckReport,
 ) -> Result<()> {
     let events = tx.open(tables::EVENTS)?;
@@ -301,6 +339,7 @@ fn check_rooms<T: Tables>(
         if !interned[intern::ROOM.index].contains(&nid) {
             report.problem("rooms", nid, "room NID is not interned");
         }
+        tally.snapshot(record.current_state.get());
         if !snapshots.contains(&record.current_state.get()) {
             report.problem(
                 "rooms",
@@ -328,6 +367,101 @@ fn check_rooms<T: Tables>(
         }
     }
     Ok(())
+}
+
+/// Stored counts equal the references the walk found; a count of zero is listed as
+/// unreferenced, and nothing else is.
+fn check_refs<T: Tables>(tx: &T, tally: &RefTally, report: &mut CheckReport) -> Result<()> {
+    let refs = tx.open(tables::SNAPSHOT_REFS)?;
+    let unreferenced = tx.open(tables::UNREFERENCED_SNAPSHOTS)?;
+    for (&nid, &expected) in &tally.snapshots {
+        let stored = refs.get(nid)?.map_or(0, |v| v.value());
+        let listed = unreferenced.get(nid)?.is_some();
+        count_problem("snapshot_refs", nid, expected, stored, listed, report);
+    }
+    for row in refs.range::<u64>(..)? {
+        let (nid, _) = row?;
+        report.rows += 1;
+        if !tally.snapshots.contains_key(&nid.value()) {
+            report.problem(
+                "snapshot_refs",
+                nid.value(),
+                "counts a snapshot that is not stored",
+            );
+        }
+    }
+    for row in unreferenced.range::<u64>(..)? {
+        let (nid, _) = row?;
+        report.rows += 1;
+        if !tally.snapshots.contains_key(&nid.value()) {
+            report.problem(
+                "unreferenced_snapshots",
+                nid.value(),
+                "lists a snapshot that is not stored",
+            );
+        }
+    }
+    let refs = tx.open(tables::BLOCK_REFS)?;
+    let unreferenced = tx.open(tables::UNREFERENCED_BLOCKS)?;
+    for (&hash, &expected) in &tally.blocks {
+        let stored = refs.get(hash)?.map_or(0, |v| v.value());
+        let listed = unreferenced.get(hash)?.is_some();
+        count_problem(
+            "block_refs",
+            BlockHash(hash),
+            expected,
+            stored,
+            listed,
+            report,
+        );
+    }
+    for row in refs.range::<u128>(..)? {
+        let (hash, _) = row?;
+        report.rows += 1;
+        if !tally.blocks.contains_key(&hash.value()) {
+            report.problem(
+                "block_refs",
+                BlockHash(hash.value()),
+                "counts a block that is not stored",
+            );
+        }
+    }
+    for row in unreferenced.range::<u128>(..)? {
+        let (hash, _) = row?;
+        report.rows += 1;
+        if !tally.blocks.contains_key(&hash.value()) {
+            report.problem(
+                "unreferenced_blocks",
+                BlockHash(hash.value()),
+                "lists a block that is not stored",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn count_problem(
+    table: &'static str,
+    key: impl fmt::Display,
+    expected: u64,
+    stored: u64,
+    listed_unreferenced: bool,
+    report: &mut CheckReport,
+) {
+    if stored != expected {
+        report.problem(
+            table,
+            key,
+            format!("count is {stored}, but {expected} references exist"),
+        );
+    } else if (expected == 0) != listed_unreferenced {
+        let what = if expected == 0 {
+            "unreferenced but not listed for collection"
+        } else {
+            "listed for collection but still referenced"
+        };
+        report.problem(table, key, what);
+    }
 }
 
 /// With one forward extremity, the current state must be the state after it. (With several,

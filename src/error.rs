@@ -1,6 +1,6 @@
 //! The error type of every fallible operation in the crate.
 
-use crate::nid::{EventNid, NidKind, SnapshotNid};
+use crate::nid::{EventNid, NidKind, RoomNid, SnapshotNid};
 use std::fmt;
 
 /// Shorthand for results whose error is [`Error`].
@@ -67,6 +67,9 @@ pub enum Error {
     /// An event NID with no event record.
     #[error("no event record for event NID {0}")]
     UnknownEvent(EventNid),
+    /// A room NID with no room record.
+    #[error("no room record for room NID {0}")]
+    UnknownRoom(RoomNid),
     /// A snapshot names a block that is not stored.
     #[error("snapshot {snapshot} names missing block {block:032x}")]
     MissingBlock {
@@ -121,6 +124,7 @@ impl Error {
                 | Error::UnknownString { .. }
                 | Error::UnknownSnapshot(_)
                 | Error::UnknownEvent(_)
+                | Error::UnknownRoom(_)
                 | Error::InvalidState(_)
                 | Error::BadLine(_)
         )

@@ -8,7 +8,9 @@ use crate::intern::{self, Kind};
 use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::policy::{Layer, WritePolicy, default_policy};
+use crate::purge::Purged;
 use crate::record::{EventRecord, RoomRecord};
+use crate::refs::Collected;
 use crate::resolve::{self, Combined, Run, StateDiff, StateMap};
 use crate::snapshot::{BlockRef, SnapshotRecord, decode_snapshot, encode_snapshot, snapshot_hash};
 use crate::tables;
@@ -223,6 +225,10 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(tables::ROOM_EVENTS)?;
     tx.open_table(tables::BLOCKS)?;
     tx.open_table(tables::SNAPSHOT_HASHES)?;
+    tx.open_table(tables::SNAPSHOT_REFS)?;
+    tx.open_table(tables::BLOCK_REFS)?;
+    tx.open_table(tables::UNREFERENCED_SNAPSHOTS)?;
+    tx.open_table(tables::UNREFERENCED_BLOCKS)?;
     Ok(())
 }
 
@@ -709,7 +715,7 @@ impl WriteTxn {
         for e in record.prev_events.iter().chain(&record.auth_events) {
             w.require(intern::EVENT, e.get())?;
         }
-        w.snapshot_refs(record.state_before)?;
+        w.snapshot_blocks(record.state_before)?;
         w.put_event(event, record)
     }
 
@@ -721,8 +727,23 @@ impl WriteTxn {
         for e in &record.latest_events {
             w.require(intern::EVENT, e.get())?;
         }
-        w.snapshot_refs(record.current_state)?;
+        w.snapshot_blocks(record.current_state)?;
         w.put_room(room, record)
+    }
+
+    /// Deletes a room and everything only it used: its events (records, JSON and event IDs),
+    /// its membership rows, its room record, and the snapshots and blocks no other room shares.
+    /// The space returns to the file system at the next [`Store::compact`].
+    pub fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
+        self.writer().purge_room(room)
+    }
+
+    /// Deletes every snapshot and block that nothing references any more. Snapshots are
+    /// referenced by events, rooms and child snapshots; one stored through
+    /// [`put_snapshot`](Self::put_snapshot) and never used by an event or room is collected
+    /// here, so commit the event or room that uses it first.
+    pub fn collect_garbage(&mut self) -> Result<Collected> {
+        self.writer().collect_garbage()
     }
 
     /// Makes every write of this transaction visible and (by default) durable, all at once.
@@ -1031,7 +1052,15 @@ pub fn state_bytes(tables: &[TableSize]) -> u64 {
 }
 
 /// The tables that hold states: what "state bytes" counts.
-pub const STATE_TABLES: [&str; 3] = ["blocks", "snapshots", "snapshot_hashes"];
+pub const STATE_TABLES: [&str; 7] = [
+    "blocks",
+    "snapshots",
+    "snapshot_hashes",
+    "snapshot_refs",
+    "block_refs",
+    "unreferenced_snapshots",
+    "unreferenced_blocks",
+];
 
 fn table_size<K: Key + 'static, V: Value + 'static, T: Tables>(
     tx: &T,
@@ -1054,6 +1083,10 @@ fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
         table_size(tx, tables::BLOCKS, "blocks")?,
         table_size(tx, tables::SNAPSHOTS, "snapshots")?,
         table_size(tx, tables::SNAPSHOT_HASHES, "snapshot_hashes")?,
+        table_size(tx, tables::SNAPSHOT_REFS, "snapshot_refs")?,
+        table_size(tx, tables::BLOCK_REFS, "block_refs")?,
+        table_size(tx, tables::UNREFERENCED_SNAPSHOTS, "unreferenced_snapshots")?,
+        table_size(tx, tables::UNREFERENCED_BLOCKS, "unreferenced_blocks")?,
         table_size(tx, tables::EVENTS, "events")?,
         table_size(tx, tables::ROOMS, "rooms")?,
         table_size(tx, tables::EVENT_JSON, "event_json")?,

@@ -27,6 +27,20 @@ pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("
 pub(crate) const SNAPSHOT_HASHES: TableDefinition<u128, u64> =
     TableDefinition::new("snapshot_hashes");
 
+/// Snapshot NID to the number of references to it: child snapshot records naming it as their
+/// parent, event records naming it as their state before, and room records naming it as their
+/// current state. Snapshot 1 (the empty state) is never counted. A count of zero has no row
+/// here and a row in [`UNREFERENCED_SNAPSHOTS`] instead.
+pub(crate) const SNAPSHOT_REFS: TableDefinition<u64, u64> = TableDefinition::new("snapshot_refs");
+/// Block hash to the number of times snapshot records list it.
+pub(crate) const BLOCK_REFS: TableDefinition<u128, u64> = TableDefinition::new("block_refs");
+/// Snapshots nothing references: what the next garbage collection deletes.
+pub(crate) const UNREFERENCED_SNAPSHOTS: TableDefinition<u64, ()> =
+    TableDefinition::new("unreferenced_snapshots");
+/// Blocks no snapshot lists: what the next garbage collection deletes.
+pub(crate) const UNREFERENCED_BLOCKS: TableDefinition<u128, ()> =
+    TableDefinition::new("unreferenced_blocks");
+
 /// Event NID to event record (`record.rs`, via `codec.rs`).
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Room NID to room record.
@@ -44,5 +58,5 @@ pub(crate) const ROOM_EVENTS: TableDefinition<(u64, u64), u64> =
     TableDefinition::new("room_events");
 
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";

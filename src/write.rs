@@ -68,6 +68,10 @@ pub(crate) struct Writer<'t> {
     membership: Option<Table<'t, (u64, u64), u8>>,
     user_rooms: Option<Table<'t, (u64, u64), ()>>,
     room_events: Option<Table<'t, (u64, u64), u64>>,
+    snapshot_refs: Option<Table<'t, u64, u64>>,
+    block_refs: Option<Table<'t, u128, u64>>,
+    unreferenced_snapshots: Option<Table<'t, u64, ()>>,
+    unreferenced_blocks: Option<Table<'t, u128, ()>>,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
     /// previous event, its room and its strings are almost always the ones just written.
     cache: Cache,
@@ -94,7 +98,7 @@ fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
 
 macro_rules! table {
     ($name:ident, $def:expr, $k:ty, $v:ty) => {
-        fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>> {
+        pub(crate) fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>> {
             open(self.tx, &mut self.$name, $def)
         }
     };
@@ -122,6 +126,10 @@ impl<'t> Writer<'t> {
             membership: None,
             user_rooms: None,
             room_events: None,
+            snapshot_refs: None,
+            block_refs: None,
+            unreferenced_snapshots: None,
+            unreferenced_blocks: None,
             cache: Cache::default(),
         }
     }
@@ -136,6 +144,15 @@ impl<'t> Writer<'t> {
     table!(membership, tables::MEMBERSHIP, (u64, u64), u8);
     table!(user_rooms, tables::USER_ROOMS, (u64, u64), ());
     table!(room_events, tables::ROOM_EVENTS, (u64, u64), u64);
+    table!(snapshot_refs, tables::SNAPSHOT_REFS, u64, u64);
+    table!(block_refs, tables::BLOCK_REFS, u128, u64);
+    table!(
+        unreferenced_snapshots,
+        tables::UNREFERENCED_SNAPSHOTS,
+        u64,
+        ()
+    );
+    table!(unreferenced_blocks, tables::UNREFERENCED_BLOCKS, u128, ());
 
     /// The NIDs of `strings`, interning the new ones.
     pub fn intern(&mut self, kind: Kind, strings: &[&str]) -> Result<Vec<u64>> {
@@ -184,6 +201,17 @@ impl<'t> Writer<'t> {
         intern::resolve(reverse, kind, nid)
     }
 
+    /// Removes an interned string both ways; true if it was interned.
+    pub(crate) fn forget(&mut self, kind: Kind, nid: u64) -> Result<bool> {
+        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
+            return Ok(false);
+        };
+        open(self.tx, &mut self.forward[kind.index], kind.forward)?.remove(s.as_str())?;
+        self.cache.nids[kind.index].remove(s.as_str());
+        Ok(true)
+    }
+
     /// Fails unless `nid` is interned as `kind`.
     pub fn require(&mut self, kind: Kind, nid: u64) -> Result<()> {
         let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
@@ -216,6 +244,7 @@ impl<'t> Writer<'t> {
                 table.insert(hash.0, bytes.as_slice())?;
                 self.counts.blocks += 1;
                 self.counts.entries += u64::from(count);
+                self.count_block_ref(hash.0, 0)?;
             }
         }
         Ok(BlockRef {
@@ -257,7 +286,7 @@ impl<'t> Writer<'t> {
         let record = encode_snapshot(&SnapshotRecord {
             state_len,
             parent,
-            blocks,
+            blocks: blocks.clone(),
         });
         let hash = snapshot_hash(&record);
         let existing = self.snapshot_hashes()?.get(hash)?.map(|v| v.value());
@@ -295,6 +324,13 @@ impl<'t> Writer<'t> {
         }
         self.snapshot_hashes()?.insert(hash, next)?;
         self.counts.snapshots += 1;
+        self.count_snapshot_ref(nid, 0)?;
+        if let Some(parent) = parent {
+            self.count_snapshot_ref(parent, 1)?;
+        }
+        for block in &blocks {
+            self.count_block_ref(block.hash.0, 1)?;
+        }
         Ok(nid)
     }
 
@@ -308,7 +344,7 @@ impl<'t> Writer<'t> {
         }
     }
 
-    pub fn snapshot_refs(&mut self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
+    pub fn snapshot_blocks(&mut self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
         Ok(all_blocks(&snapshot_chain(self.snapshots()?, snapshot)?))
     }
 
@@ -441,6 +477,8 @@ impl<'t> Writer<'t> {
     }
 
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
+        let old = self.event_ref(event)?.map(|r| r.state_before);
+        self.move_snapshot_ref(old, record.state_before)?;
         let bytes = codec::encode(record)?;
         self.events()?.insert(event.get(), bytes.as_slice())?;
         self.cache.afters.remove(&event);
@@ -449,20 +487,32 @@ impl<'t> Writer<'t> {
     }
 
     pub fn room(&mut self, room: RoomNid) -> Result<Option<RoomRecord>> {
-        if let Some(record) = self.cache.rooms.get(&room) {
-            return Ok(Some(record.clone()));
+        Ok(self.room_ref(room)?.cloned())
+    }
+
+    fn room_ref(&mut self, room: RoomNid) -> Result<Option<&RoomRecord>> {
+        if !self.cache.rooms.contains_key(&room) {
+            let record: Option<RoomRecord> = {
+                let row = self.rooms()?.get(room.get())?;
+                row.map(|v| codec::decode("rooms", room, v.value()))
+                    .transpose()?
+            };
+            match record {
+                Some(r) => self.cache.rooms.insert(room, r),
+                None => return Ok(None),
+            };
         }
-        let row = self.rooms()?.get(room.get())?;
-        let record: Option<RoomRecord> = row
-            .map(|v| codec::decode("rooms", room, v.value()))
-            .transpose()?;
-        if let Some(r) = &record {
-            self.cache.rooms.insert(room, r.clone());
-        }
-        Ok(record)
+        Ok(self.cache.rooms.get(&room))
+    }
+
+    /// Forgets what the per-batch caches hold, after rows were deleted under them.
+    pub(crate) fn clear_cache(&mut self) {
+        self.cache = Cache::default();
     }
 
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
+        let old = self.room_ref(room)?.map(|r| r.current_state);
+        self.move_snapshot_ref(old, record.current_state)?;
         let bytes = codec::encode(record)?;
         self.rooms()?.insert(room.get(), bytes.as_slice())?;
         self.cache.rooms.insert(room, record.clone());

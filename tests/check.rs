@@ -162,3 +162,48 @@ fn a_current_state_that_disagrees_with_its_extremity_is_reported() {
         report.problems
     );
 }
+
+const SNAPSHOT_REFS: TableDefinition<u64, u64> = TableDefinition::new("snapshot_refs");
+const BLOCK_REFS: TableDefinition<u128, u64> = TableDefinition::new("block_refs");
+
+#[test]
+fn wrong_reference_counts_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    ingested(&path);
+    let (snapshot, block) = {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let keys;
+        {
+            let mut refs = tx.open_table(SNAPSHOT_REFS).unwrap();
+            let (nid, count) = {
+                let (k, v) = refs.last().unwrap().unwrap();
+                (k.value(), v.value())
+            };
+            refs.insert(nid, count + 1).unwrap();
+            let mut refs = tx.open_table(BLOCK_REFS).unwrap();
+            let hash = refs.first().unwrap().unwrap().0.value();
+            refs.remove(hash).unwrap();
+            keys = (nid, hash);
+        }
+        tx.commit().unwrap();
+        keys
+    };
+    let report = Store::open(&path).unwrap().read().unwrap().check().unwrap();
+    let tables: Vec<(&str, String)> = report
+        .problems
+        .iter()
+        .map(|p| (p.table, p.key.clone()))
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            ("snapshot_refs", snapshot.to_string()),
+            ("block_refs", format!("{block:032x}")),
+        ],
+        "{:?}",
+        report.problems
+    );
+    assert!(report.problems[1].what.starts_with("count is 0, but"));
+}

@@ -893,3 +893,75 @@ fn bench_reports_every_policy_as_json() {
     assert!(bytes("full") > bytes("tiered"));
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
 }
+
+#[test]
+fn purge_then_compact_empties_the_store_and_check_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (file, _) = gen_hq(d);
+    let many = roomstate(
+        d,
+        &["gen", "many", "--members", "3", "--state-events", "10"],
+        None,
+    )
+    .ok();
+    let many_file = d.join("many.jsonl");
+    std::fs::write(&many_file, &many.stdout).unwrap();
+    roomstate(
+        d,
+        &[
+            "--db",
+            "s.redb",
+            "ingest",
+            path_str(&file),
+            path_str(&many_file),
+        ],
+        None,
+    )
+    .ok();
+    let events_before = stats_events(d, "s.redb");
+
+    let run = roomstate(
+        d,
+        &["--db", "s.redb", "purge", "--room", "!hq:server0.test"],
+        None,
+    )
+    .ok();
+    assert!(
+        run.stdout.starts_with("purged !hq:server0.test: "),
+        "{}",
+        run.stdout
+    );
+    roomstate(d, &["--db", "s.redb", "check"], None).ok();
+    let events_after = stats_events(d, "s.redb");
+    assert!(
+        events_after > 0 && events_after < events_before,
+        "{events_before} events, then {events_after}"
+    );
+    roomstate(
+        d,
+        &["--db", "s.redb", "state", "--room", "!hq:server0.test"],
+        None,
+    )
+    .fails(1, "error: room !hq:server0.test has no events");
+    roomstate(
+        d,
+        &["--db", "s.redb", "purge", "--room", "!hq:server0.test"],
+        None,
+    )
+    .fails(1, "error: no room record");
+    roomstate(
+        d,
+        &["--db", "s.redb", "purge", "--room", "!nowhere:x"],
+        None,
+    )
+    .fails(1, "error: unknown room !nowhere:x");
+
+    let size = |p: &str| std::fs::metadata(d.join(p)).unwrap().len();
+    let before = size("s.redb");
+    let run = roomstate(d, &["--db", "s.redb", "compact"], None).ok();
+    assert!(run.stdout.starts_with("collected "), "{}", run.stdout);
+    assert!(size("s.redb") < before, "compact did not shrink the file");
+    roomstate(d, &["--db", "s.redb", "check"], None).ok();
+    roomstate(d, &["--db", "missing.redb", "compact"], None).fails(1, "error: no store at");
+}

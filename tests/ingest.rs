@@ -508,6 +508,8 @@ fn check_against_reference(
     assert_eq!(report.rooms as usize, reference.rooms.len(), "{what}");
 
     let rx = store.read().unwrap();
+    let check = rx.check().unwrap();
+    assert!(check.is_clean(), "{what}: {:?}", check.problems);
     let mut names = StringNames::default();
     let stats = rx.stats().unwrap();
     assert_eq!(stats.events as usize, reference.accepted.len(), "{what}");

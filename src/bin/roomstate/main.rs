@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod maintain;
 mod names;
 mod plot;
 mod query;
@@ -108,6 +109,15 @@ enum Command {
         /// The event ID.
         id: String,
     },
+    /// Delete a room: its events, their JSON, its membership, and every snapshot and block no
+    /// other room uses. `compact` then returns the space to the file system.
+    Purge {
+        /// The room ID.
+        #[arg(long)]
+        room: String,
+    },
+    /// Delete whatever nothing references any more, then rewrite the file to return free space.
+    Compact,
     /// Walk every table and report damage; exits 2 if anything is wrong.
     Check,
     /// Counts and sizes per table, and deduplication figures.
@@ -261,6 +271,8 @@ fn run(cli: Cli) -> CliResult {
                 }
             }
         }
+        Command::Purge { room } => maintain::purge(&open_existing(&db)?, &room),
+        Command::Compact => maintain::compact(open_existing(&db)?, db_path(&db)),
         Command::Bench {
             json,
             workload,
