@@ -11,8 +11,16 @@ use std::fmt::Display;
 /// The format byte in front of every cold record.
 pub const RECORD_FORMAT: u8 = 1;
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The most a record may claim to allocate while decoding. Records are a few hundred bytes;
+/// without a limit, a damaged length prefix asks for exabytes and the allocator aborts.
+const DECODE_LIMIT: usize = 1 << 20;
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 /// Encodes a cold record.

@@ -585,6 +585,11 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
                         }
                     }
                 }
+                // Snapshots computed on the way (the state after a merged-away branch, say) that
+                // no event or room ended up using go now, not at the next compaction.
+                if !retry {
+                    w.collect_garbage()?;
+                }
             }
             if retry {
                 tx.abort()?;

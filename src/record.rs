@@ -57,6 +57,28 @@ impl EventRecord {
     }
 }
 
+/// The stored layout of event and room records (`docs/format.md`): a format byte, then
+/// bincode's standard encoding. Exposed for tools and fuzzing; the store encodes and decodes
+/// through these.
+macro_rules! stored_layout {
+    ($record:ty, $table:literal) => {
+        impl $record {
+            /// The bytes stored for this record.
+            pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
+                crate::codec::encode(self)
+            }
+
+            /// A record from stored bytes; damaged bytes are an [`crate::Error::Corrupt`].
+            pub fn from_bytes(bytes: &[u8]) -> crate::Result<Self> {
+                crate::codec::decode($table, "(given bytes)", bytes)
+            }
+        }
+    };
+}
+
+stored_layout!(EventRecord, "events");
+stored_layout!(RoomRecord, "rooms");
+
 /// What the store knows of one room.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomRecord {

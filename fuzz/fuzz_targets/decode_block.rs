@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         // same entries.
         if let Ok(again) = encode_block(&entries) {
             let view = BlockView::parse(&again).expect("an encoded block parses");
-            let back: Vec<_> = view.iter().map(|e| e.expect("an encoded entry decodes")).collect();
+            let back: Vec<_> = view
+                .iter()
+                .map(|e| e.expect("an encoded entry decodes"))
+                .collect();
             assert_eq!(back, entries);
         }
     }

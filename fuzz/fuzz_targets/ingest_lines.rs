@@ -1,0 +1,39 @@
+//! Arbitrary bytes as a JSON-lines history, ingested with bad lines skipped: every line is
+//! either stored or reported as a typed bad line, ingest itself never fails, and the store the
+//! accepted lines leave behind passes the integrity walk.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use roomstate::ingest::{IngestOptions, OnBadLine, TrivialMerge, ingest};
+use roomstate::{Store, StoreRead};
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks the batch size, so batch boundaries (and batch redos after a late bad
+    // line) land everywhere.
+    let (batch, text) = match data.split_first() {
+        Some((b, rest)) => (usize::from(b % 8) + 1, rest),
+        None => (1, data),
+    };
+    let store = Store::in_memory().expect("an in-memory store opens");
+    let options = IngestOptions {
+        batch_size: batch,
+        on_bad_line: OnBadLine::Skip,
+        max_listed_bad_lines: usize::MAX,
+        ..IngestOptions::default()
+    };
+    let report = ingest(&store, text, options, TrivialMerge).expect("bad lines are skipped");
+    assert_eq!(
+        report.events + report.bad_lines + blank_lines(text),
+        report.lines
+    );
+    let check = store.read().expect("read").check().expect("check runs");
+    assert!(check.is_clean(), "{:?}", check.problems);
+});
+
+fn blank_lines(text: &[u8]) -> u64 {
+    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines.iter().filter(|l| l.trim_ascii().is_empty()).count() as u64
+}
