@@ -109,9 +109,49 @@ impl StoreBuilder {
     }
 
     /// Opens the store at `path`, creating the file if it is missing.
+    ///
+    /// A new file is built under a temporary name beside `path` and linked into place only
+    /// once its tables are committed, so a crash while creating never leaves a half-written
+    /// file at `path`. An empty file at `path` is treated as missing.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
-        let db = self.redb().create(path)?;
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => {
+                std::fs::remove_file(path)?;
+                self.create_file(path)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_file(path)?,
+            Err(e) => return Err(e.into()),
+        }
+        let db = self.redb().open(path)?;
         Store::init(db, self.policy)
+    }
+
+    fn create_file(&self, path: &Path) -> Result<()> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".creating-{}", std::process::id()));
+        let temporary = path.with_file_name(name);
+        // Left by a creation that was killed (pids are reused, so this can be ours).
+        match std::fs::remove_file(&temporary) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        drop(Store::init(
+            self.redb().create(&temporary)?,
+            Arc::clone(&self.policy),
+        )?);
+        // A hard link never replaces an existing file: if another process created the store
+        // meanwhile, its file stays and ours is dropped.
+        let linked = std::fs::hard_link(&temporary, path);
+        std::fs::remove_file(&temporary)?;
+        match linked {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+        Ok(())
     }
 
     /// A store held in memory, for tests and scratch work.

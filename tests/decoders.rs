@@ -14,8 +14,14 @@ const FOUND_BY_FUZZING: &[&[u8]] = &[&[
 #[test]
 fn records_found_by_fuzzing_are_corrupt_not_a_crash() {
     for bytes in FOUND_BY_FUZZING {
-        assert!(matches!(EventRecord::from_bytes(bytes), Err(Error::Corrupt { .. })));
-        assert!(matches!(RoomRecord::from_bytes(bytes), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            EventRecord::from_bytes(bytes),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            RoomRecord::from_bytes(bytes),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }
 
@@ -63,7 +69,10 @@ fn damaged_records_decode_or_are_corrupt() {
             EventRecord::from_bytes(&bytes).map(|_| ()),
             RoomRecord::from_bytes(&bytes).map(|_| ()),
         ] {
-            assert!(matches!(result, Ok(()) | Err(Error::Corrupt { .. })), "{bytes:?}");
+            assert!(
+                matches!(result, Ok(()) | Err(Error::Corrupt { .. })),
+                "{bytes:?}"
+            );
         }
         let _ = BlockView::parse(&bytes).map(|v| v.iter().count());
         let _ = decode_snapshot(&bytes);
