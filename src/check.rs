@@ -98,15 +98,19 @@ fn check_interning<T: Tables>(
     let forward = tx.open(kind.forward)?;
     let reverse = tx.open(kind.reverse)?;
     let mut nids = HashSet::new();
-    for row in forward.range::<&str>(..)? {
+    for row in forward.range::<&[u8]>(..)? {
         let (s, nid) = row?;
         report.rows += 1;
         let (s, nid) = (s.value(), nid.value());
+        let shown = format!("{:?}", String::from_utf8_lossy(s));
+        if std::str::from_utf8(s).is_err() {
+            report.problem(kind.forward_name, &shown, "not UTF-8");
+        }
         match reverse.get(nid)? {
             Some(back) if back.value() == s => {}
             _ => report.problem(
                 kind.forward_name,
-                format!("{s:?}"),
+                shown,
                 format!("NID {nid} does not map back"),
             ),
         }
@@ -119,8 +123,16 @@ fn check_interning<T: Tables>(
         if nid == 0 {
             report.problem(kind.reverse_name, nid, "NID 0");
         }
+        let shown = String::from_utf8_lossy(s);
+        if std::str::from_utf8(s).is_err() {
+            report.problem(kind.reverse_name, nid, format!("{shown:?} is not UTF-8"));
+        }
         if forward.get(s)?.map(|n| n.value()) != Some(nid) {
-            report.problem(kind.reverse_name, nid, format!("{s:?} does not map back"));
+            report.problem(
+                kind.reverse_name,
+                nid,
+                format!("{shown:?} does not map back"),
+            );
         }
     }
     Ok(nids)

@@ -70,6 +70,11 @@ pub enum Error {
     /// A room NID with no room record.
     #[error("no room record for room NID {0}")]
     UnknownRoom(RoomNid),
+    /// redb failed inside its own code while reading the file: a page of the file is damaged
+    /// in a way redb does not check for. The store should not be used further; see
+    /// [`crate::Store::verify_file`].
+    #[error("damaged file: redb failed reading it ({0})")]
+    Damaged(String),
     /// A snapshot names a block that is not stored.
     #[error("snapshot {snapshot} names missing block {block:032x}")]
     MissingBlock {
@@ -162,3 +167,21 @@ from_redb!(
     redb::CompactionError,
     redb::SetDurabilityError
 );
+
+/// Runs `f`, turning a panic into [`Error::Damaged`].
+///
+/// redb trusts the bytes of its own pages: some damaged pages make it index out of bounds
+/// rather than return an error. Every public entry point that reaches redb runs through here,
+/// so a damaged file gives callers an error, never an unwinding thread. Panics from this crate's
+/// own code would surface the same way, but none are expected: the fuzz targets and tests look
+/// for them with the guard's help, since they treat any error on valid input as a failure.
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        Err(Error::Damaged(message))
+    })
+}

@@ -548,6 +548,10 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
     /// Commits the pending lines as one transaction. A bad line found after its event began
     /// writing aborts the attempt, and the batch is redone without that line.
     fn flush(&mut self, durable: bool) -> Result<()> {
+        crate::error::guard(|| self.flush_batch(durable))
+    }
+
+    fn flush_batch(&mut self, durable: bool) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result, StringKind};
 use crate::nid::{FIRST_DYNAMIC_NID, NidKind, WELL_KNOWN_STATE_KEYS, WELL_KNOWN_TYPES};
-use crate::tables;
+use crate::tables::{self, Text};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 /// The spec's limit on room IDs, event IDs, types and state keys, in bytes.
@@ -13,8 +13,8 @@ pub const MAX_ID_BYTES: usize = 255;
 pub(crate) struct Kind {
     /// Position among the four kinds, for per-kind arrays.
     pub index: usize,
-    pub forward: TableDefinition<'static, &'static str, u64>,
-    pub reverse: TableDefinition<'static, u64, &'static str>,
+    pub forward: TableDefinition<'static, Text, u64>,
+    pub reverse: TableDefinition<'static, u64, Text>,
     pub forward_name: &'static str,
     pub reverse_name: &'static str,
     pub counter: &'static str,
@@ -103,9 +103,9 @@ pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<
 /// Returns the NID of each string, creating the missing ones. Repeats in `strings` get the same
 /// NID. Every string is checked before anything is written.
 pub(crate) fn get_or_create(
-    forward: &mut Table<&'static str, u64>,
-    reverse: &mut Table<u64, &'static str>,
-    meta: &mut Table<&'static str, u64>,
+    forward: &mut Table<Text, u64>,
+    reverse: &mut Table<u64, Text>,
+    meta: &mut Table<Text, u64>,
     kind: Kind,
     strings: &[&str],
 ) -> Result<Vec<u64>> {
@@ -115,19 +115,19 @@ pub(crate) fn get_or_create(
     let mut out = Vec::with_capacity(strings.len());
     let mut next = None;
     for s in strings {
-        if let Some(nid) = forward.get(*s)? {
+        if let Some(nid) = forward.get(s.as_bytes())? {
             out.push(nid.value());
             continue;
         }
         let nid = match next {
             Some(n) => n,
             None => meta
-                .get(kind.counter)?
+                .get(kind.counter.as_bytes())?
                 .map_or(kind.first_dynamic, |v| v.value()),
         };
-        forward.insert(*s, nid)?;
+        forward.insert(s.as_bytes(), nid)?;
         // A counter behind the rows it hands out means a damaged file; never overwrite a row.
-        if reverse.insert(nid, *s)?.is_some() {
+        if reverse.insert(nid, s.as_bytes())?.is_some() {
             return Err(Error::corrupt(
                 kind.counter,
                 nid,
@@ -141,32 +141,38 @@ pub(crate) fn get_or_create(
         );
     }
     if let Some(n) = next {
-        meta.insert(kind.counter, n)?;
+        meta.insert(kind.counter.as_bytes(), n)?;
     }
     Ok(out)
 }
 
 /// The NID of `s`, if interned. Never creates.
-pub(crate) fn lookup(
-    table: &impl ReadableTable<&'static str, u64>,
-    s: &str,
-) -> Result<Option<u64>> {
-    Ok(table.get(s)?.map(|g| g.value()))
+pub(crate) fn lookup(table: &impl ReadableTable<Text, u64>, s: &str) -> Result<Option<u64>> {
+    Ok(table.get(s.as_bytes())?.map(|g| g.value()))
 }
 
 /// The string behind `nid`; an unknown NID is an error.
 pub(crate) fn resolve(
-    table: &impl ReadableTable<u64, &'static str>,
+    table: &impl ReadableTable<u64, Text>,
     kind: Kind,
     nid: u64,
 ) -> Result<String> {
     match table.get(nid)? {
-        Some(s) => Ok(s.value().to_owned()),
+        Some(s) => text(kind.reverse_name, nid, s.value()).map(str::to_owned),
         None => Err(Error::UnknownNid {
             kind: kind.nid,
             nid,
         }),
     }
+}
+
+/// Stored bytes as a string; bytes that are not UTF-8 are a damaged row of `table` at `key`.
+pub(crate) fn text<'a>(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    bytes: &'a [u8],
+) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| Error::corrupt(table, key, e))
 }
 
 /// Writes the preassigned NIDs of a new store.
@@ -178,8 +184,8 @@ pub(crate) fn seed_well_known(tx: &WriteTransaction) -> Result<()> {
         let mut forward = tx.open_table(kind.forward)?;
         let mut reverse = tx.open_table(kind.reverse)?;
         for (nid, s) in (1u64..).zip(strings) {
-            forward.insert(*s, nid)?;
-            reverse.insert(nid, *s)?;
+            forward.insert(s.as_bytes(), nid)?;
+            reverse.insert(nid, s.as_bytes())?;
         }
     }
     Ok(())

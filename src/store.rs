@@ -114,7 +114,10 @@ impl StoreBuilder {
     /// once its tables are committed, so a crash while creating never leaves a half-written
     /// file at `path`. An empty file at `path` is treated as missing.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref();
+        crate::error::guard(|| self.open_path(path.as_ref()))
+    }
+
+    fn open_path(self, path: &Path) -> Result<Store> {
         match std::fs::metadata(path) {
             Ok(m) if m.len() == 0 => {
                 std::fs::remove_file(path)?;
@@ -180,30 +183,32 @@ impl Store {
     }
 
     fn init(db: Database, policy: Arc<dyn WritePolicy>) -> Result<Store> {
-        let tx = db.begin_write()?;
-        let found = tx
-            .open_table(tables::META)?
-            .get(tables::SCHEMA_KEY)?
-            .map(|v| v.value());
-        match found {
-            Some(tables::SCHEMA_VERSION) => tx.abort()?,
-            Some(other) => return Err(Error::UnsupportedSchema(other)),
-            None => {
-                create_tables(&tx)?;
-                intern::seed_well_known(&tx)?;
-                let empty = encode_snapshot(&SnapshotRecord::default());
-                tx.open_table(tables::SNAPSHOTS)?
-                    .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
-                tx.open_table(tables::SNAPSHOT_HASHES)?
-                    .insert(snapshot_hash(&empty), SnapshotNid::EMPTY.get())?;
-                let mut meta = tx.open_table(tables::META)?;
-                meta.insert(NEXT_SNAPSHOT, SnapshotNid::EMPTY.get() + 1)?;
-                meta.insert(tables::SCHEMA_KEY, tables::SCHEMA_VERSION)?;
-                drop(meta);
-                tx.commit()?;
+        crate::error::guard(|| {
+            let tx = db.begin_write()?;
+            let found = tx
+                .open_table(tables::META)?
+                .get(tables::SCHEMA_KEY.as_bytes())?
+                .map(|v| v.value());
+            match found {
+                Some(tables::SCHEMA_VERSION) => tx.abort()?,
+                Some(other) => return Err(Error::UnsupportedSchema(other)),
+                None => {
+                    create_tables(&tx)?;
+                    intern::seed_well_known(&tx)?;
+                    let empty = encode_snapshot(&SnapshotRecord::default());
+                    tx.open_table(tables::SNAPSHOTS)?
+                        .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
+                    tx.open_table(tables::SNAPSHOT_HASHES)?
+                        .insert(snapshot_hash(&empty), SnapshotNid::EMPTY.get())?;
+                    let mut meta = tx.open_table(tables::META)?;
+                    meta.insert(NEXT_SNAPSHOT.as_bytes(), SnapshotNid::EMPTY.get() + 1)?;
+                    meta.insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
+                    drop(meta);
+                    tx.commit()?;
+                }
             }
-        }
-        Ok(Store { db, policy })
+            Ok(Store { db, policy })
+        })
     }
 
     /// The write policy new snapshots follow.
@@ -213,25 +218,37 @@ impl Store {
 
     /// Starts a read transaction: a consistent view of the last commit, unaffected by writers.
     pub fn read(&self) -> Result<ReadTxn> {
-        Ok(ReadTxn {
-            tx: self.db.begin_read()?,
+        crate::error::guard(|| {
+            Ok(ReadTxn {
+                tx: self.db.begin_read()?,
+            })
         })
     }
 
     /// Starts the write transaction, waiting for any other writer to finish. Commits are durable
     /// when [`WriteTxn::commit`] returns, unless [`WriteTxn::set_durable`] says otherwise.
     pub fn write(&self) -> Result<WriteTxn> {
-        Ok(WriteTxn {
-            tx: self.db.begin_write()?,
-            policy: Arc::clone(&self.policy),
-            counts: WriteCounts::default(),
+        crate::error::guard(|| {
+            Ok(WriteTxn {
+                tx: self.db.begin_write()?,
+                policy: Arc::clone(&self.policy),
+                counts: WriteCounts::default(),
+            })
         })
+    }
+
+    /// Verifies the checksum of every page of the file, as redb keeps them, and repairs what
+    /// redb can repair. `Ok(true)`: the file was sound; `Ok(false)`: it was damaged and has been
+    /// repaired. A file that cannot be repaired is an error. It reads the whole file, so it is
+    /// for startup after a suspected fault and for `roomstate check`, not for every open.
+    pub fn verify_file(&mut self) -> Result<bool> {
+        crate::error::guard(|| Ok(self.db.check_integrity()?))
     }
 
     /// Rewrites the file to return free space to the file system. Fails while transactions are
     /// open.
     pub fn compact(&mut self) -> Result<bool> {
-        Ok(self.db.compact()?)
+        crate::error::guard(|| Ok(self.db.compact()?))
     }
 }
 
@@ -348,127 +365,146 @@ pub trait StoreRead: sealed::Sealed {
 
     /// The resolver over this transaction's tables. In a [`WriteTxn`], drop it before writing.
     fn resolver(&self) -> Result<ResolverOf<'_, Self::Txn>> {
-        Ok(Resolver {
-            blocks: self.txn().open(tables::BLOCKS)?,
-            snapshots: self.txn().open(tables::SNAPSHOTS)?,
+        crate::error::guard(|| {
+            Ok(Resolver {
+                blocks: self.txn().open(tables::BLOCKS)?,
+                snapshots: self.txn().open(tables::SNAPSHOTS)?,
+            })
         })
     }
 
     /// The full state of a snapshot, one entry per key, sorted.
     fn flatten(&self, snapshot: SnapshotNid) -> Result<StateMap> {
-        self.resolver()?.flatten(snapshot)
+        crate::error::guard(|| self.resolver()?.flatten(snapshot))
     }
 
     /// The event holding `key` in a snapshot, without building the whole state.
     fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        self.resolver()?.lookup(snapshot, key)
+        crate::error::guard(|| self.resolver()?.lookup(snapshot, key))
     }
 
     /// The difference from snapshot `a` to snapshot `b`.
     fn diff(&self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
-        self.resolver()?.diff(a, b)
+        crate::error::guard(|| self.resolver()?.diff(a, b))
     }
 
     /// Several snapshots combined into agreed entries and conflicts.
     fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
-        self.resolver()?.combine(snapshots)
+        crate::error::guard(|| self.resolver()?.combine(snapshots))
     }
 
     /// The NID of a room ID, if interned.
     fn room_nid(&self, room_id: &str) -> Result<Option<RoomNid>> {
-        lookup_nid(self.txn(), intern::ROOM, room_id).map(|n| n.and_then(RoomNid::new))
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::ROOM, room_id).map(|n| n.and_then(RoomNid::new))
+        })
     }
 
     /// The room ID behind a room NID.
     fn room_id(&self, room: RoomNid) -> Result<String> {
-        resolve_nid(self.txn(), intern::ROOM, room.get())
+        crate::error::guard(|| resolve_nid(self.txn(), intern::ROOM, room.get()))
     }
 
     /// The NID of an event type, if interned.
     fn type_nid(&self, event_type: &str) -> Result<Option<TypeNid>> {
-        lookup_nid(self.txn(), intern::TYPE, event_type).map(|n| n.and_then(TypeNid::new))
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::TYPE, event_type).map(|n| n.and_then(TypeNid::new))
+        })
     }
 
     /// The event type behind a type NID.
     fn event_type(&self, ty: TypeNid) -> Result<String> {
-        resolve_nid(self.txn(), intern::TYPE, ty.get())
+        crate::error::guard(|| resolve_nid(self.txn(), intern::TYPE, ty.get()))
     }
 
     /// The NID of a state key, if interned.
     fn state_key_nid(&self, state_key: &str) -> Result<Option<StateKeyNid>> {
-        lookup_nid(self.txn(), intern::STATE_KEY, state_key).map(|n| n.and_then(StateKeyNid::new))
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::STATE_KEY, state_key)
+                .map(|n| n.and_then(StateKeyNid::new))
+        })
     }
 
     /// The state key behind a state-key NID.
     fn state_key(&self, key: StateKeyNid) -> Result<String> {
-        resolve_nid(self.txn(), intern::STATE_KEY, key.get())
+        crate::error::guard(|| resolve_nid(self.txn(), intern::STATE_KEY, key.get()))
     }
 
     /// The NID of an event ID, if interned.
     fn event_nid(&self, event_id: &str) -> Result<Option<EventNid>> {
-        lookup_nid(self.txn(), intern::EVENT, event_id).map(|n| n.and_then(EventNid::new))
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::EVENT, event_id).map(|n| n.and_then(EventNid::new))
+        })
     }
 
     /// The event ID behind an event NID.
     fn event_id(&self, event: EventNid) -> Result<String> {
-        resolve_nid(self.txn(), intern::EVENT, event.get())
+        crate::error::guard(|| resolve_nid(self.txn(), intern::EVENT, event.get()))
     }
 
     /// The (type, state key) pair of two strings, if both are interned.
     fn state_key_of(&self, event_type: &str, state_key: &str) -> Result<Option<StateKey>> {
-        Ok(
-            match (self.type_nid(event_type)?, self.state_key_nid(state_key)?) {
-                (Some(ty), Some(key)) => Some(StateKey::new(ty, key)),
-                _ => None,
-            },
-        )
+        crate::error::guard(|| {
+            Ok(
+                match (self.type_nid(event_type)?, self.state_key_nid(state_key)?) {
+                    (Some(ty), Some(key)) => Some(StateKey::new(ty, key)),
+                    _ => None,
+                },
+            )
+        })
     }
 
     /// An event's record, or `None` if the store has none.
     fn event(&self, event: EventNid) -> Result<Option<EventRecord>> {
-        let table = self.txn().open(tables::EVENTS)?;
-        let row = table.get(event.get())?;
-        row.map(|v| codec::decode("events", event, v.value()))
-            .transpose()
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::EVENTS)?;
+            let row = table.get(event.get())?;
+            row.map(|v| codec::decode("events", event, v.value()))
+                .transpose()
+        })
     }
 
     /// An event's record; a missing record is an error.
     fn expect_event(&self, event: EventNid) -> Result<EventRecord> {
-        self.event(event)?.ok_or(Error::UnknownEvent(event))
+        crate::error::guard(|| self.event(event)?.ok_or(Error::UnknownEvent(event)))
     }
 
     /// A room's record, or `None` if the store has none.
     fn room(&self, room: RoomNid) -> Result<Option<RoomRecord>> {
-        let table = self.txn().open(tables::ROOMS)?;
-        let row = table.get(room.get())?;
-        row.map(|v| codec::decode("rooms", room, v.value()))
-            .transpose()
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::ROOMS)?;
+            let row = table.get(room.get())?;
+            row.map(|v| codec::decode("rooms", room, v.value()))
+                .transpose()
+        })
     }
 
     /// The state before an event.
     fn state_before(&self, event: EventNid) -> Result<StateMap> {
-        self.flatten(self.expect_event(event)?.state_before)
+        crate::error::guard(|| self.flatten(self.expect_event(event)?.state_before))
     }
 
     /// The state after an event: the state before it, plus its own entry when it is a state
     /// event that was not rejected.
     fn state_after(&self, event: EventNid) -> Result<StateMap> {
-        let record = self.expect_event(event)?;
-        let before = self.flatten(record.state_before)?;
-        Ok(match record.sets() {
-            Some(key) => {
-                let mut entries = before.into_vec();
-                entries.push(crate::StateEntry { key, event });
-                StateMap::from_entries(entries)
-            }
-            None => before,
+        crate::error::guard(|| {
+            let record = self.expect_event(event)?;
+            let before = self.flatten(record.state_before)?;
+            Ok(match record.sets() {
+                Some(key) => {
+                    let mut entries = before.into_vec();
+                    entries.push(crate::StateEntry { key, event });
+                    StateMap::from_entries(entries)
+                }
+                None => before,
+            })
         })
     }
 
     /// Row counts and sizes of every table, and how many entries the blocks hold. Reads every
     /// block, snapshot and event record; [`table_sizes`](Self::table_sizes) is the cheap part.
     fn stats(&self) -> Result<StoreStats> {
-        store_stats(self.txn())
+        crate::error::guard(|| store_stats(self.txn()))
     }
 
     /// Walks every table: every row decodes, every block is sorted, every NID a block, event or
@@ -476,38 +512,42 @@ pub trait StoreRead: sealed::Sealed {
     /// entry counts it gives, and the deduplication index matches. Problems are listed, not
     /// raised; only a failure to read the file is an error.
     fn check(&self) -> Result<crate::check::CheckReport> {
-        crate::check::check(self.txn())
+        crate::error::guard(|| crate::check::check(self.txn()))
     }
 
     /// Row counts and sizes of every table, from redb's own counters (no scan).
     fn table_sizes(&self) -> Result<Vec<TableSize>> {
-        table_sizes(self.txn())
+        crate::error::guard(|| table_sizes(self.txn()))
     }
 
     /// The event's JSON exactly as ingested, if stored.
     fn event_json(&self, event: EventNid) -> Result<Option<String>> {
-        let table = self.txn().open(tables::EVENT_JSON)?;
-        let row = table.get(event.get())?;
-        row.map(|v| {
-            String::from_utf8(v.value().to_vec())
-                .map_err(|e| Error::corrupt("event_json", event, e))
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::EVENT_JSON)?;
+            let row = table.get(event.get())?;
+            row.map(|v| {
+                String::from_utf8(v.value().to_vec())
+                    .map_err(|e| Error::corrupt("event_json", event, e))
+            })
+            .transpose()
         })
-        .transpose()
     }
 
     /// A room's events in ingest order.
     fn room_events(&self, room: RoomNid) -> Result<Vec<EventNid>> {
-        let table = self.txn().open(tables::ROOM_EVENTS)?;
-        let r = room.get();
-        table
-            .range((r, 0)..=(r, u64::MAX))?
-            .map(|row| {
-                let (key, event) = row?;
-                EventNid::new(event.value()).ok_or_else(|| {
-                    Error::corrupt("room_events", format!("{:?}", key.value()), "zero NID")
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::ROOM_EVENTS)?;
+            let r = room.get();
+            table
+                .range((r, 0)..=(r, u64::MAX))?
+                .map(|row| {
+                    let (key, event) = row?;
+                    EventNid::new(event.value()).ok_or_else(|| {
+                        Error::corrupt("room_events", format!("{:?}", key.value()), "zero NID")
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// The members of a room in its current state, by user (state-key NID), optionally only
@@ -517,38 +557,43 @@ pub trait StoreRead: sealed::Sealed {
         room: RoomNid,
         only: Option<Membership>,
     ) -> Result<Vec<(StateKeyNid, Membership)>> {
-        let table = self.txn().open(tables::MEMBERSHIP)?;
-        let r = room.get();
-        let mut out = Vec::new();
-        for row in table.range((r, 0)..=(r, u64::MAX))? {
-            let (key, code) = row?;
-            let (_, user) = key.value();
-            let shown = || format!("({r}, {user})");
-            let m = Membership::from_code(code.value())
-                .ok_or_else(|| Error::corrupt("membership", shown(), "unknown membership code"))?;
-            let user = StateKeyNid::new(user)
-                .ok_or_else(|| Error::corrupt("membership", shown(), "zero NID"))?;
-            if only.is_none_or(|o| o == m) {
-                out.push((user, m));
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::MEMBERSHIP)?;
+            let r = room.get();
+            let mut out = Vec::new();
+            for row in table.range((r, 0)..=(r, u64::MAX))? {
+                let (key, code) = row?;
+                let (_, user) = key.value();
+                let shown = || format!("({r}, {user})");
+                let m = Membership::from_code(code.value()).ok_or_else(|| {
+                    Error::corrupt("membership", shown(), "unknown membership code")
+                })?;
+                let user = StateKeyNid::new(user)
+                    .ok_or_else(|| Error::corrupt("membership", shown(), "zero NID"))?;
+                if only.is_none_or(|o| o == m) {
+                    out.push((user, m));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The rooms a user (by state-key NID) is joined to in their current state.
     fn rooms_of_user(&self, user: StateKeyNid) -> Result<Vec<RoomNid>> {
-        let table = self.txn().open(tables::USER_ROOMS)?;
-        let u = user.get();
-        table
-            .range((u, 0)..=(u, u64::MAX))?
-            .map(|row| {
-                let (key, _) = row?;
-                let (_, room) = key.value();
-                RoomNid::new(room).ok_or_else(|| {
-                    Error::corrupt("user_rooms", format!("({u}, {room})"), "zero NID")
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::USER_ROOMS)?;
+            let u = user.get();
+            table
+                .range((u, 0)..=(u, u64::MAX))?
+                .map(|row| {
+                    let (key, _) = row?;
+                    let (_, room) = key.value();
+                    RoomNid::new(room).ok_or_else(|| {
+                        Error::corrupt("user_rooms", format!("({u}, {room})"), "zero NID")
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// A user's membership in a snapshot's state: the membership of the `m.room.member` event
@@ -558,10 +603,12 @@ pub trait StoreRead: sealed::Sealed {
         snapshot: SnapshotNid,
         user: StateKeyNid,
     ) -> Result<Option<Membership>> {
-        match self.lookup(snapshot, StateKey::new(TypeNid::MEMBER, user))? {
-            Some(event) => Ok(self.expect_event(event)?.membership),
-            None => Ok(None),
-        }
+        crate::error::guard(|| {
+            match self.lookup(snapshot, StateKey::new(TypeNid::MEMBER, user))? {
+                Some(event) => Ok(self.expect_event(event)?.membership),
+                None => Ok(None),
+            }
+        })
     }
 
     /// A user's membership in the state before an event, or after it with `after`.
@@ -571,11 +618,13 @@ pub trait StoreRead: sealed::Sealed {
         user: StateKeyNid,
         after: bool,
     ) -> Result<Option<Membership>> {
-        let record = self.expect_event(event)?;
-        if after && record.sets() == Some(StateKey::new(TypeNid::MEMBER, user)) {
-            return Ok(record.membership);
-        }
-        self.membership_in(record.state_before, user)
+        crate::error::guard(|| {
+            let record = self.expect_event(event)?;
+            if after && record.sets() == Some(StateKey::new(TypeNid::MEMBER, user)) {
+                return Ok(record.membership);
+            }
+            self.membership_in(record.state_before, user)
+        })
     }
 }
 
@@ -640,11 +689,15 @@ macro_rules! get_or_create {
 
         $(#[$docs])*
         pub fn $many(&mut self, strings: &[&str]) -> Result<Vec<$nid>> {
-            self.writer()
-                .intern($kind, strings)?
-                .into_iter()
-                .map(|n| <$nid>::new(n).ok_or(Error::corrupt("meta", $kind.counter, "zero NID")))
-                .collect()
+            crate::error::guard(|| {
+                self.writer()
+                    .intern($kind, strings)?
+                    .into_iter()
+                    .map(|n| {
+                        <$nid>::new(n).ok_or(Error::corrupt("meta", $kind.counter, "zero NID"))
+                    })
+                    .collect()
+            })
         }
     };
 }
@@ -691,12 +744,14 @@ impl WriteTxn {
     /// default). A non-durable commit is still atomic, and becomes durable with the next durable
     /// one; a crash in between loses it whole.
     pub fn set_durable(&mut self, durable: bool) -> Result<()> {
-        let level = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        Ok(self.tx.set_durability(level)?)
+        crate::error::guard(|| {
+            let level = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            Ok(self.tx.set_durability(level)?)
+        })
     }
 
     /// What this transaction has written so far.
@@ -707,23 +762,25 @@ impl WriteTxn {
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.
     /// A block with the same content already stored is reused and nothing is written.
     pub fn put_block(&mut self, entries: &[DeltaEntry]) -> Result<BlockRef> {
-        self.writer().put_block(entries)
+        crate::error::guard(|| self.writer().put_block(entries))
     }
 
     /// Stores a snapshot made of `blocks`, oldest first, each of which must already be stored
     /// with the entry count given. The same list stored again returns the same NID and writes
     /// nothing.
     pub fn put_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
-        let mut w = self.writer();
-        w.check_blocks(blocks)?;
-        let state_len = w.flatten_refs(blocks)?.len();
-        w.insert_snapshot(state_len, None, blocks.to_vec())
+        crate::error::guard(|| {
+            let mut w = self.writer();
+            w.check_blocks(blocks)?;
+            let state_len = w.flatten_refs(blocks)?.len();
+            w.insert_snapshot(state_len, None, blocks.to_vec())
+        })
     }
 
     /// Stores a snapshot for a whole state: the form used when a state is built from several
     /// parents or by state resolution.
     pub fn snapshot_from_state(&mut self, state: &StateMap) -> Result<SnapshotNid> {
-        self.writer().snapshot_from_state(state)
+        crate::error::guard(|| self.writer().snapshot_from_state(state))
     }
 
     /// Stores the snapshot of `parent` changed by `delta`: each entry sets its key to an event,
@@ -734,48 +791,52 @@ impl WriteTxn {
         parent: SnapshotNid,
         delta: Vec<DeltaEntry>,
     ) -> Result<SnapshotNid> {
-        self.writer().snapshot_from_delta(parent, delta)
+        crate::error::guard(|| self.writer().snapshot_from_delta(parent, delta))
     }
 
     /// The snapshot of the state after an event, stored if new. For an event that sets no state
     /// (not a state event, or rejected) it is the snapshot before it.
     pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
-        self.writer().state_after_snapshot(event)
+        crate::error::guard(|| self.writer().state_after_snapshot(event))
     }
 
     /// Stores (or replaces) an event's record. Every NID it names, and its snapshot, must exist.
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
-        let mut w = self.writer();
-        w.require(intern::EVENT, event.get())?;
-        w.require(intern::ROOM, record.room.get())?;
-        w.require(intern::TYPE, record.event_type.get())?;
-        if let Some(key) = record.state_key {
-            w.require(intern::STATE_KEY, key.get())?;
-        }
-        for e in record.prev_events.iter().chain(&record.auth_events) {
-            w.require(intern::EVENT, e.get())?;
-        }
-        w.snapshot_blocks(record.state_before)?;
-        w.put_event(event, record)
+        crate::error::guard(|| {
+            let mut w = self.writer();
+            w.require(intern::EVENT, event.get())?;
+            w.require(intern::ROOM, record.room.get())?;
+            w.require(intern::TYPE, record.event_type.get())?;
+            if let Some(key) = record.state_key {
+                w.require(intern::STATE_KEY, key.get())?;
+            }
+            for e in record.prev_events.iter().chain(&record.auth_events) {
+                w.require(intern::EVENT, e.get())?;
+            }
+            w.snapshot_blocks(record.state_before)?;
+            w.put_event(event, record)
+        })
     }
 
     /// Stores (or replaces) a room's record. Its room, its current snapshot and its latest
     /// events must exist.
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
-        let mut w = self.writer();
-        w.require(intern::ROOM, room.get())?;
-        for e in &record.latest_events {
-            w.require(intern::EVENT, e.get())?;
-        }
-        w.snapshot_blocks(record.current_state)?;
-        w.put_room(room, record)
+        crate::error::guard(|| {
+            let mut w = self.writer();
+            w.require(intern::ROOM, room.get())?;
+            for e in &record.latest_events {
+                w.require(intern::EVENT, e.get())?;
+            }
+            w.snapshot_blocks(record.current_state)?;
+            w.put_room(room, record)
+        })
     }
 
     /// Deletes a room and everything only it used: its events (records, JSON and event IDs),
     /// its membership rows, its room record, and the snapshots and blocks no other room shares.
     /// The space returns to the file system at the next [`Store::compact`].
     pub fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
-        self.writer().purge_room(room)
+        crate::error::guard(|| self.writer().purge_room(room))
     }
 
     /// Deletes every snapshot and block that nothing references any more. Snapshots are
@@ -783,17 +844,17 @@ impl WriteTxn {
     /// [`put_snapshot`](Self::put_snapshot) and never used by an event or room is collected
     /// here, so commit the event or room that uses it first.
     pub fn collect_garbage(&mut self) -> Result<Collected> {
-        self.writer().collect_garbage()
+        crate::error::guard(|| self.writer().collect_garbage())
     }
 
     /// Makes every write of this transaction visible and (by default) durable, all at once.
     pub fn commit(self) -> Result<()> {
-        Ok(self.tx.commit()?)
+        crate::error::guard(|| Ok(self.tx.commit()?))
     }
 
     /// Discards every write of this transaction.
     pub fn abort(self) -> Result<()> {
-        Ok(self.tx.abort()?)
+        crate::error::guard(|| Ok(self.tx.abort()?))
     }
 }
 
@@ -972,61 +1033,67 @@ where
 {
     /// Every block of a snapshot, its parents' included, oldest first.
     pub fn blocks(&self, snapshot: SnapshotNid) -> Result<Vec<BlockRef>> {
-        Ok(all_blocks(&snapshot_chain(&self.snapshots, snapshot)?))
+        crate::error::guard(|| Ok(all_blocks(&snapshot_chain(&self.snapshots, snapshot)?)))
     }
 
     /// A snapshot's records, from the root of its parent chain to itself.
     pub fn chain(&self, snapshot: SnapshotNid) -> Result<Vec<Layer>> {
-        snapshot_chain(&self.snapshots, snapshot)
+        crate::error::guard(|| snapshot_chain(&self.snapshots, snapshot))
     }
 
     /// How many entries a snapshot's state holds, read from its record without flattening.
     pub fn state_len(&self, snapshot: SnapshotNid) -> Result<u64> {
-        Ok(u64::from(
-            snapshot_record(&self.snapshots, snapshot)?.state_len,
-        ))
+        crate::error::guard(|| {
+            Ok(u64::from(
+                snapshot_record(&self.snapshots, snapshot)?.state_len,
+            ))
+        })
     }
 
     fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
-        load(&self.blocks, &self.snapshots, snapshot)
+        crate::error::guard(|| load(&self.blocks, &self.snapshots, snapshot))
     }
 
     /// The full state of a snapshot, one entry per key, sorted.
     pub fn flatten(&self, snapshot: SnapshotNid) -> Result<StateMap> {
-        resolve::flatten(&self.load(snapshot)?.runs()?)
+        crate::error::guard(|| resolve::flatten(&self.load(snapshot)?.runs()?))
     }
 
     /// The event holding `key`, found by binary search in each block from the newest, without
     /// building the state.
     pub fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        lookup_lazily(&self.blocks, &self.snapshots, snapshot, key)
+        crate::error::guard(|| lookup_lazily(&self.blocks, &self.snapshots, snapshot, key))
     }
 
     /// The entries of the given event types.
     pub fn filter_types(&self, snapshot: SnapshotNid, types: &[TypeNid]) -> Result<StateMap> {
-        resolve::filter_types(&self.load(snapshot)?.runs()?, types)
+        crate::error::guard(|| resolve::filter_types(&self.load(snapshot)?.runs()?, types))
     }
 
     /// The entries of the given (type, state key) pairs that the state holds.
     pub fn filter_keys(&self, snapshot: SnapshotNid, keys: &[StateKey]) -> Result<StateMap> {
-        resolve::filter_keys(&self.load(snapshot)?.runs()?, keys)
+        crate::error::guard(|| resolve::filter_keys(&self.load(snapshot)?.runs()?, keys))
     }
 
     /// The difference from snapshot `a` to snapshot `b`. When the two share leading blocks,
     /// only keys in the blocks after those are compared.
     pub fn diff(&self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
-        let (a, b) = (self.load(a)?, self.load(b)?);
-        resolve::diff(&a.runs()?, &b.runs()?)
+        crate::error::guard(|| {
+            let (a, b) = (self.load(a)?, self.load(b)?);
+            resolve::diff(&a.runs()?, &b.runs()?)
+        })
     }
 
     /// Several snapshots combined: the entries all agree on, and the conflicted keys with their
     /// candidate events.
     pub fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
-        let maps = snapshots
-            .iter()
-            .map(|s| self.flatten(*s))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(resolve::combine_maps(&maps))
+        crate::error::guard(|| {
+            let maps = snapshots
+                .iter()
+                .map(|s| self.flatten(*s))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(resolve::combine_maps(&maps))
+        })
     }
 }
 

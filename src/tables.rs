@@ -2,22 +2,26 @@
 
 use redb::TableDefinition;
 
+/// Strings are stored as bytes and checked as UTF-8 when read: redb's own `&str` type panics on
+/// bytes that are not UTF-8, and a damaged file must give an error instead.
+pub(crate) type Text = &'static [u8];
+
 /// Counters and the schema version, by name.
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<Text, u64> = TableDefinition::new("meta");
 
 /// Room ID to room NID, and back.
-pub(crate) const ROOM_IDS: TableDefinition<&str, u64> = TableDefinition::new("room_ids");
-pub(crate) const ROOM_IDS_REV: TableDefinition<u64, &str> = TableDefinition::new("room_ids_rev");
+pub(crate) const ROOM_IDS: TableDefinition<Text, u64> = TableDefinition::new("room_ids");
+pub(crate) const ROOM_IDS_REV: TableDefinition<u64, Text> = TableDefinition::new("room_ids_rev");
 /// Event type to type NID, and back.
-pub(crate) const TYPES: TableDefinition<&str, u64> = TableDefinition::new("event_types");
-pub(crate) const TYPES_REV: TableDefinition<u64, &str> = TableDefinition::new("event_types_rev");
+pub(crate) const TYPES: TableDefinition<Text, u64> = TableDefinition::new("event_types");
+pub(crate) const TYPES_REV: TableDefinition<u64, Text> = TableDefinition::new("event_types_rev");
 /// State key to state-key NID, and back.
-pub(crate) const STATE_KEYS: TableDefinition<&str, u64> = TableDefinition::new("state_keys");
-pub(crate) const STATE_KEYS_REV: TableDefinition<u64, &str> =
+pub(crate) const STATE_KEYS: TableDefinition<Text, u64> = TableDefinition::new("state_keys");
+pub(crate) const STATE_KEYS_REV: TableDefinition<u64, Text> =
     TableDefinition::new("state_keys_rev");
 /// Event ID to event NID, and back.
-pub(crate) const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
-pub(crate) const EVENT_IDS_REV: TableDefinition<u64, &str> = TableDefinition::new("event_ids_rev");
+pub(crate) const EVENT_IDS: TableDefinition<Text, u64> = TableDefinition::new("event_ids");
+pub(crate) const EVENT_IDS_REV: TableDefinition<u64, Text> = TableDefinition::new("event_ids_rev");
 
 /// Block hash to encoded block (`block.rs`).
 pub(crate) const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");

@@ -56,9 +56,9 @@ pub(crate) struct Writer<'t> {
     tx: &'t WriteTransaction,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
-    meta: Option<Table<'t, &'static str, u64>>,
-    forward: [Option<Table<'t, &'static str, u64>>; 4],
-    reverse: [Option<Table<'t, u64, &'static str>>; 4],
+    meta: Option<Table<'t, tables::Text, u64>>,
+    forward: [Option<Table<'t, tables::Text, u64>>; 4],
+    reverse: [Option<Table<'t, u64, tables::Text>>; 4],
     blocks: Option<Table<'t, u128, Bytes>>,
     snapshots: Option<Table<'t, u64, Bytes>>,
     snapshot_hashes: Option<Table<'t, u128, u64>>,
@@ -134,7 +134,7 @@ impl<'t> Writer<'t> {
         }
     }
 
-    table!(meta, tables::META, &'static str, u64);
+    table!(meta, tables::META, tables::Text, u64);
     table!(blocks, tables::BLOCKS, u128, Bytes);
     table!(snapshots, tables::SNAPSHOTS, u64, Bytes);
     table!(snapshot_hashes, tables::SNAPSHOT_HASHES, u128, u64);
@@ -207,8 +207,10 @@ impl<'t> Writer<'t> {
         let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
             return Ok(false);
         };
-        open(self.tx, &mut self.forward[kind.index], kind.forward)?.remove(s.as_str())?;
-        self.cache.nids[kind.index].remove(s.as_str());
+        open(self.tx, &mut self.forward[kind.index], kind.forward)?.remove(s.as_slice())?;
+        if let Ok(s) = std::str::from_utf8(&s) {
+            self.cache.nids[kind.index].remove(s);
+        }
         Ok(true)
     }
 
@@ -306,14 +308,14 @@ impl<'t> Writer<'t> {
         }
         let meta = self.meta()?;
         let next = meta
-            .get(NEXT_SNAPSHOT)?
+            .get(NEXT_SNAPSHOT.as_bytes())?
             .map_or(SnapshotNid::EMPTY.get() + 1, |v| v.value());
         let nid = SnapshotNid::new(next)
             .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
         let after = next
             .checked_add(1)
             .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "counter exhausted"))?;
-        meta.insert(NEXT_SNAPSHOT, after)?;
+        meta.insert(NEXT_SNAPSHOT.as_bytes(), after)?;
         // A counter behind the rows it hands out means a damaged file; never overwrite a row.
         if self.snapshots()?.insert(next, record.as_slice())?.is_some() {
             return Err(Error::corrupt(

@@ -40,7 +40,7 @@ fn a_store_built_by_ingest_is_clean() {
 
 const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
-const EVENT_IDS_REV: TableDefinition<u64, &str> = TableDefinition::new("event_ids_rev");
+const EVENT_IDS_REV: TableDefinition<u64, &[u8]> = TableDefinition::new("event_ids_rev");
 
 #[test]
 fn damage_is_reported_with_the_row_it_is_in() {
