@@ -110,6 +110,11 @@ pub enum Error {
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
+    /// An earlier write on this handle failed with an I/O error (a full disk, say), and redb
+    /// refuses every further operation until the store is closed and opened again. The commit
+    /// that failed wrote nothing; the commits before it stand.
+    #[error("an earlier write failed with an I/O error: close and reopen the store")]
+    ReopenRequired,
     /// An error from the redb storage engine.
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
@@ -152,7 +157,10 @@ macro_rules! from_redb {
     ($($ty:ty),*) => {
         $(impl From<$ty> for Error {
             fn from(e: $ty) -> Self {
-                Error::Storage(e.into())
+                match e.into() {
+                    redb::Error::PreviousIo => Error::ReopenRequired,
+                    other => Error::Storage(other),
+                }
             }
         })*
     };
