@@ -110,6 +110,17 @@ pub enum Error {
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
+    /// A room version whose state resolution is not available.
+    #[error("room version {version:?}: {reason}")]
+    UnsupportedRoomVersion {
+        /// The version, as the room's create event gave it.
+        version: String,
+        /// Why it is not supported.
+        reason: &'static str,
+    },
+    /// State resolution failed: an event it needs is missing or malformed.
+    #[error("state resolution failed: {0}")]
+    StateResolution(String),
     /// An earlier write on this handle failed with an I/O error (a full disk, say), and redb
     /// refuses every further operation until the store is closed and opened again. The commit
     /// that failed wrote nothing; the commits before it stand.
@@ -135,6 +146,8 @@ impl Error {
                 | Error::UnknownSnapshot(_)
                 | Error::UnknownEvent(_)
                 | Error::UnknownRoom(_)
+                | Error::UnsupportedRoomVersion { .. }
+                | Error::StateResolution(_)
                 | Error::InvalidState(_)
                 | Error::BadLine(_)
         )

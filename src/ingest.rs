@@ -41,6 +41,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "state-res")]
+pub use crate::matrix::{AUTH_CHAIN_CACHE_NIDS, MatrixResolver};
+
 /// The spec's limit on an event's size, which also bounds the memory one line may take.
 pub const MAX_EVENT_BYTES: usize = 65_536;
 
@@ -108,6 +111,9 @@ pub enum Problem {
     NoPrevEvents,
     /// A create event for a room the store already has.
     RoomExists,
+    /// The resolver could not settle the states: an unsupported room version, or state
+    /// resolution failed (an auth event it needs is missing, say).
+    ResolutionFailed(String),
     /// States disagree and the resolver did not settle them. Lists the conflicted
     /// (type, state key) pairs.
     NeedsStateResolution(Vec<(String, String)>),
@@ -126,6 +132,7 @@ impl fmt::Display for Problem {
             Problem::DuplicateEvent => f.write_str("event already stored"),
             Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
             Problem::RoomExists => f.write_str("create event for a room that already exists"),
+            Problem::ResolutionFailed(why) => write!(f, "state resolution failed: {why}"),
             Problem::NeedsStateResolution(keys) => {
                 write!(f, "needs state resolution of {} key(s):", keys.len())?;
                 for (ty, key) in keys.iter().take(10) {
@@ -190,6 +197,14 @@ pub trait StateSource {
     fn event_id(&mut self, event: EventNid) -> Result<String>;
     /// An event's JSON as ingested, if stored.
     fn event_json(&mut self, event: EventNid) -> Result<Option<String>>;
+    /// The NID of an event ID, if interned.
+    fn event_nid(&mut self, event_id: &str) -> Result<Option<EventNid>>;
+    /// An event type's string.
+    fn event_type(&mut self, ty: TypeNid) -> Result<String>;
+    /// A state key's string.
+    fn state_key(&mut self, key: StateKeyNid) -> Result<String>;
+    /// The NID of a state key, if interned.
+    fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>>;
 }
 
 impl StateSource for Writer<'_> {
@@ -204,6 +219,22 @@ impl StateSource for Writer<'_> {
     }
     fn event_json(&mut self, event: EventNid) -> Result<Option<String>> {
         Writer::event_json_text(self, event)
+    }
+    fn event_nid(&mut self, event_id: &str) -> Result<Option<EventNid>> {
+        Ok(self
+            .lookup_nid(intern::EVENT, event_id)?
+            .and_then(EventNid::new))
+    }
+    fn event_type(&mut self, ty: TypeNid) -> Result<String> {
+        self.string(intern::TYPE, ty.get())
+    }
+    fn state_key(&mut self, key: StateKeyNid) -> Result<String> {
+        self.string(intern::STATE_KEY, key.get())
+    }
+    fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>> {
+        Ok(self
+            .lookup_nid(intern::STATE_KEY, state_key)?
+            .and_then(StateKeyNid::new))
     }
 }
 
@@ -1052,9 +1083,18 @@ fn state_of_all<R: StateResolver>(
             states: &states,
             combined: &combined,
         };
-        match resolver.resolve(&request, w)? {
-            Some(state) => state,
-            None => return Err(Failure::Late(needs_resolution(w, &combined)?)),
+        match resolver.resolve(&request, w) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Err(Failure::Late(needs_resolution(w, &combined)?)),
+            Err(e @ (Error::UnsupportedRoomVersion { .. } | Error::StateResolution(_))) => {
+                return Err(Failure::Late(BadLine {
+                    source: None,
+                    line: 0,
+                    event_id: Some(ctx.event_id.to_owned()),
+                    problem: Problem::ResolutionFailed(e.to_string()),
+                }));
+            }
+            Err(e) => return Err(e.into()),
         }
     };
     Ok(w.snapshot_from_merge(afters[0], &states[0], &resolved)?)

@@ -34,6 +34,8 @@ mod codec;
 pub mod error;
 pub mod ingest;
 mod intern;
+#[cfg(feature = "state-res")]
+mod matrix;
 pub mod membership;
 pub mod nid;
 pub mod policy;

@@ -651,6 +651,8 @@ fn skip_bad_lines_and_resolver_choice() {
             "ingest",
             path_str(&file),
             "--skip-bad-lines",
+            "--resolver",
+            "trivial",
         ],
         None,
     )
@@ -719,6 +721,31 @@ fn skip_bad_lines_and_resolver_choice() {
         )),
         "{}",
         skipped[2]
+    );
+
+    // The default, Matrix state resolution, has no algorithm for room version 1 (the version
+    // of a room whose create event names none): the second extremity is refused.
+    let matrix = d.join("matrix.redb");
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&matrix),
+            "ingest",
+            path_str(&file),
+            "--skip-bad-lines",
+        ],
+        None,
+    )
+    .ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "skipped {}: line 5 (event $n): state resolution failed: room version \"1\": \
+             state resolution v1 is not implemented by ruma-state-res",
+            path_str(&file)
+        )),
+        "{}",
+        run.stderr
     );
 
     // Stop mode with refuse: exit 1, naming the event.

@@ -1,0 +1,565 @@
+//! Matrix state resolution through `ruma-state-res`, the implementation Rust homeservers use.
+//!
+//! [`MatrixResolver`] is the [`StateResolver`] that ingest uses by default. The store feeds it:
+//! the states to settle, converted from NIDs to strings; the auth chains of those states, built
+//! from the stored `auth_events` and memoised per event; events parsed from their stored JSON;
+//! and, for room version 12 (state resolution v2.1), the conflicted state subgraph.
+//!
+//! **Conflicted-only maps.** `ruma-state-res` wants one full state map per fork, and its split
+//! into conflicted and unconflicted keys is private. But a key every fork holds with the same
+//! event stays unconflicted whichever subset of such keys each map carries, as long as every map
+//! carries the same subset. So, by default, each map carries only the conflicted keys plus the
+//! unconflicted keys authorization can read (create, power levels, join rules, third-party
+//! invites, and the membership of every user whose event is being sorted), and the rest of the
+//! unconflicted state is added back afterwards without passing through the crate's hash maps.
+//! The auth chains given to the crate are cut to the events that can differ between forks,
+//! which leaves the auth difference it computes unchanged. [`MatrixResolver::whole_maps`] turns
+//! this off, for comparison.
+
+use crate::block::StateEntry;
+use crate::error::{Error, Result};
+use crate::ingest::{ResolveRequest, StateResolver, StateSource};
+use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
+use crate::resolve::StateMap;
+use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
+use ruma_common::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
+};
+use ruma_events::{StateEventType, TimelineEventType};
+use ruma_state_res::utils::event_id_set::EventIdSet;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Memoised auth chains are dropped wholesale once they hold this many event NIDs (8 bytes
+/// each), which bounds the cache at 64 MiB.
+pub const AUTH_CHAIN_CACHE_NIDS: usize = 8 << 20;
+
+/// Settles conflicted state by Matrix state resolution (v2 for room versions 2–11, v2.1 for
+/// room version 12), as implemented by `ruma-state-res`.
+///
+/// Room version 1 uses state resolution v1, which `ruma-state-res` does not implement: such a
+/// room, and a version the crate does not know, gets [`Error::UnsupportedRoomVersion`], which
+/// ingest reports as a bad line.
+///
+/// ```
+/// use roomstate::ingest::{IngestOptions, MatrixResolver, ingest};
+/// let store = roomstate::Store::in_memory()?;
+/// let history = roomstate::workload::Generator::new(roomstate::workload::GenConfig {
+///     members: 20,
+///     state_events: 60,
+///     ..roomstate::workload::GenConfig::new(roomstate::workload::Workload::Forky)
+/// })
+/// .map(|e| e.to_json_line() + "\n")
+/// .collect::<String>();
+/// let mut resolver = MatrixResolver::default();
+/// let report = ingest(&store, history.as_bytes(), IngestOptions::default(), &mut resolver)?;
+/// assert_eq!(report.bad_lines, 0);
+/// # Ok::<(), roomstate::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct MatrixResolver {
+    whole_maps: bool,
+    chains: AuthChains,
+    names: Names,
+    timings: Vec<Duration>,
+}
+
+impl MatrixResolver {
+    /// A resolver that hands `ruma-state-res` every fork's whole state, as a plain integration
+    /// would: slower, and the same result. For measuring the conflicted-only optimisation.
+    pub fn whole_maps() -> Self {
+        MatrixResolver {
+            whole_maps: true,
+            ..MatrixResolver::default()
+        }
+    }
+
+    /// How long each resolution took, in order: one entry per conflicted merge settled.
+    pub fn timings(&self) -> &[Duration] {
+        &self.timings
+    }
+}
+
+impl StateResolver for MatrixResolver {
+    fn resolve(
+        &mut self,
+        request: &ResolveRequest<'_>,
+        source: &mut dyn StateSource,
+    ) -> Result<Option<StateMap>> {
+        let started = Instant::now();
+        let (auth, rules) = rules_for(request.room_version)?;
+        let resolved = self.settle(request, source, &auth, &rules)?;
+        self.timings.push(started.elapsed());
+        Ok(Some(resolved))
+    }
+}
+
+/// The rules of a room version; v1 and unknown versions are refused.
+fn rules_for(version: &str) -> Result<(AuthorizationRules, StateResolutionV2Rules)> {
+    let unsupported = |reason: &'static str| Error::UnsupportedRoomVersion {
+        version: version.to_owned(),
+        reason,
+    };
+    let rules = RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| unsupported("not a room version ruma-state-res knows"))?;
+    let v2 = rules
+        .state_res
+        .v2_rules()
+        .ok_or_else(|| unsupported("state resolution v1 is not implemented by ruma-state-res"))?;
+    Ok((rules.authorization, *v2))
+}
+
+impl MatrixResolver {
+    fn settle(
+        &mut self,
+        request: &ResolveRequest<'_>,
+        source: &mut dyn StateSource,
+        auth: &AuthorizationRules,
+        rules: &StateResolutionV2Rules,
+    ) -> Result<StateMap> {
+        let combined = request.combined;
+        let conflicted_events: HashSet<EventNid> = combined
+            .conflicted
+            .iter()
+            .flat_map(|c| c.candidates.iter().copied())
+            .collect();
+        let mut fork_chains = Vec::with_capacity(request.states.len());
+        for state in request.states {
+            fork_chains.push(self.chains.of_state(source, state)?);
+        }
+        let pdus = Pdus::new(source);
+        let maps = if self.whole_maps {
+            request
+                .states
+                .iter()
+                .map(|s| self.names.ruma_map(&pdus, s.iter()))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            // Only events in some chain but not every chain can be in the auth difference.
+            let everywhere: HashSet<EventNid> = fork_chains
+                .iter()
+                .skip(1)
+                .fold(fork_chains[0].clone(), |acc, c| {
+                    acc.intersection(c).copied().collect()
+                });
+            for chain in &mut fork_chains {
+                chain.retain(|e| !everywhere.contains(e));
+            }
+            let sorted: HashSet<EventNid> = fork_chains
+                .iter()
+                .flatten()
+                .copied()
+                .chain(conflicted_events.iter().copied())
+                .collect();
+            let users = pdus.users_of(sorted.iter().copied())?;
+            let wanted = |e: &&StateEntry| {
+                combined.conflicted.iter().any(|c| c.key == e.key) || auth_relevant(e.key, &users)
+            };
+            let unconflicted: Vec<&StateEntry> =
+                combined.unconflicted.iter().filter(wanted).collect();
+            request
+                .states
+                .iter()
+                .map(|s| {
+                    let conflicted = s
+                        .iter()
+                        .filter(|e| combined.conflicted.iter().any(|c| c.key == e.key));
+                    self.names
+                        .ruma_map(&pdus, conflicted.chain(unconflicted.iter().copied()))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let chains: Vec<EventIdSet<OwnedEventId>> = fork_chains
+            .iter()
+            .map(|c| c.iter().map(|e| pdus.id(*e)).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        let chains_ref = &self.chains;
+        let resolved = ruma_state_res::resolve(
+            auth,
+            rules,
+            maps.iter(),
+            chains,
+            |id: &EventId| pdus.fetch(id),
+            |conflicted| pdus.subgraph(chains_ref, conflicted),
+        );
+        pdus.take_error()?;
+        let resolved = resolved.map_err(|e| Error::StateResolution(e.to_string()))?;
+        self.back_to_nids(&pdus, combined, resolved)
+    }
+
+    /// The resolved state in NIDs: every unconflicted entry, and the crate's answer for each
+    /// conflicted key (a key may be left out, when no candidate passed authorization).
+    fn back_to_nids(
+        &mut self,
+        pdus: &Pdus<'_>,
+        combined: &crate::Combined,
+        resolved: ruma_state_res::StateMap<OwnedEventId>,
+    ) -> Result<StateMap> {
+        let mut entries = combined.unconflicted.entries().to_vec();
+        for c in &combined.conflicted {
+            let name = self.names.key_name(pdus, c.key)?;
+            if let Some(id) = resolved.get(&name) {
+                let event = pdus.nid(id)?;
+                entries.push(StateEntry { key: c.key, event });
+            }
+        }
+        Ok(StateMap::from_entries(entries))
+    }
+}
+
+/// Whether authorization can read `key`: the room's create, power levels, join rules and
+/// third-party invites, and the membership of the given users.
+fn auth_relevant(key: StateKey, users: &HashSet<StateKeyNid>) -> bool {
+    matches!(
+        key.ty,
+        TypeNid::CREATE | TypeNid::POWER_LEVELS | TypeNid::JOIN_RULES | TypeNid::THIRD_PARTY_INVITE
+    ) || (key.ty == TypeNid::MEMBER && users.contains(&key.key))
+}
+
+/// Type and state-key strings as ruma wants them, cached across resolutions (NIDs never change
+/// meaning).
+#[derive(Debug, Default)]
+struct Names {
+    types: HashMap<TypeNid, StateEventType>,
+    keys: HashMap<StateKeyNid, String>,
+}
+
+impl Names {
+    fn key_name(&mut self, pdus: &Pdus<'_>, key: StateKey) -> Result<(StateEventType, String)> {
+        let ty = match self.types.entry(key.ty) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(e) => {
+                let s = pdus.source.borrow_mut().event_type(key.ty)?;
+                e.insert(StateEventType::from(s.as_str())).clone()
+            }
+        };
+        let sk = match self.keys.entry(key.key) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(e) => e
+                .insert(pdus.source.borrow_mut().state_key(key.key)?)
+                .clone(),
+        };
+        Ok((ty, sk))
+    }
+
+    fn ruma_map<'e>(
+        &mut self,
+        pdus: &Pdus<'_>,
+        entries: impl Iterator<Item = &'e StateEntry>,
+    ) -> Result<ruma_state_res::StateMap<OwnedEventId>> {
+        entries
+            .map(|e| Ok((self.key_name(pdus, e.key)?, pdus.id(e.event)?)))
+            .collect()
+    }
+}
+
+/// Auth chains per event, memoised: an event's chain is its auth events and their chains.
+#[derive(Debug, Default)]
+struct AuthChains {
+    memo: HashMap<EventNid, Arc<[EventNid]>>,
+    held: usize,
+}
+
+impl AuthChains {
+    /// The union of the auth chains of a state's events.
+    fn of_state(
+        &mut self,
+        source: &mut dyn StateSource,
+        state: &StateMap,
+    ) -> Result<HashSet<EventNid>> {
+        let mut out = HashSet::new();
+        for e in state.iter() {
+            out.extend(self.of(source, e.event)?.iter().copied());
+        }
+        Ok(out)
+    }
+
+    fn of(&mut self, source: &mut dyn StateSource, event: EventNid) -> Result<Arc<[EventNid]>> {
+        if let Some(chain) = self.memo.get(&event) {
+            return Ok(Arc::clone(chain));
+        }
+        if self.held > AUTH_CHAIN_CACHE_NIDS {
+            self.memo.clear();
+            self.held = 0;
+        }
+        // Post-order without recursion: auth chains of real rooms are tens of thousands deep.
+        // An event met again while its own chain is being built is a cycle in bad input; it
+        // contributes its auth events but not itself twice.
+        let mut stack = vec![(event, false)];
+        let mut open = HashSet::new();
+        while let Some((e, expanded)) = stack.pop() {
+            if self.memo.contains_key(&e) {
+                continue;
+            }
+            let auth = source.event(e)?.map(|r| r.auth_events).unwrap_or_default();
+            if !expanded {
+                open.insert(e);
+                stack.push((e, true));
+                stack.extend(
+                    auth.iter()
+                        .filter(|a| !self.memo.contains_key(a) && !open.contains(a))
+                        .map(|a| (*a, false)),
+                );
+                continue;
+            }
+            let mut chain: HashSet<EventNid> = HashSet::new();
+            for a in &auth {
+                chain.insert(*a);
+                if let Some(c) = self.memo.get(a) {
+                    chain.extend(c.iter().copied());
+                }
+            }
+            let mut chain: Vec<EventNid> = chain.into_iter().collect();
+            chain.sort_unstable();
+            self.held += chain.len();
+            self.memo.insert(e, chain.into());
+            open.remove(&e);
+        }
+        self.memo
+            .get(&event)
+            .cloned()
+            .ok_or_else(|| Error::InvalidState(format!("auth chain of {event} not built")))
+    }
+}
+
+/// Events as `ruma-state-res` reads them, parsed from their stored JSON on first use. The
+/// crate's callbacks cannot fail, so the first store error is kept and returned afterwards.
+struct Pdus<'s> {
+    source: RefCell<&'s mut dyn StateSource>,
+    parsed: RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
+    ids: RefCell<HashMap<EventNid, OwnedEventId>>,
+    nids: RefCell<HashMap<OwnedEventId, EventNid>>,
+    error: RefCell<Option<Error>>,
+}
+
+impl<'s> Pdus<'s> {
+    fn new(source: &'s mut dyn StateSource) -> Self {
+        Pdus {
+            source: RefCell::new(source),
+            parsed: RefCell::default(),
+            ids: RefCell::default(),
+            nids: RefCell::default(),
+            error: RefCell::default(),
+        }
+    }
+
+    fn keep<T>(&self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match self.error.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn id(&self, event: EventNid) -> Result<OwnedEventId> {
+        if let Some(id) = self.ids.borrow().get(&event) {
+            return Ok(id.clone());
+        }
+        let s = self.source.borrow_mut().event_id(event)?;
+        let id = OwnedEventId::try_from(s.as_str())
+            .map_err(|e| Error::StateResolution(format!("event ID {s:?}: {e}")))?;
+        self.ids.borrow_mut().insert(event, id.clone());
+        self.nids.borrow_mut().insert(id.clone(), event);
+        Ok(id)
+    }
+
+    fn nid(&self, id: &EventId) -> Result<EventNid> {
+        if let Some(n) = self.nids.borrow().get(id) {
+            return Ok(*n);
+        }
+        let n = self
+            .source
+            .borrow_mut()
+            .event_nid(id.as_str())?
+            .ok_or_else(|| Error::StateResolution(format!("resolved to unknown event {id}")))?;
+        self.nids.borrow_mut().insert(id.to_owned(), n);
+        Ok(n)
+    }
+
+    fn fetch(&self, id: &EventId) -> Option<Arc<Pdu>> {
+        if let Some(p) = self.parsed.borrow().get(id) {
+            return p.clone();
+        }
+        let pdu = self.keep(self.load(id)).flatten();
+        self.parsed.borrow_mut().insert(id.to_owned(), pdu.clone());
+        pdu
+    }
+
+    /// An event's stored JSON, parsed; `None` for an event the store does not hold or whose
+    /// JSON lacks what resolution reads (the crate ignores such events, as the spec says).
+    fn load(&self, id: &EventId) -> Result<Option<Arc<Pdu>>> {
+        let Some(nid) = self.source.borrow_mut().event_nid(id.as_str())? else {
+            return Ok(None);
+        };
+        self.nids.borrow_mut().insert(id.to_owned(), nid);
+        let mut source = self.source.borrow_mut();
+        let (Some(json), Some(record)) = (source.event_json(nid)?, source.event(nid)?) else {
+            return Ok(None);
+        };
+        let Ok(mut pdu) = serde_json::from_str::<Pdu>(&json) else {
+            return Ok(None);
+        };
+        pdu.rejected = record.rejected;
+        Ok(Some(Arc::new(pdu)))
+    }
+
+    /// The state keys of the users whose membership authorizing `events` can read: senders,
+    /// targets of member events, and authorising servers' users of restricted joins.
+    fn users_of(&self, events: impl Iterator<Item = EventNid>) -> Result<HashSet<StateKeyNid>> {
+        let mut users = HashSet::new();
+        for e in events {
+            let id = self.id(e)?;
+            let Some(pdu) = self.fetch(&id) else {
+                continue;
+            };
+            let mut names = vec![pdu.sender.as_str().to_owned()];
+            if pdu.event_type == TimelineEventType::RoomMember
+                && let Some(k) = &pdu.state_key
+            {
+                names.push(k.clone());
+            }
+            if let Ok(c) = serde_json::from_str::<AuthorisingUser>(pdu.content.get())
+                && let Some(u) = c.join_authorised_via_users_server
+            {
+                names.push(u);
+            }
+            for name in names {
+                if let Some(n) = self.source.borrow_mut().state_key_nid(&name)? {
+                    users.insert(n);
+                }
+            }
+        }
+        self.take_error()?;
+        Ok(users)
+    }
+
+    /// The conflicted state subgraph of state resolution v2.1: every event that is both an
+    /// auth ancestor and an auth descendant of conflicted events, and the conflicted events.
+    fn subgraph(
+        &self,
+        chains: &AuthChains,
+        conflicted: &ruma_state_res::StateMap<Vec<OwnedEventId>>,
+    ) -> Option<EventIdSet<OwnedEventId>> {
+        let ids: Vec<&OwnedEventId> = conflicted.values().flatten().collect();
+        let nids: HashSet<EventNid> = ids
+            .iter()
+            .filter_map(|id| self.keep(self.nid(id)))
+            .collect();
+        let mut out: EventIdSet<OwnedEventId> = ids.into_iter().cloned().collect();
+        let ancestors: HashSet<EventNid> = nids
+            .iter()
+            .filter_map(|c| chains.memo.get(c))
+            .flat_map(|c| c.iter().copied())
+            .collect();
+        for a in ancestors {
+            let descends = chains
+                .memo
+                .get(&a)
+                .is_some_and(|chain| chain.iter().any(|x| nids.contains(x)));
+            if descends && let Some(id) = self.keep(self.id(a)) {
+                out.insert(id);
+            }
+        }
+        Some(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorisingUser {
+    join_authorised_via_users_server: Option<String>,
+}
+
+/// An event reference in `prev_events` or `auth_events`: an ID (room version 3 on), or an
+/// `[ID, hashes]` pair (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    Pair((OwnedEventId, serde::de::IgnoredAny)),
+}
+
+fn event_refs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<OwnedEventId>, D::Error> {
+    Ok(Vec::<EventRef>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            EventRef::Id(id) | EventRef::Pair((id, _)) => id,
+        })
+        .collect())
+}
+
+/// The fields of an event that state resolution reads.
+#[derive(Debug, Deserialize)]
+struct Pdu {
+    event_id: OwnedEventId,
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    event_type: TimelineEventType,
+    content: Box<RawValue>,
+    state_key: Option<String>,
+    #[serde(deserialize_with = "event_refs", default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(deserialize_with = "event_refs", default)]
+    auth_events: Vec<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+    #[serde(skip)]
+    rejected: bool,
+}
+
+impl ruma_state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &OwnedEventId {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.event_type
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&OwnedEventId> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}
