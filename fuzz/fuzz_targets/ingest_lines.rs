@@ -4,15 +4,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomstate::ingest::{IngestOptions, OnBadLine, TrivialMerge, ingest};
+use roomstate::ingest::{IngestOptions, MatrixResolver, OnBadLine, TrivialMerge, ingest};
 use roomstate::{Store, StoreRead};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the batch size, so batch boundaries (and batch redos after a late bad
-    // line) land everywhere.
-    let (batch, text) = match data.split_first() {
-        Some((b, rest)) => (usize::from(b % 8) + 1, rest),
-        None => (1, data),
+    // line) land everywhere, and the resolver: Matrix state resolution or the trivial merge.
+    let (batch, matrix, text) = match data.split_first() {
+        Some((b, rest)) => (usize::from(b % 8) + 1, b & 0x80 != 0, rest),
+        None => (1, false, data),
     };
     let store = Store::in_memory().expect("an in-memory store opens");
     let options = IngestOptions {
@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
         max_listed_bad_lines: usize::MAX,
         ..IngestOptions::default()
     };
-    let report = ingest(&store, text, options, TrivialMerge).expect("bad lines are skipped");
+    let report = if matrix {
+        ingest(&store, text, options, MatrixResolver::default())
+    } else {
+        ingest(&store, text, options, TrivialMerge)
+    }
+    .expect("bad lines are skipped");
     assert_eq!(
         report.events + report.bad_lines + blank_lines(text),
         report.lines
