@@ -28,6 +28,13 @@ pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>> {
     let mut out = vec![RECORD_FORMAT];
     bincode::serde::encode_into_std_write(record, &mut out, config())
         .map_err(|e| Error::InvalidState(format!("record does not encode: {e}")))?;
+    // A record decoding would refuse must not be written.
+    if out.len() > DECODE_LIMIT {
+        return Err(Error::InvalidState(format!(
+            "record of {} bytes exceeds the {DECODE_LIMIT}-byte limit",
+            out.len()
+        )));
+    }
     Ok(out)
 }
 

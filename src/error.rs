@@ -73,7 +73,7 @@ pub enum Error {
     /// redb failed inside its own code while reading the file: a page of the file is damaged
     /// in a way redb does not check for. The store should not be used further; see
     /// [`crate::Store::verify_file`].
-    #[error("damaged file: redb failed reading it ({0})")]
+    #[error("a panic was caught inside the store, most likely a damaged page redb trusted ({0})")]
     Damaged(String),
     /// A snapshot names a block that is not stored.
     #[error("snapshot {snapshot} names missing block {block:032x}")]

@@ -105,6 +105,8 @@ pub enum Problem {
     UnknownPrevEvent(String),
     /// A prev event that belongs to another room.
     PrevEventInOtherRoom(String),
+    /// An auth event that belongs to another room.
+    AuthEventInOtherRoom(String),
     /// The event ID is already stored.
     DuplicateEvent,
     /// No prev events, but not the room's create event.
@@ -129,6 +131,7 @@ impl fmt::Display for Problem {
             Problem::BadField { field, reason } => write!(f, "field `{field}` is {reason}"),
             Problem::UnknownPrevEvent(id) => write!(f, "unknown prev event {id}"),
             Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),
+            Problem::AuthEventInOtherRoom(id) => write!(f, "auth event {id} is in another room"),
             Problem::DuplicateEvent => f.write_str("event already stored"),
             Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
             Problem::RoomExists => f.write_str("create event for a room that already exists"),
@@ -205,6 +208,8 @@ pub trait StateSource {
     fn state_key(&mut self, key: StateKeyNid) -> Result<String>;
     /// The NID of a state key, if interned.
     fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>>;
+    /// The NID of an event type, if interned.
+    fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>>;
 }
 
 impl StateSource for Writer<'_> {
@@ -236,6 +241,11 @@ impl StateSource for Writer<'_> {
             .lookup_nid(intern::STATE_KEY, state_key)?
             .and_then(StateKeyNid::new))
     }
+    fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>> {
+        Ok(self
+            .lookup_nid(intern::TYPE, event_type)?
+            .and_then(TypeNid::new))
+    }
 }
 
 /// Settles conflicted state. Ingest calls it when states to combine disagree on a key.
@@ -247,6 +257,11 @@ pub trait StateResolver {
         request: &ResolveRequest<'_>,
         source: &mut dyn StateSource,
     ) -> Result<Option<StateMap>>;
+
+    /// Called when the writes it has read were rolled back (a batch aborted to be redone): a
+    /// resolver that caches what it read from the store must forget it, since the NIDs of
+    /// rolled-back rows are handed out again.
+    fn rolled_back(&mut self) {}
 }
 
 /// A resolver that settles nothing: an event whose states disagree at all is a bad line naming
@@ -339,6 +354,10 @@ impl<R: StateResolver + ?Sized> StateResolver for &mut R {
         source: &mut dyn StateSource,
     ) -> Result<Option<StateMap>> {
         (**self).resolve(request, source)
+    }
+
+    fn rolled_back(&mut self) {
+        (**self).rolled_back();
     }
 }
 
@@ -628,6 +647,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             }
             if retry {
                 tx.abort()?;
+                self.resolver.rolled_back();
                 continue;
             }
             tx.commit()?;
@@ -892,6 +912,17 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
         }
         if !prevs.contains(&nid) {
             prevs.push(nid);
+        }
+    }
+    // Auth events may be unknown (they are interned for later), but a known one must be of this
+    // room: state resolution follows them, and a purge of another room would leave them dangling.
+    for r in &p.auth_events {
+        let id = r.id();
+        if let Some(nid) = w.lookup_nid(intern::EVENT, id)?.and_then(EventNid::new)
+            && let Some(auth_room) = w.event_room(nid)?
+            && Some(auth_room) != room_nid
+        {
+            return Ok(Err(Problem::AuthEventInOtherRoom(id.to_owned())));
         }
     }
     match room {

@@ -98,6 +98,11 @@ impl StateResolver for MatrixResolver {
         self.timings.push(started.elapsed());
         Ok(Some(resolved))
     }
+
+    fn rolled_back(&mut self) {
+        self.chains = AuthChains::default();
+        self.names = Names::default();
+    }
 }
 
 /// The rules of a room version; v1 and unknown versions are refused.
@@ -126,6 +131,15 @@ impl MatrixResolver {
         rules: &StateResolutionV2Rules,
     ) -> Result<StateMap> {
         let combined = request.combined;
+        if request.states.len() < 2 {
+            return Err(Error::InvalidState(format!(
+                "state resolution of {} state(s)",
+                request.states.len()
+            )));
+        }
+        self.chains.begin();
+        let conflicted_keys: HashSet<StateKey> =
+            combined.conflicted.iter().map(|c| c.key).collect();
         let conflicted_events: HashSet<EventNid> = combined
             .conflicted
             .iter()
@@ -135,7 +149,7 @@ impl MatrixResolver {
         for state in request.states {
             fork_chains.push(self.chains.of_state(source, state)?);
         }
-        let pdus = Pdus::new(source);
+        let pdus = Pdus::new(source, request.room);
         let maps = if self.whole_maps {
             request
                 .states
@@ -160,18 +174,15 @@ impl MatrixResolver {
                 .chain(conflicted_events.iter().copied())
                 .collect();
             let users = pdus.users_of(sorted.iter().copied())?;
-            let wanted = |e: &&StateEntry| {
-                combined.conflicted.iter().any(|c| c.key == e.key) || auth_relevant(e.key, &users)
-            };
+            let wanted =
+                |e: &&StateEntry| conflicted_keys.contains(&e.key) || auth_relevant(e.key, &users);
             let unconflicted: Vec<&StateEntry> =
                 combined.unconflicted.iter().filter(wanted).collect();
             request
                 .states
                 .iter()
                 .map(|s| {
-                    let conflicted = s
-                        .iter()
-                        .filter(|e| combined.conflicted.iter().any(|c| c.key == e.key));
+                    let conflicted = s.iter().filter(|e| conflicted_keys.contains(&e.key));
                     self.names
                         .ruma_map(&pdus, conflicted.chain(unconflicted.iter().copied()))
                 })
@@ -195,8 +206,10 @@ impl MatrixResolver {
         self.back_to_nids(&pdus, combined, resolved)
     }
 
-    /// The resolved state in NIDs: every unconflicted entry, and the crate's answer for each
-    /// conflicted key (a key may be left out, when no candidate passed authorization).
+    /// The resolved state in NIDs: the unconflicted state, and the crate's answer for every
+    /// other key (a conflicted key may be missing when no candidate passed authorization, and
+    /// an event of the auth difference may add a key no state held). Unconflicted keys keep
+    /// their event, as the crate's own result does.
     fn back_to_nids(
         &mut self,
         pdus: &Pdus<'_>,
@@ -204,11 +217,13 @@ impl MatrixResolver {
         resolved: ruma_state_res::StateMap<OwnedEventId>,
     ) -> Result<StateMap> {
         let mut entries = combined.unconflicted.entries().to_vec();
-        for c in &combined.conflicted {
-            let name = self.names.key_name(pdus, c.key)?;
-            if let Some(id) = resolved.get(&name) {
-                let event = pdus.nid(id)?;
-                entries.push(StateEntry { key: c.key, event });
+        for ((ty, state_key), id) in resolved {
+            let key = self.names.key_nids(pdus, ty, state_key)?;
+            if combined.unconflicted.get(key).is_none() {
+                entries.push(StateEntry {
+                    key,
+                    event: pdus.nid(&id)?,
+                });
             }
         }
         Ok(StateMap::from_entries(entries))
@@ -230,6 +245,7 @@ fn auth_relevant(key: StateKey, users: &HashSet<StateKeyNid>) -> bool {
 struct Names {
     types: HashMap<TypeNid, StateEventType>,
     keys: HashMap<StateKeyNid, String>,
+    reverse: HashMap<(StateEventType, String), StateKey>,
 }
 
 impl Names {
@@ -247,7 +263,24 @@ impl Names {
                 .insert(pdus.source.borrow_mut().state_key(key.key)?)
                 .clone(),
         };
+        self.reverse.entry((ty.clone(), sk.clone())).or_insert(key);
         Ok((ty, sk))
+    }
+
+    /// The NIDs of a key the crate returned.
+    fn key_nids(&mut self, pdus: &Pdus<'_>, ty: StateEventType, sk: String) -> Result<StateKey> {
+        if let Some(key) = self.reverse.get(&(ty.clone(), sk.clone())) {
+            return Ok(*key);
+        }
+        let mut source = pdus.source.borrow_mut();
+        let unknown =
+            || Error::StateResolution(format!("resolved a key never stored: ({ty}, {sk:?})"));
+        let t = source.type_nid(&ty.to_string())?.ok_or_else(unknown)?;
+        let k = source.state_key_nid(&sk)?.ok_or_else(unknown)?;
+        let key = StateKey::new(t, k);
+        drop(source);
+        self.reverse.insert((ty, sk), key);
+        Ok(key)
     }
 
     fn ruma_map<'e>(
@@ -264,7 +297,11 @@ impl Names {
 /// Auth chains per event, memoised: an event's chain is its auth events and their chains.
 #[derive(Debug, Default)]
 struct AuthChains {
+    /// Chains of events whose whole ancestry is stored: these never change.
     memo: HashMap<EventNid, Arc<[EventNid]>>,
+    /// Chains that reach an auth event not stored yet (or a cycle), for this resolution only:
+    /// they may grow when the missing event arrives.
+    partial: HashMap<EventNid, Arc<[EventNid]>>,
     held: usize,
 }
 
@@ -282,49 +319,71 @@ impl AuthChains {
         Ok(out)
     }
 
-    fn of(&mut self, source: &mut dyn StateSource, event: EventNid) -> Result<Arc<[EventNid]>> {
-        if let Some(chain) = self.memo.get(&event) {
-            return Ok(Arc::clone(chain));
-        }
+    /// Starts a resolution: drops the last one's partial chains, and the memo if it outgrew its
+    /// bound (never during a resolution, which reads chains it built earlier).
+    fn begin(&mut self) {
+        self.partial.clear();
         if self.held > AUTH_CHAIN_CACHE_NIDS {
             self.memo.clear();
             self.held = 0;
         }
+    }
+
+    fn get(&self, event: &EventNid) -> Option<&Arc<[EventNid]>> {
+        self.memo.get(event).or_else(|| self.partial.get(event))
+    }
+
+    fn of(&mut self, source: &mut dyn StateSource, event: EventNid) -> Result<Arc<[EventNid]>> {
+        if let Some(chain) = self.get(&event) {
+            return Ok(Arc::clone(chain));
+        }
         // Post-order without recursion: auth chains of real rooms are tens of thousands deep.
-        // An event met again while its own chain is being built is a cycle in bad input; it
-        // contributes its auth events but not itself twice.
+        // An event met again while its own chain is being built is a cycle in bad input: the
+        // chains on it are partial.
         let mut stack = vec![(event, false)];
         let mut open = HashSet::new();
+        let mut incomplete = HashSet::new();
         while let Some((e, expanded)) = stack.pop() {
-            if self.memo.contains_key(&e) {
+            if self.get(&e).is_some() {
                 continue;
             }
-            let auth = source.event(e)?.map(|r| r.auth_events).unwrap_or_default();
+            let record = source.event(e)?;
+            let auth = record
+                .as_ref()
+                .map(|r| r.auth_events.clone())
+                .unwrap_or_default();
             if !expanded {
                 open.insert(e);
                 stack.push((e, true));
-                stack.extend(
-                    auth.iter()
-                        .filter(|a| !self.memo.contains_key(a) && !open.contains(a))
-                        .map(|a| (*a, false)),
-                );
+                for a in &auth {
+                    if open.contains(a) {
+                        incomplete.insert(e);
+                    } else if self.get(a).is_none() {
+                        stack.push((*a, false));
+                    }
+                }
                 continue;
             }
             let mut chain: HashSet<EventNid> = HashSet::new();
+            let mut complete = record.is_some() && !incomplete.contains(&e);
             for a in &auth {
                 chain.insert(*a);
-                if let Some(c) = self.memo.get(a) {
+                complete &= self.memo.contains_key(a);
+                if let Some(c) = self.get(a) {
                     chain.extend(c.iter().copied());
                 }
             }
             let mut chain: Vec<EventNid> = chain.into_iter().collect();
             chain.sort_unstable();
-            self.held += chain.len();
-            self.memo.insert(e, chain.into());
+            if complete {
+                self.held += chain.len();
+                self.memo.insert(e, chain.into());
+            } else {
+                self.partial.insert(e, chain.into());
+            }
             open.remove(&e);
         }
-        self.memo
-            .get(&event)
+        self.get(&event)
             .cloned()
             .ok_or_else(|| Error::InvalidState(format!("auth chain of {event} not built")))
     }
@@ -334,6 +393,7 @@ impl AuthChains {
 /// crate's callbacks cannot fail, so the first store error is kept and returned afterwards.
 struct Pdus<'s> {
     source: RefCell<&'s mut dyn StateSource>,
+    room: crate::RoomNid,
     parsed: RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
     ids: RefCell<HashMap<EventNid, OwnedEventId>>,
     nids: RefCell<HashMap<OwnedEventId, EventNid>>,
@@ -341,9 +401,10 @@ struct Pdus<'s> {
 }
 
 impl<'s> Pdus<'s> {
-    fn new(source: &'s mut dyn StateSource) -> Self {
+    fn new(source: &'s mut dyn StateSource, room: crate::RoomNid) -> Self {
         Pdus {
             source: RefCell::new(source),
+            room,
             parsed: RefCell::default(),
             ids: RefCell::default(),
             nids: RefCell::default(),
@@ -413,6 +474,9 @@ impl<'s> Pdus<'s> {
         let (Some(json), Some(record)) = (source.event_json(nid)?, source.event(nid)?) else {
             return Ok(None);
         };
+        if record.room != self.room {
+            return Ok(None);
+        }
         let Ok(mut pdu) = serde_json::from_str::<Pdu>(&json) else {
             return Ok(None);
         };
@@ -465,12 +529,11 @@ impl<'s> Pdus<'s> {
         let mut out: EventIdSet<OwnedEventId> = ids.into_iter().cloned().collect();
         let ancestors: HashSet<EventNid> = nids
             .iter()
-            .filter_map(|c| chains.memo.get(c))
+            .filter_map(|c| chains.get(c))
             .flat_map(|c| c.iter().copied())
             .collect();
         for a in ancestors {
             let descends = chains
-                .memo
                 .get(&a)
                 .is_some_and(|chain| chain.iter().any(|x| nids.contains(x)));
             if descends && let Some(id) = self.keep(self.id(a)) {

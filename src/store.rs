@@ -144,7 +144,11 @@ impl StoreBuilder {
     fn open_path(self, path: &Path) -> Result<Store> {
         match std::fs::metadata(path) {
             Ok(m) if m.len() == 0 => {
-                std::fs::remove_file(path)?;
+                // Another opener may have removed it first: that is fine.
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
                 self.create_file(path)?;
             }
             Ok(_) => {}
@@ -156,30 +160,33 @@ impl StoreBuilder {
     }
 
     fn create_file(&self, path: &Path) -> Result<()> {
+        // Unique per process and per call, so concurrent creators never touch each other's
+        // file. One killed while creating leaves its temporary file behind; nothing reads it.
+        static CREATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = CREATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".creating-{}", std::process::id()));
+        name.push(format!(".creating-{}-{n}-{nanos}", std::process::id()));
         let temporary = path.with_file_name(name);
-        // Left by a creation that was killed (pids are reused, so this can be ours).
-        match std::fs::remove_file(&temporary) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
         drop(Store::init(
             self.redb().create(&temporary)?,
             Arc::clone(&self.policy),
             self.two_phase_commit,
         )?);
         // A hard link never replaces an existing file: if another process created the store
-        // meanwhile, its file stays and ours is dropped.
-        let linked = std::fs::hard_link(&temporary, path);
-        std::fs::remove_file(&temporary)?;
-        match linked {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
-            _ => {}
-        }
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
-        Ok(())
+        // meanwhile, its file stays and ours is dropped. File systems without hard links get a
+        // rename, which is atomic too but would replace a store created in the same instant.
+        let placed = match std::fs::hard_link(&temporary, path) {
+            Ok(()) => std::fs::remove_file(&temporary),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&temporary)
+            }
+            Err(_) => std::fs::rename(&temporary, path),
+        };
+        placed?;
+        sync_parent(path)
     }
 
     /// A store held in memory, for tests and scratch work.
@@ -264,6 +271,7 @@ impl Store {
                 tx,
                 policy: Arc::clone(&self.policy),
                 counts: WriteCounts::default(),
+                poisoned: false,
             })
         })
     }
@@ -281,6 +289,19 @@ impl Store {
     pub fn compact(&mut self) -> Result<bool> {
         crate::error::guard(|| Ok(self.db.compact()?))
     }
+}
+
+/// Makes the new directory entry of `path` durable. Only Unix can open a directory to sync
+/// it; elsewhere the file system's own ordering is all there is.
+fn sync_parent(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
@@ -680,6 +701,8 @@ pub struct WriteTxn {
     tx: redb::WriteTransaction,
     policy: Arc<dyn WritePolicy>,
     counts: WriteCounts,
+    /// A write failed inside redb (see [`WriteTxn::guarded`]).
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -720,8 +743,8 @@ macro_rules! get_or_create {
 
         $(#[$docs])*
         pub fn $many(&mut self, strings: &[&str]) -> Result<Vec<$nid>> {
-            crate::error::guard(|| {
-                self.writer()
+            self.guarded(|this| {
+                this.writer()
                     .intern($kind, strings)?
                     .into_iter()
                     .map(|n| {
@@ -775,13 +798,13 @@ impl WriteTxn {
     /// default). A non-durable commit is still atomic, and becomes durable with the next durable
     /// one; a crash in between loses it whole.
     pub fn set_durable(&mut self, durable: bool) -> Result<()> {
-        crate::error::guard(|| {
+        self.guarded(|this| {
             let level = if durable {
                 Durability::Immediate
             } else {
                 Durability::None
             };
-            Ok(self.tx.set_durability(level)?)
+            Ok(this.tx.set_durability(level)?)
         })
     }
 
@@ -793,15 +816,20 @@ impl WriteTxn {
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.
     /// A block with the same content already stored is reused and nothing is written.
     pub fn put_block(&mut self, entries: &[DeltaEntry]) -> Result<BlockRef> {
-        crate::error::guard(|| self.writer().put_block(entries))
+        self.guarded(|this| this.writer().put_block(entries))
     }
 
     /// Stores a snapshot made of `blocks`, oldest first, each of which must already be stored
     /// with the entry count given. The same list stored again returns the same NID and writes
     /// nothing.
+    ///
+    /// A snapshot that no event, room or child snapshot references is garbage: the next
+    /// [`collect_garbage`](Self::collect_garbage), which every ingest batch runs, deletes it.
+    /// Reference it (with [`put_event`](Self::put_event) or [`put_room`](Self::put_room)) in
+    /// the transaction that creates it. The same holds for the other `snapshot_*` methods.
     pub fn put_snapshot(&mut self, blocks: &[BlockRef]) -> Result<SnapshotNid> {
-        crate::error::guard(|| {
-            let mut w = self.writer();
+        self.guarded(|this| {
+            let mut w = this.writer();
             w.check_blocks(blocks)?;
             let state_len = w.flatten_refs(blocks)?.len();
             w.insert_snapshot(state_len, None, blocks.to_vec())
@@ -811,7 +839,7 @@ impl WriteTxn {
     /// Stores a snapshot for a whole state: the form used when a state is built from several
     /// parents or by state resolution.
     pub fn snapshot_from_state(&mut self, state: &StateMap) -> Result<SnapshotNid> {
-        crate::error::guard(|| self.writer().snapshot_from_state(state))
+        self.guarded(|this| this.writer().snapshot_from_state(state))
     }
 
     /// Stores the snapshot of `parent` changed by `delta`: each entry sets its key to an event,
@@ -828,13 +856,17 @@ impl WriteTxn {
     /// The snapshot of the state after an event, stored if new. For an event that sets no state
     /// (not a state event, or rejected) it is the snapshot before it.
     pub fn state_after_snapshot(&mut self, event: EventNid) -> Result<SnapshotNid> {
-        crate::error::guard(|| self.writer().state_after_snapshot(event))
+        self.guarded(|this| this.writer().state_after_snapshot(event))
     }
 
     /// Stores (or replaces) an event's record. Every NID it names, and its snapshot, must exist.
+    ///
+    /// Unlike ingest, this does not add the event to its room's event sequence, so
+    /// [`purge_room`](Self::purge_room) does not find it: delete such records yourself, or
+    /// ingest events instead.
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
-        crate::error::guard(|| {
-            let mut w = self.writer();
+        self.guarded(|this| {
+            let mut w = this.writer();
             w.require(intern::EVENT, event.get())?;
             w.require(intern::ROOM, record.room.get())?;
             w.require(intern::TYPE, record.event_type.get())?;
@@ -852,8 +884,8 @@ impl WriteTxn {
     /// Stores (or replaces) a room's record. Its room, its current snapshot and its latest
     /// events must exist.
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
-        crate::error::guard(|| {
-            let mut w = self.writer();
+        self.guarded(|this| {
+            let mut w = this.writer();
             w.require(intern::ROOM, room.get())?;
             for e in &record.latest_events {
                 w.require(intern::EVENT, e.get())?;
@@ -867,7 +899,7 @@ impl WriteTxn {
     /// its membership rows, its room record, and the snapshots and blocks no other room shares.
     /// The space returns to the file system at the next [`Store::compact`].
     pub fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
-        crate::error::guard(|| self.writer().purge_room(room))
+        self.guarded(|this| this.writer().purge_room(room))
     }
 
     /// Deletes every snapshot and block that nothing references any more. Snapshots are
@@ -875,11 +907,26 @@ impl WriteTxn {
     /// [`put_snapshot`](Self::put_snapshot) and never used by an event or room is collected
     /// here, so commit the event or room that uses it first.
     pub fn collect_garbage(&mut self) -> Result<Collected> {
-        crate::error::guard(|| self.writer().collect_garbage())
+        self.guarded(|this| this.writer().collect_garbage())
+    }
+
+    /// Runs a write, remembering a failure inside redb: after one, the transaction may hold
+    /// half an operation, so [`commit`](Self::commit) refuses.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let result = crate::error::guard(|| f(self));
+        if let Err(Error::Damaged(_)) = &result {
+            self.poisoned = true;
+        }
+        result
     }
 
     /// Makes every write of this transaction visible and (by default) durable, all at once.
     pub fn commit(self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Damaged(
+                "an earlier write of this transaction failed inside redb; it cannot commit".into(),
+            ));
+        }
         crate::error::guard(|| Ok(self.tx.commit()?))
     }
 

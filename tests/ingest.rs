@@ -1129,6 +1129,15 @@ fn stop_prev_event_in_other_room() {
 }
 
 #[test]
+fn stop_auth_event_in_other_room() {
+    let mut bad_auth: Value = serde_json::from_str(&message("$x", "!r:x", &["$m"])).unwrap();
+    bad_auth["auth_events"] = json!(["$c", "$oc"]);
+    let bad = stop_case(&prefix(), &[good_join(), bad_auth.to_string()], Refuse);
+    assert_eq!(bad.problem, Problem::AuthEventInOtherRoom("$oc".to_owned()));
+    assert_eq!(bad.event_id.as_deref(), Some("$x"));
+}
+
+#[test]
 fn stop_no_prev_events_but_not_create() {
     let bad = stop_case(
         &prefix(),
