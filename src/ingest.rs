@@ -800,7 +800,11 @@ impl Parsed<'_> {
 }
 
 fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem)> {
-    let pdu: Pdu<'_> = serde_json::from_slice(bytes).map_err(|e| {
+    // serde_json skips the strings of ignored fields without checking their UTF-8, and the line
+    // is stored as the event's JSON text: check it whole.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| (None, Problem::NotJson(format!("not UTF-8: {e}"))))?;
+    let pdu: Pdu<'_> = serde_json::from_str(text).map_err(|e| {
         let problem = match e.classify() {
             serde_json::error::Category::Data => Problem::NotAnEvent(e.to_string()),
             _ => Problem::NotJson(e.to_string()),

@@ -40,6 +40,10 @@ use std::time::{Duration, Instant};
 /// each), which bounds the cache at 64 MiB.
 pub const AUTH_CHAIN_CACHE_NIDS: usize = 8 << 20;
 
+/// The type and state-key strings kept between resolutions are dropped once this many state
+/// keys are held.
+const NAMES_HELD: usize = 1 << 20;
+
 /// Settles conflicted state by Matrix state resolution (v2 for room versions 2–11, v2.1 for
 /// room version 12), as implemented by `ruma-state-res`.
 ///
@@ -138,6 +142,9 @@ impl MatrixResolver {
             )));
         }
         self.chains.begin();
+        if self.names.keys.len() > NAMES_HELD {
+            self.names = Names::default();
+        }
         let conflicted_keys: HashSet<StateKey> =
             combined.conflicted.iter().map(|c| c.key).collect();
         let conflicted_events: HashSet<EventNid> = combined

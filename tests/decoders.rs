@@ -78,3 +78,45 @@ fn damaged_records_decode_or_are_corrupt() {
         let _ = decode_snapshot(&bytes);
     }
 }
+
+/// What the `ingest_lines` fuzz target found: a line whose ignored field held bytes that are not
+/// UTF-8. serde_json skipped them unchecked, the line was stored as the event's JSON, and
+/// reading it back failed the whole ingest. Now the line is a bad line, and nothing else.
+#[test]
+fn ingest_input_found_by_fuzzing_is_a_bad_line_not_a_failure() {
+    use roomstate::ingest::{IngestOptions, MatrixResolver, OnBadLine, Problem, ingest};
+    use roomstate::{Store, StoreRead};
+
+    let found = include_bytes!("fuzz_found/ingest_lines-invalid-utf8");
+    // As the fuzz target reads it: the first byte picks the batch size and the resolver.
+    let (first, text) = found.split_first().unwrap();
+    assert!(first & 0x80 != 0, "the Matrix resolver");
+    let store = Store::in_memory().unwrap();
+    let options = IngestOptions {
+        batch_size: usize::from(first % 8) + 1,
+        on_bad_line: OnBadLine::Skip,
+        max_listed_bad_lines: usize::MAX,
+        ..IngestOptions::default()
+    };
+    let report = ingest(&store, &text[..], options, MatrixResolver::default()).unwrap();
+    assert!(
+        report
+            .listed_bad_lines
+            .iter()
+            .any(|b| matches!(&b.problem, Problem::NotJson(why) if why.starts_with("not UTF-8"))),
+        "{:?}",
+        report.listed_bad_lines
+    );
+    assert!(store.read().unwrap().check().unwrap().is_clean());
+
+    // The smallest such line.
+    let mut line = br#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"ignored":"#.to_vec();
+    line.extend_from_slice(b"\"\xff\"}");
+    let store = Store::in_memory().unwrap();
+    let options = IngestOptions {
+        on_bad_line: OnBadLine::Skip,
+        ..IngestOptions::default()
+    };
+    let report = ingest(&store, &line[..], options, MatrixResolver::default()).unwrap();
+    assert_eq!((report.events, report.bad_lines), (0, 1));
+}
