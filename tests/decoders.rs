@@ -98,7 +98,7 @@ fn ingest_input_found_by_fuzzing_is_a_bad_line_not_a_failure() {
         max_listed_bad_lines: usize::MAX,
         ..IngestOptions::default()
     };
-    let report = ingest(&store, &text[..], options, MatrixResolver::default()).unwrap();
+    let report = ingest(&store, text, options, MatrixResolver::default()).unwrap();
     assert!(
         report
             .listed_bad_lines
