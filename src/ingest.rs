@@ -1103,14 +1103,15 @@ fn state_of_all<R: StateResolver>(
         [one] => return Ok(*one),
         _ => {}
     }
-    let states = afters
-        .iter()
-        .map(|s| w.flatten(*s))
-        .collect::<Result<Vec<_>>>()?;
-    let combined = crate::resolve::combine_maps(&states);
+    // Combined on blocks first: the blocks the states share are skipped, and the other states
+    // are flattened only when there is a conflict to show the resolver.
+    let (mut states, combined) = w.combine(&afters)?;
     let resolved = if combined.conflicted.is_empty() {
         combined.unconflicted
     } else {
+        for s in &afters[states.len()..] {
+            states.push(w.flatten(*s)?);
+        }
         let request = ResolveRequest {
             room: ctx.room,
             room_version: ctx.version,

@@ -11,7 +11,7 @@ use crate::policy::{Layer, WritePolicy, default_policy};
 use crate::purge::Purged;
 use crate::record::{EventRecord, RoomRecord};
 use crate::refs::Collected;
-use crate::resolve::{self, Combined, Run, StateDiff, StateMap};
+use crate::resolve::{self, Combined, Conflict, Run, StateDiff, StateMap};
 use crate::snapshot::{BlockRef, SnapshotRecord, decode_snapshot, encode_snapshot, snapshot_hash};
 use crate::tables;
 use crate::write::{NEXT_SNAPSHOT, Writer};
@@ -1082,6 +1082,100 @@ pub(crate) fn lookup_lazily(
     Ok(None)
 }
 
+/// Several snapshots combined into agreed entries and conflicts, with the states it flattened
+/// on the way: the first snapshot's always, and every snapshot's when it fell back to
+/// flattening them all.
+///
+/// Equal blocks hold equal entries, so the snapshots' common leading blocks are skipped: only
+/// keys that some snapshot's later blocks set or remove can differ, and the snapshots after the
+/// first are only asked about those keys. When they share little (different bases), that would
+/// be a lookup per key, so it flattens them all and merges instead.
+pub(crate) fn combine(
+    blocks: &impl ReadableTable<u128, &'static [u8]>,
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    list: &[SnapshotNid],
+) -> Result<(Vec<StateMap>, Combined)> {
+    let Some((&first, rest)) = list.split_first() else {
+        return Ok((Vec::new(), Combined::default()));
+    };
+    let flatten = |s| resolve::flatten(&load(blocks, snapshots, s)?.runs()?);
+    let base = flatten(first)?;
+    let keys = if rest.is_empty() {
+        Vec::new()
+    } else {
+        keys_above_shared_blocks(blocks, snapshots, list)?
+    };
+    if keys.len() > base.len() / LOOKUPS_PER_ENTRY + 64 {
+        let mut states = vec![base];
+        for s in rest {
+            states.push(flatten(*s)?);
+        }
+        let combined = resolve::combine_maps(&states);
+        return Ok((states, combined));
+    }
+    let mut conflicted = Vec::new();
+    for key in keys {
+        let mut held = vec![base.get(key)];
+        for s in rest {
+            held.push(lookup_lazily(blocks, snapshots, *s, key)?);
+        }
+        if held.iter().all(|h| *h == held[0]) {
+            continue;
+        }
+        let mut candidates: Vec<EventNid> = held.into_iter().flatten().collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        conflicted.push(Conflict { key, candidates });
+    }
+    let mut gone = conflicted.iter().map(|c| c.key).peekable();
+    let unconflicted = base
+        .iter()
+        .filter(|e| {
+            while gone.next_if(|k| *k < e.key).is_some() {}
+            gone.next_if(|k| *k == e.key).is_none()
+        })
+        .copied()
+        .collect();
+    let combined = Combined {
+        unconflicted: StateMap::from_sorted(unconflicted),
+        conflicted,
+    };
+    Ok((vec![base], combined))
+}
+
+/// A lazy lookup costs about as much as flattening this many entries: past one lookup per
+/// that many entries of state, [`combine`] flattens instead.
+const LOOKUPS_PER_ENTRY: usize = 16;
+
+/// The keys, sorted, of every block after the longest run of leading blocks all of `list`
+/// share.
+fn keys_above_shared_blocks(
+    blocks: &impl ReadableTable<u128, &'static [u8]>,
+    snapshots: &impl ReadableTable<u64, &'static [u8]>,
+    list: &[SnapshotNid],
+) -> Result<Vec<StateKey>> {
+    let lists = list
+        .iter()
+        .map(|s| Ok(all_blocks(&snapshot_chain(snapshots, *s)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = (0..)
+        .take_while(|&i| {
+            let first = lists[0].get(i).map(|r| r.hash);
+            first.is_some() && lists.iter().all(|l| l.get(i).map(|r| r.hash) == first)
+        })
+        .count();
+    let mut keys = Vec::new();
+    for (refs, snapshot) in lists.iter().zip(list) {
+        let loaded = load_refs(blocks, refs[shared..].to_vec(), *snapshot)?;
+        for run in loaded.runs()? {
+            keys.extend((run.start..run.end).filter_map(|i| run.view.key_at(i)));
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
+}
+
 /// Blocks' bytes held in place; `snapshot` is named in errors.
 pub(crate) fn load_refs<'b>(
     blocks: &'b impl ReadableTable<u128, &'static [u8]>,
@@ -1164,14 +1258,12 @@ where
 
     /// Several snapshots combined: the entries all agree on, and the conflicted keys with their
     /// candidate events.
+    ///
+    /// Equal blocks hold equal entries, so the snapshots' common leading blocks are skipped: only
+    /// keys that some snapshot's later blocks set or remove can differ. The first snapshot is
+    /// flattened; the others are only asked about those keys.
     pub fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
-        crate::error::guard(|| {
-            let maps = snapshots
-                .iter()
-                .map(|s| self.flatten(*s))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(resolve::combine_maps(&maps))
-        })
+        crate::error::guard(|| Ok(combine(&self.blocks, &self.snapshots, snapshots)?.1))
     }
 }
 

@@ -366,6 +366,12 @@ impl<'t> Writer<'t> {
         lookup_lazily(blocks, snapshots, snapshot, key)
     }
 
+    /// Several snapshots combined, skipping the blocks they share; and the first one's state.
+    pub fn combine(&mut self, list: &[SnapshotNid]) -> Result<(Vec<StateMap>, crate::Combined)> {
+        let (blocks, snapshots) = self.read_tables()?;
+        crate::store::combine(blocks, snapshots, list)
+    }
+
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
         let (blocks, snapshots) = self.read_tables()?;
         let (a, b) = (load(blocks, snapshots, a)?, load(blocks, snapshots, b)?);
