@@ -1113,11 +1113,20 @@ pub(crate) fn combine(
         let combined = resolve::combine_maps(&states);
         return Ok((states, combined));
     }
+    // Each other snapshot's blocks are loaded once and searched per key.
+    let others = rest
+        .iter()
+        .map(|s| load(blocks, snapshots, *s))
+        .collect::<Result<Vec<_>>>()?;
+    let others = others
+        .iter()
+        .map(|l| l.runs())
+        .collect::<Result<Vec<_>>>()?;
     let mut conflicted = Vec::new();
     for key in keys {
         let mut held = vec![base.get(key)];
-        for s in rest {
-            held.push(lookup_lazily(blocks, snapshots, *s, key)?);
+        for runs in &others {
+            held.push(resolve::lookup(runs, key)?);
         }
         if held.iter().all(|h| *h == held[0]) {
             continue;
