@@ -8,6 +8,7 @@ use crate::codec;
 use crate::error::Result;
 use crate::intern::{self, Kind};
 use crate::record::{EventRecord, RoomRecord};
+use crate::refs::CountKey;
 use crate::snapshot::{SnapshotRecord, decode_snapshot, snapshot_hash};
 use crate::store::{MAX_CHAIN, Tables};
 use crate::tables;
@@ -384,72 +385,71 @@ fn check_rooms<T: Tables>(
 /// Stored counts equal the references the walk found; a count of zero is listed as
 /// unreferenced, and nothing else is.
 fn check_refs<T: Tables>(tx: &T, tally: &RefTally, report: &mut CheckReport) -> Result<()> {
-    let refs = tx.open(tables::SNAPSHOT_REFS)?;
-    let unreferenced = tx.open(tables::UNREFERENCED_SNAPSHOTS)?;
-    for (&nid, &expected) in &tally.snapshots {
-        let stored = refs.get(nid)?.map_or(0, |v| v.value());
-        let listed = unreferenced.get(nid)?.is_some();
-        count_problem("snapshot_refs", nid, expected, stored, listed, report);
-    }
-    for row in refs.range::<u64>(..)? {
-        let (nid, _) = row?;
-        report.rows += 1;
-        if !tally.snapshots.contains_key(&nid.value()) {
-            report.problem(
-                "snapshot_refs",
-                nid.value(),
-                "counts a snapshot that is not stored",
-            );
+    let snapshots = Counted {
+        refs: "snapshot_refs",
+        unreferenced: "unreferenced_snapshots",
+        what: "snapshot",
+    };
+    snapshots.check(
+        &tx.open(tables::SNAPSHOT_REFS)?,
+        &tx.open(tables::UNREFERENCED_SNAPSHOTS)?,
+        &tally.snapshots,
+        |nid| nid,
+        report,
+    )?;
+    let blocks = Counted {
+        refs: "block_refs",
+        unreferenced: "unreferenced_blocks",
+        what: "block",
+    };
+    blocks.check(
+        &tx.open(tables::BLOCK_REFS)?,
+        &tx.open(tables::UNREFERENCED_BLOCKS)?,
+        &tally.blocks,
+        BlockHash,
+        report,
+    )
+}
+
+/// One kind of counted row, by its tables' names.
+struct Counted {
+    refs: &'static str,
+    unreferenced: &'static str,
+    what: &'static str,
+}
+
+impl Counted {
+    fn check<K: CountKey + std::hash::Hash + Eq, D: fmt::Display>(
+        &self,
+        refs: &impl ReadableTable<K, u64>,
+        unreferenced: &impl ReadableTable<K, ()>,
+        counted: &HashMap<K, u64>,
+        show: impl Fn(K) -> D,
+        report: &mut CheckReport,
+    ) -> Result<()> {
+        for (&key, &expected) in counted {
+            let stored = refs.get(key)?.map_or(0, |v| v.value());
+            let listed = unreferenced.get(key)?.is_some();
+            count_problem(self.refs, show(key), expected, stored, listed, report);
         }
-    }
-    for row in unreferenced.range::<u64>(..)? {
-        let (nid, _) = row?;
-        report.rows += 1;
-        if !tally.snapshots.contains_key(&nid.value()) {
-            report.problem(
-                "unreferenced_snapshots",
-                nid.value(),
-                "lists a snapshot that is not stored",
-            );
+        for row in refs.range::<K>(..)? {
+            let key = row?.0.value();
+            report.rows += 1;
+            if !counted.contains_key(&key) {
+                let what = format!("counts a {} that is not stored", self.what);
+                report.problem(self.refs, show(key), what);
+            }
         }
-    }
-    let refs = tx.open(tables::BLOCK_REFS)?;
-    let unreferenced = tx.open(tables::UNREFERENCED_BLOCKS)?;
-    for (&hash, &expected) in &tally.blocks {
-        let stored = refs.get(hash)?.map_or(0, |v| v.value());
-        let listed = unreferenced.get(hash)?.is_some();
-        count_problem(
-            "block_refs",
-            BlockHash(hash),
-            expected,
-            stored,
-            listed,
-            report,
-        );
-    }
-    for row in refs.range::<u128>(..)? {
-        let (hash, _) = row?;
-        report.rows += 1;
-        if !tally.blocks.contains_key(&hash.value()) {
-            report.problem(
-                "block_refs",
-                BlockHash(hash.value()),
-                "counts a block that is not stored",
-            );
+        for row in unreferenced.range::<K>(..)? {
+            let key = row?.0.value();
+            report.rows += 1;
+            if !counted.contains_key(&key) {
+                let what = format!("lists a {} that is not stored", self.what);
+                report.problem(self.unreferenced, show(key), what);
+            }
         }
+        Ok(())
     }
-    for row in unreferenced.range::<u128>(..)? {
-        let (hash, _) = row?;
-        report.rows += 1;
-        if !tally.blocks.contains_key(&hash.value()) {
-            report.problem(
-                "unreferenced_blocks",
-                BlockHash(hash.value()),
-                "lists a block that is not stored",
-            );
-        }
-    }
-    Ok(())
 }
 
 fn count_problem(

@@ -11,11 +11,13 @@
 //! which releases its parent and its blocks, and so on down the chain, then every unreferenced
 //! block.
 
+use crate::block::BlockHash;
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
 use crate::snapshot::{decode_snapshot, snapshot_hash};
 use crate::write::Writer;
-use redb::ReadableTable;
+use redb::{ReadableTable, Table};
+use std::fmt;
 
 /// What a garbage collection deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,9 +28,45 @@ pub struct Collected {
     pub blocks: u64,
 }
 
-/// `count` moved by `delta`, or `None` when that would leave the range of a count.
-fn moved(count: u64, delta: i64) -> Option<u64> {
-    count.checked_add_signed(delta)
+/// The keys counted: snapshot NIDs and block hashes, both stored as plain integers.
+pub(crate) trait CountKey:
+    redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = Self> + Copy
+{
+}
+impl<K> CountKey for K where K: redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = K> + Copy {}
+
+/// Moves `key`'s count in `refs` by `delta` and returns (old, new). A zero count has no row.
+fn shift<K: CountKey>(
+    refs: &mut Table<'_, K, u64>,
+    key: K,
+    delta: i64,
+    table: &'static str,
+    shown: impl fmt::Display,
+) -> Result<(u64, u64)> {
+    let old = refs.get(key)?.map_or(0, |v| v.value());
+    let new = old.checked_add_signed(delta).ok_or_else(|| {
+        Error::corrupt(table, shown, format!("count {old} cannot move by {delta}"))
+    })?;
+    if new == 0 {
+        refs.remove(key)?;
+    } else {
+        refs.insert(key, new)?;
+    }
+    Ok((old, new))
+}
+
+/// Keeps `key` listed as unreferenced exactly while its count is zero.
+fn relist<K: CountKey>(
+    unreferenced: &mut Table<'_, K, ()>,
+    key: K,
+    (old, new): (u64, u64),
+) -> Result<()> {
+    if new == 0 {
+        unreferenced.insert(key, ())?;
+    } else if old == 0 {
+        unreferenced.remove(key)?;
+    }
+    Ok(())
 }
 
 impl Writer<'_> {
@@ -39,48 +77,15 @@ impl Writer<'_> {
             return Ok(());
         }
         let key = snapshot.get();
-        let table = self.snapshot_refs()?;
-        let old = table.get(key)?.map_or(0, |v| v.value());
-        let new = moved(old, delta).ok_or_else(|| {
-            Error::corrupt(
-                "snapshot_refs",
-                key,
-                format!("count {old} cannot move by {delta}"),
-            )
-        })?;
-        if new == 0 {
-            table.remove(key)?;
-            self.unreferenced_snapshots()?.insert(key, ())?;
-        } else {
-            table.insert(key, new)?;
-            if old == 0 {
-                self.unreferenced_snapshots()?.remove(key)?;
-            }
-        }
-        Ok(())
+        let moved = shift(self.snapshot_refs()?, key, delta, "snapshot_refs", key)?;
+        relist(self.unreferenced_snapshots()?, key, moved)
     }
 
     /// Adds `delta` to a block's count; zero registers a new, unreferenced block.
     pub(crate) fn count_block_ref(&mut self, hash: u128, delta: i64) -> Result<()> {
-        let table = self.block_refs()?;
-        let old = table.get(hash)?.map_or(0, |v| v.value());
-        let new = moved(old, delta).ok_or_else(|| {
-            Error::corrupt(
-                "block_refs",
-                format!("{hash:032x}"),
-                format!("count {old} cannot move by {delta}"),
-            )
-        })?;
-        if new == 0 {
-            table.remove(hash)?;
-            self.unreferenced_blocks()?.insert(hash, ())?;
-        } else {
-            table.insert(hash, new)?;
-            if old == 0 {
-                self.unreferenced_blocks()?.remove(hash)?;
-            }
-        }
-        Ok(())
+        let shown = BlockHash(hash);
+        let moved = shift(self.block_refs()?, hash, delta, "block_refs", shown)?;
+        relist(self.unreferenced_blocks()?, hash, moved)
     }
 
     /// Moves one reference from `old` (if any) to `new`.
@@ -141,9 +146,6 @@ impl Writer<'_> {
 }
 
 /// Removes and returns the first row of a table whose values are `()`.
-fn pop_first<K>(table: &mut redb::Table<'_, K, ()>) -> Result<Option<(K, ())>>
-where
-    K: redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = K>,
-{
+fn pop_first<K: CountKey>(table: &mut Table<'_, K, ()>) -> Result<Option<(K, ())>> {
     Ok(table.pop_first()?.map(|(k, _)| (k.value(), ())))
 }
