@@ -485,10 +485,18 @@ impl<'t> Writer<'t> {
     }
 
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
-        let old = self.event_ref(event)?.map(|r| r.state_before);
-        self.move_snapshot_ref(old, record.state_before)?;
         let bytes = codec::encode(record)?;
-        self.events()?.insert(event.get(), bytes.as_slice())?;
+        // The replaced row comes back from the insert: a new event (every event of an ingest)
+        // costs no extra read to learn that no reference moves away.
+        let replaced = self
+            .events()?
+            .insert(event.get(), bytes.as_slice())?
+            .map(|v| v.value().to_vec());
+        let old = replaced
+            .map(|b| codec::decode::<EventRecord>("events", event, &b))
+            .transpose()?
+            .map(|r| r.state_before);
+        self.move_snapshot_ref(old, record.state_before)?;
         self.cache.afters.remove(&event);
         self.cache.events.insert(event, record.clone());
         Ok(())
