@@ -251,59 +251,109 @@ impl<'a> BlockView<'a> {
         (0..self.len()).map(move |i| view.entry_at(i).ok_or(i))
     }
 
-    /// Appends the live entries of `range` to `out`, skipping tombstones. `Err(index)` names a
-    /// damaged entry. This is the bulk path of flatten, kept free of per-entry search.
-    pub fn copy_live(&self, range: Range<usize>, out: &mut Vec<StateEntry>) -> Result<(), usize> {
+    /// Appends the entries of `range` merged with `newer` (sorted, distinct keys) to `out`: on a
+    /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice. `Err(index)`
+    /// names a damaged entry. This is flatten's one pass over the base block.
+    pub fn overlay<S: MergeSink>(
+        &self,
+        range: Range<usize>,
+        newer: &[DeltaEntry],
+        out: &mut S,
+    ) -> Result<(), usize> {
         match self.entries {
-            Entries::Wide(e) => copy_live(e, range, wide, out),
-            Entries::Narrow(e) => copy_live(e, range, narrow, out),
+            Entries::Wide(e) => overlay(e, range, wide, newer, out),
+            Entries::Narrow(e) => overlay(e, range, narrow, newer, out),
         }
     }
 }
 
+/// `key` as one `u128` that orders like the key itself: type NID high, state-key NID low.
 #[inline(always)]
-fn copy_live<const N: usize>(
+fn packed(key: StateKey) -> u128 {
+    (u128::from(key.ty.get()) << 64) | u128::from(key.key.get())
+}
+
+/// Where a merge of sorted entries writes: a flattened state drops tombstones, a merged run
+/// keeps them (it must still hide the keys of older runs).
+pub trait MergeSink {
+    /// Appends the entry for `key`, `None` being a tombstone.
+    fn put(&mut self, key: StateKey, event: Option<EventNid>);
+}
+
+impl MergeSink for Vec<StateEntry> {
+    #[inline(always)]
+    fn put(&mut self, key: StateKey, event: Option<EventNid>) {
+        if let Some(event) = event {
+            self.push(StateEntry { key, event });
+        }
+    }
+}
+
+impl MergeSink for Vec<DeltaEntry> {
+    #[inline(always)]
+    fn put(&mut self, key: StateKey, event: Option<EventNid>) {
+        self.push(DeltaEntry { key, event });
+    }
+}
+
+/// Merges `chunks[range]` with `newer` (sorted, distinct keys) in one pass, the newer entry
+/// winning on a shared key. An entry below the next newer key costs one well-predicted
+/// comparison, and one the newer entries replace one more; keys the block lacks are placed by
+/// [`place_newer`], off the hot loop.
+#[inline(always)]
+fn overlay<const N: usize, S: MergeSink>(
     chunks: &[[u8; N]],
     range: Range<usize>,
     words: impl Fn(&[u8; N]) -> [u64; 3] + Copy,
-    out: &mut Vec<StateEntry>,
+    newer: &[DeltaEntry],
+    out: &mut S,
 ) -> Result<(), usize> {
     let start = range.start;
     let slice = chunks.get(range).unwrap_or(&[]);
-    let (mut zero_key, mut tombstones) = (false, false);
-    let written = out.len();
-    // The fast path maps every entry (a mapped slice iterator lets `extend` skip per-entry
-    // capacity checks) and only notes the rare cases, which are mended after.
-    out.extend(slice.iter().map(|chunk| {
+    let mut taken = 0;
+    let next_key = |taken: usize| newer.get(taken).map_or(u128::MAX, |e| packed(e.key));
+    let mut next = next_key(0);
+    for (i, chunk) in slice.iter().enumerate() {
         let [t, k, e] = words(chunk);
-        zero_key |= t == 0 || k == 0;
-        tombstones |= e == 0;
-        StateEntry {
-            key: StateKey {
-                ty: TypeNid::new(t).unwrap_or(TypeNid::MAX),
-                key: StateKeyNid::new(k).unwrap_or(StateKeyNid::MAX),
-            },
-            event: EventNid::new(e).unwrap_or(EventNid::MAX),
+        let (Some(ty), Some(key)) = (TypeNid::new(t), StateKeyNid::new(k)) else {
+            return Err(start + i);
+        };
+        let key = StateKey { ty, key };
+        let at = packed(key);
+        if at >= next {
+            if at > next {
+                taken = place_newer(newer, taken, key, out);
+                next = next_key(taken);
+            }
+            if at == next {
+                out.put(key, newer[taken].event);
+                taken += 1;
+                next = next_key(taken);
+                continue;
+            }
         }
-    }));
-    if zero_key {
-        out.truncate(written);
-        let offset = slice.iter().position(|c| {
-            let [t, k, _] = words(c);
-            t == 0 || k == 0
-        });
-        return Err(start + offset.unwrap_or(0));
+        out.put(key, EventNid::new(e));
     }
-    if tombstones {
-        let mut raw = slice.iter().map(|c| words(c)[2]);
-        let mut index = 0;
-        out.retain(|_| {
-            index += 1;
-            // Entries before this call's are kept; this call's are kept unless a tombstone.
-            index <= written || raw.next() != Some(0)
-        });
+    for n in newer.get(taken..).unwrap_or(&[]) {
+        out.put(n.key, n.event);
     }
     Ok(())
+}
+
+/// Emits the newer entries from `newer[taken..]` whose keys are below `key`; returns how many
+/// are taken now.
+#[inline(never)]
+fn place_newer<S: MergeSink>(
+    newer: &[DeltaEntry],
+    mut taken: usize,
+    key: StateKey,
+    out: &mut S,
+) -> usize {
+    while let Some(n) = newer.get(taken).filter(|n| n.key < key) {
+        out.put(n.key, n.event);
+        taken += 1;
+    }
+    taken
 }
 
 #[inline(always)]
@@ -407,12 +457,12 @@ mod tests {
         let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
         assert_eq!(back, entries);
         let mut live = Vec::new();
-        view.copy_live(0..2, &mut live).unwrap();
+        view.overlay(0..2, &[], &mut live).unwrap();
         assert_eq!(live.len(), 2);
     }
 
     #[test]
-    fn copy_live_skips_tombstones_and_reports_damage() {
+    fn overlay_skips_tombstones_and_reports_damage() {
         let entries = vec![
             DeltaEntry::set(key(1, 1), EventNid::new(10).unwrap()),
             DeltaEntry::remove(key(1, 2)),
@@ -426,16 +476,43 @@ mod tests {
             event: EventNid::new(99).unwrap(),
         };
         let mut out = vec![earlier];
-        view.copy_live(1..4, &mut out).unwrap();
+        view.overlay(1..4, &[], &mut out).unwrap();
         let events: Vec<u64> = out.iter().map(|e| e.event.get()).collect();
         assert_eq!(events, [99, 12]);
-        // A zero type NID in the range is reported by index, and nothing of the range is kept.
+        // A zero type NID in the range is reported by index.
         let mut damaged = bytes.clone();
         damaged[1 + 2 * NARROW_ENTRY_BYTES..1 + 2 * NARROW_ENTRY_BYTES + 4].fill(0);
         let view = BlockView::parse(&damaged).unwrap();
-        let mut out = vec![earlier];
-        assert_eq!(view.copy_live(0..4, &mut out), Err(2));
-        assert_eq!(out, vec![earlier]);
+        assert_eq!(view.overlay(0..4, &[], &mut Vec::new()), Err(2));
+    }
+
+    #[test]
+    fn overlay_lets_newer_entries_win() {
+        let ev = |n| EventNid::new(n).unwrap();
+        let base = vec![
+            DeltaEntry::set(key(1, 2), ev(1)),
+            DeltaEntry::remove(key(1, 4)),
+            DeltaEntry::set(key(1, 6), ev(3)),
+            DeltaEntry::set(key(1, 8), ev(4)),
+        ];
+        let bytes = encode_block(&base).unwrap();
+        let view = BlockView::parse(&bytes).unwrap();
+        let newer = vec![
+            DeltaEntry::set(key(1, 1), ev(20)), // before every base key
+            DeltaEntry::set(key(1, 2), ev(21)), // replaces
+            DeltaEntry::set(key(1, 4), ev(22)), // revives a base tombstone
+            DeltaEntry::remove(key(1, 5)),      // removes a key the base lacks
+            DeltaEntry::remove(key(1, 6)),      // removes
+            DeltaEntry::set(key(1, 7), ev(23)), // between base keys
+            DeltaEntry::set(key(2, 1), ev(24)), // after every base key
+        ];
+        let mut out = Vec::new();
+        view.overlay(0..4, &newer, &mut out).unwrap();
+        let got: Vec<(u64, u64)> = out
+            .iter()
+            .map(|e| (e.key.key.get(), e.event.get()))
+            .collect();
+        assert_eq!(got, [(1, 20), (2, 21), (4, 22), (7, 23), (8, 4), (1, 24)]);
     }
 
     #[test]

@@ -208,27 +208,18 @@ fn overrides(newer: &[Run<'_>]) -> Result<Vec<DeltaEntry>> {
 /// Merges an older run with newer sorted entries; on a shared key the newer entry wins.
 fn merge_newer_wins(older: &Run<'_>, newer: Vec<DeltaEntry>) -> Result<Vec<DeltaEntry>> {
     let mut out = Vec::with_capacity(older.len() + newer.len());
-    let mut winners = newer.into_iter().peekable();
-    for e in older.entries() {
-        let e = e?;
-        while let Some(w) = winners.next_if(|w| w.key < e.key) {
-            out.push(w);
-        }
-        match winners.next_if(|w| w.key == e.key) {
-            Some(w) => out.push(w),
-            None => out.push(e),
-        }
-    }
-    out.extend(winners);
+    older
+        .view
+        .overlay(older.start..older.end, &newer, &mut out)
+        .map_err(|i| older.damaged(i))?;
     Ok(out)
 }
 
 /// Flattens runs, oldest first, into a state map.
 ///
-/// The base run is copied whole, in one pass; the newer entries are then placed by galloping
-/// through the copy from one to the next. Most of them replace an event in place (a member's
-/// new membership); keys the base lacks are merged in with one backward pass, and removed keys
-/// with one `retain`, only when there are any.
+/// The newer runs are folded into one sorted override list first; the base run is then copied
+/// in one pass that takes each override as it comes (see [`BlockView::overlay`]), so an override
+/// costs about what copying an entry does.
 pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
     let Some((base, newer)) = runs.split_first() else {
         return Ok(StateMap::default());
@@ -236,63 +227,9 @@ pub(crate) fn flatten(runs: &[Run<'_>]) -> Result<StateMap> {
     let over = overrides(newer)?;
     let mut out = Vec::with_capacity(base.len() + over.len());
     base.view
-        .copy_live(base.start..base.end, &mut out)
+        .overlay(base.start..base.end, &over, &mut out)
         .map_err(|i| base.damaged(i))?;
-    let mut inserts = Vec::new();
-    let mut removed = Vec::new();
-    let mut cursor = 0;
-    for o in &over {
-        cursor = gallop_entries(&out, o.key, cursor);
-        match (out.get_mut(cursor).filter(|e| e.key == o.key), o.event) {
-            (Some(held), Some(event)) => held.event = event,
-            (Some(_), None) => removed.push(o.key),
-            (None, Some(event)) => inserts.push((cursor, StateEntry { key: o.key, event })),
-            (None, None) => {}
-        }
-    }
-    merge_in(&mut out, &inserts);
-    if !removed.is_empty() {
-        let mut gone = removed.iter().peekable();
-        out.retain(|e| {
-            while gone.next_if(|k| **k < e.key).is_some() {}
-            gone.next_if(|k| **k == e.key).is_none()
-        });
-    }
     Ok(StateMap::from_sorted(out))
-}
-
-/// The first index at or after `from` whose key is not below `key`, by galloping.
-fn gallop_entries(entries: &[StateEntry], key: StateKey, from: usize) -> usize {
-    let mut lo = from;
-    let mut step = 1;
-    while let Some(e) = entries.get(lo + step) {
-        if e.key >= key {
-            break;
-        }
-        lo += step;
-        step *= 2;
-    }
-    let hi = (lo + step + 1).min(entries.len());
-    let window = entries.get(lo..hi).unwrap_or(&[]);
-    lo + window.partition_point(|e| e.key < key)
-}
-
-/// Merges `inserts` into sorted `out` in place. Each insert carries the index in `out` it goes
-/// before, found while it was placed, so the entries between two inserts move in one
-/// `copy_within` and nothing is searched again.
-fn merge_in(out: &mut Vec<StateEntry>, inserts: &[(usize, StateEntry)]) {
-    let Some(&(_, filler)) = inserts.first() else {
-        return;
-    };
-    let old_len = out.len();
-    out.resize(old_len + inserts.len(), filler);
-    let mut end = old_len;
-    for (placed, &(at, insert)) in inserts.iter().enumerate().rev() {
-        // Entries at..end belong after this insert and the `placed` inserts before it.
-        out.copy_within(at..end, at + placed + 1);
-        out[at + placed] = insert;
-        end = at;
-    }
 }
 
 /// Merges runs, oldest first, into one sorted run, keeping tombstones when `keep_tombstones`
