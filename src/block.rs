@@ -456,7 +456,7 @@ mod tests {
         let view = BlockView::parse(&bytes).unwrap();
         let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
         assert_eq!(back, entries);
-        let mut live = Vec::new();
+        let mut live: Vec<StateEntry> = Vec::new();
         view.overlay(0..2, &[], &mut live).unwrap();
         assert_eq!(live.len(), 2);
     }
@@ -483,7 +483,8 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[1 + 2 * NARROW_ENTRY_BYTES..1 + 2 * NARROW_ENTRY_BYTES + 4].fill(0);
         let view = BlockView::parse(&damaged).unwrap();
-        assert_eq!(view.overlay(0..4, &[], &mut Vec::new()), Err(2));
+        let mut out: Vec<StateEntry> = Vec::new();
+        assert_eq!(view.overlay(0..4, &[], &mut out), Err(2));
     }
 
     #[test]
@@ -506,13 +507,33 @@ mod tests {
             DeltaEntry::set(key(1, 7), ev(23)), // between base keys
             DeltaEntry::set(key(2, 1), ev(24)), // after every base key
         ];
-        let mut out = Vec::new();
+        let mut out: Vec<StateEntry> = Vec::new();
         view.overlay(0..4, &newer, &mut out).unwrap();
         let got: Vec<(u64, u64)> = out
             .iter()
             .map(|e| (e.key.key.get(), e.event.get()))
             .collect();
         assert_eq!(got, [(1, 20), (2, 21), (4, 22), (7, 23), (8, 4), (1, 24)]);
+        // Merged into a run instead, the tombstones stay: they must hide older runs' keys.
+        let mut run: Vec<DeltaEntry> = Vec::new();
+        view.overlay(0..4, &newer, &mut run).unwrap();
+        let got: Vec<(u64, u64)> = run
+            .iter()
+            .map(|e| (e.key.key.get(), e.event.map_or(0, EventNid::get)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 20),
+                (2, 21),
+                (4, 22),
+                (5, 0),
+                (6, 0),
+                (7, 23),
+                (8, 4),
+                (1, 24)
+            ]
+        );
     }
 
     #[test]

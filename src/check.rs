@@ -493,7 +493,7 @@ fn current_state_mismatch<T: Tables>(
     let blocks = tx.open(tables::BLOCKS)?;
     let snapshots = tx.open(tables::SNAPSHOTS)?;
     let flatten = |s| -> Result<crate::StateMap> {
-        crate::resolve::flatten(&crate::store::load(&blocks, &snapshots, s)?.runs()?)
+        crate::resolve::flatten(&crate::store::load(&blocks, None, &snapshots, s)?.runs()?)
     };
     let (Ok(before), Ok(now)) = (flatten(record.state_before), flatten(current)) else {
         // A snapshot that does not read back was reported with its own row.

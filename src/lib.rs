@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod cache;
 pub mod check;
 mod codec;
 pub mod error;
@@ -54,6 +55,7 @@ mod write;
 pub struct ReadmeDoctests;
 
 pub use block::{BlockHash, DeltaEntry, StateEntry};
+pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 pub use error::{Error, Result, StringKind};
 pub use intern::MAX_ID_BYTES;
 pub use membership::Membership;

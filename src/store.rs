@@ -2,6 +2,7 @@
 //! share.
 
 use crate::block::{BlockHash, BlockView, DeltaEntry};
+use crate::cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
@@ -49,6 +50,7 @@ pub struct Store {
     db: Database,
     policy: Arc<dyn WritePolicy>,
     two_phase_commit: bool,
+    block_cache: Arc<BlockCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Store {
 pub struct StoreBuilder {
     policy: Arc<dyn WritePolicy>,
     cache_bytes: usize,
+    block_cache_bytes: usize,
     two_phase_commit: bool,
 }
 
@@ -72,18 +75,21 @@ impl Default for StoreBuilder {
         StoreBuilder {
             policy: Arc::from(default_policy()),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             two_phase_commit: true,
         }
     }
 }
 
-/// The page cache a store gets unless told otherwise: redb's own default, 1 GiB.
+/// The page cache a store gets unless told otherwise: 128 MiB, an eighth of redb's own default.
 ///
-/// redb caches whole pages in 131 stripes and evicts within a stripe, so a block larger than
-/// about 1/131 of the cache is read from the file again on every access. A 100,000-entry base
-/// block is 1.2 MB, so smaller caches make reads of large rooms much slower (measured in
-/// `docs/benchmarks.md`) until large runs are split into smaller blocks.
-pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+/// redb caches whole pages in 131 stripes and evicts within a stripe, so a page larger than
+/// about 1/131 of the cache is read from the file again on every access: the 2 MiB page of a
+/// 100,000-entry block is never kept at this size. The [`BlockCache`] keeps such blocks instead,
+/// so reads stay fast, and the store's memory stays within the 256 MiB budget of
+/// `docs/benchmarks.md`. A larger page cache speeds up ingest of large histories (more of the
+/// event-ID index stays in memory); `docs/benchmarks.md` gives the measured trade.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 
 impl StoreBuilder {
     /// The write policy new snapshots are laid out by. Stores written under different policies
@@ -116,8 +122,16 @@ impl StoreBuilder {
     pub fn open_backend(self, backend: impl redb::StorageBackend) -> Result<Store> {
         crate::error::guard(|| {
             let db = self.redb().create_with_backend(backend)?;
-            Store::init(db, self.policy, self.two_phase_commit)
+            Store::init(db, &self)
         })
+    }
+
+    /// Bytes of block content kept in memory across transactions for the resolver
+    /// ([`DEFAULT_BLOCK_CACHE_BYTES`] when not set; 0 turns the cache off). Blocks never change
+    /// once written, so the cache needs no invalidation; see [`BlockCache`].
+    pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
+        self
     }
 
     /// redb's page cache size in bytes ([`DEFAULT_CACHE_BYTES`] when not set).
@@ -156,7 +170,7 @@ impl StoreBuilder {
             Err(e) => return Err(e.into()),
         }
         let db = self.redb().open(path)?;
-        Store::init(db, self.policy, self.two_phase_commit)
+        Store::init(db, &self)
     }
 
     fn create_file(&self, path: &Path) -> Result<()> {
@@ -170,11 +184,7 @@ impl StoreBuilder {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".creating-{}-{n}-{nanos}", std::process::id()));
         let temporary = path.with_file_name(name);
-        drop(Store::init(
-            self.redb().create(&temporary)?,
-            Arc::clone(&self.policy),
-            self.two_phase_commit,
-        )?);
+        drop(Store::init(self.redb().create(&temporary)?, self)?);
         // A hard link never replaces an existing file: if another process created the store
         // meanwhile, its file stays and ours is dropped. File systems without hard links get a
         // rename, which is atomic too but would replace a store created in the same instant.
@@ -194,7 +204,7 @@ impl StoreBuilder {
         let db = self
             .redb()
             .create_with_backend(redb::backends::InMemoryBackend::new())?;
-        Store::init(db, self.policy, self.two_phase_commit)
+        Store::init(db, &self)
     }
 }
 
@@ -214,7 +224,7 @@ impl Store {
         StoreBuilder::default()
     }
 
-    fn init(db: Database, policy: Arc<dyn WritePolicy>, two_phase_commit: bool) -> Result<Store> {
+    fn init(db: Database, options: &StoreBuilder) -> Result<Store> {
         crate::error::guard(|| {
             let tx = db.begin_write()?;
             let found = tx
@@ -241,8 +251,9 @@ impl Store {
             }
             Ok(Store {
                 db,
-                policy,
-                two_phase_commit,
+                policy: Arc::clone(&options.policy),
+                two_phase_commit: options.two_phase_commit,
+                block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
             })
         })
     }
@@ -252,11 +263,17 @@ impl Store {
         &*self.policy
     }
 
+    /// The block cache every transaction of this store reads through.
+    pub fn block_cache(&self) -> &BlockCache {
+        &self.block_cache
+    }
+
     /// Starts a read transaction: a consistent view of the last commit, unaffected by writers.
     pub fn read(&self) -> Result<ReadTxn> {
         crate::error::guard(|| {
             Ok(ReadTxn {
                 tx: self.db.begin_read()?,
+                block_cache: Arc::clone(&self.block_cache),
             })
         })
     }
@@ -272,6 +289,7 @@ impl Store {
                 policy: Arc::clone(&self.policy),
                 counts: WriteCounts::default(),
                 poisoned: false,
+                block_cache: Arc::clone(&self.block_cache),
             })
         })
     }
@@ -397,6 +415,7 @@ pub type ResolverOf<'a, T> =
 /// A read transaction: a consistent view of the store as of its start.
 pub struct ReadTxn {
     tx: redb::ReadTransaction,
+    block_cache: Arc<BlockCache>,
 }
 
 impl std::fmt::Debug for ReadTxn {
@@ -415,12 +434,17 @@ pub trait StoreRead: sealed::Sealed {
     #[doc(hidden)]
     fn txn(&self) -> &Self::Txn;
 
+    /// The store's block cache, which the resolver reads through.
+    #[doc(hidden)]
+    fn block_cache(&self) -> &Arc<BlockCache>;
+
     /// The resolver over this transaction's tables. In a [`WriteTxn`], drop it before writing.
     fn resolver(&self) -> Result<ResolverOf<'_, Self::Txn>> {
         crate::error::guard(|| {
             Ok(Resolver {
                 blocks: self.txn().open(tables::BLOCKS)?,
                 snapshots: self.txn().open(tables::SNAPSHOTS)?,
+                cache: Some(Arc::clone(self.block_cache())),
             })
         })
     }
@@ -693,6 +717,9 @@ impl StoreRead for ReadTxn {
     fn txn(&self) -> &Self::Txn {
         &self.tx
     }
+    fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.block_cache
+    }
 }
 
 /// The one write transaction. Dropping it without [`commit`](WriteTxn::commit) aborts it: none of
@@ -703,6 +730,7 @@ pub struct WriteTxn {
     counts: WriteCounts,
     /// A write failed inside redb (see [`WriteTxn::guarded`]).
     poisoned: bool,
+    block_cache: Arc<BlockCache>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -717,6 +745,9 @@ impl StoreRead for WriteTxn {
     type Txn = redb::WriteTransaction;
     fn txn(&self) -> &Self::Txn {
         &self.tx
+    }
+    fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.block_cache
     }
 }
 
@@ -758,7 +789,7 @@ macro_rules! get_or_create {
 
 impl WriteTxn {
     pub(crate) fn writer(&mut self) -> Writer<'_> {
-        Writer::new(&self.tx, &*self.policy, &mut self.counts)
+        Writer::new(&self.tx, &*self.policy, &mut self.counts, &self.block_cache)
     }
 
     get_or_create!(
@@ -940,6 +971,7 @@ impl WriteTxn {
 pub struct Resolver<B, S> {
     blocks: B,
     snapshots: S,
+    cache: Option<Arc<BlockCache>>,
 }
 
 impl<B, S> std::fmt::Debug for Resolver<B, S> {
@@ -952,7 +984,42 @@ impl<B, S> std::fmt::Debug for Resolver<B, S> {
 pub(crate) struct Loaded<'t> {
     snapshot: SnapshotNid,
     pub refs: Vec<BlockRef>,
-    guards: Vec<AccessGuard<'t, &'static [u8]>>,
+    guards: Vec<BlockBytes<'t>>,
+}
+
+/// A block's bytes: in redb's page, or shared from the block cache.
+pub(crate) enum BlockBytes<'t> {
+    Page(AccessGuard<'t, &'static [u8]>),
+    Cached(Arc<[u8]>),
+}
+
+impl BlockBytes<'_> {
+    fn value(&self) -> &[u8] {
+        match self {
+            BlockBytes::Page(guard) => guard.value(),
+            BlockBytes::Cached(bytes) => bytes,
+        }
+    }
+}
+
+/// Reads one block of `snapshot`, through the cache when there is one.
+pub(crate) fn read_block<'b>(
+    blocks: &'b impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
+    hash: BlockHash,
+    snapshot: SnapshotNid,
+) -> Result<BlockBytes<'b>> {
+    if let Some(hit) = cache.and_then(|c| c.get(hash.0)) {
+        return Ok(BlockBytes::Cached(hit));
+    }
+    let guard = blocks.get(hash.0)?.ok_or(Error::MissingBlock {
+        snapshot,
+        block: hash.0,
+    })?;
+    Ok(match cache.and_then(|c| c.insert(hash.0, guard.value())) {
+        Some(shared) => BlockBytes::Cached(shared),
+        None => BlockBytes::Page(guard),
+    })
 }
 
 impl Loaded<'_> {
@@ -1042,11 +1109,12 @@ pub(crate) fn all_blocks(chain: &[Layer]) -> Vec<BlockRef> {
 /// A snapshot's blocks with each block's bytes held in place.
 pub(crate) fn load<'b>(
     blocks: &'b impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     snapshot: SnapshotNid,
 ) -> Result<Loaded<'b>> {
     let chain = snapshot_chain(snapshots, snapshot)?;
-    load_refs(blocks, all_blocks(&chain), snapshot)
+    load_refs(blocks, cache, all_blocks(&chain), snapshot)
 }
 
 fn block_count_mismatch(snapshot: SnapshotNid, r: &BlockRef, found: usize) -> Error {
@@ -1061,6 +1129,7 @@ fn block_count_mismatch(snapshot: SnapshotNid, r: &BlockRef, found: usize) -> Er
 /// a key changed recently costs one block read however many blocks the snapshot has.
 pub(crate) fn lookup_lazily(
     blocks: &impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     snapshot: SnapshotNid,
     key: StateKey,
@@ -1069,10 +1138,7 @@ pub(crate) fn lookup_lazily(
         .iter()
         .rev()
     {
-        let row = blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
-            snapshot,
-            block: r.hash.0,
-        })?;
+        let row = read_block(blocks, cache, r.hash, snapshot)?;
         let view =
             BlockView::parse(row.value()).map_err(|e| Error::corrupt("blocks", r.hash, e))?;
         if let Some(event) = Run::whole(r.hash, view).find(key)? {
@@ -1092,18 +1158,19 @@ pub(crate) fn lookup_lazily(
 /// be a lookup per key, so it flattens them all and merges instead.
 pub(crate) fn combine(
     blocks: &impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     list: &[SnapshotNid],
 ) -> Result<(Vec<StateMap>, Combined)> {
     let Some((&first, rest)) = list.split_first() else {
         return Ok((Vec::new(), Combined::default()));
     };
-    let flatten = |s| resolve::flatten(&load(blocks, snapshots, s)?.runs()?);
+    let flatten = |s| resolve::flatten(&load(blocks, cache, snapshots, s)?.runs()?);
     let base = flatten(first)?;
     let keys = if rest.is_empty() {
         Vec::new()
     } else {
-        keys_above_shared_blocks(blocks, snapshots, list)?
+        keys_above_shared_blocks(blocks, cache, snapshots, list)?
     };
     if keys.len() > base.len() / LOOKUPS_PER_ENTRY + 64 {
         let mut states = vec![base];
@@ -1116,7 +1183,7 @@ pub(crate) fn combine(
     // Each other snapshot's blocks are loaded once and searched per key.
     let others = rest
         .iter()
-        .map(|s| load(blocks, snapshots, *s))
+        .map(|s| load(blocks, cache, snapshots, *s))
         .collect::<Result<Vec<_>>>()?;
     let others = others
         .iter()
@@ -1160,6 +1227,7 @@ const LOOKUPS_PER_ENTRY: usize = 16;
 /// share.
 fn keys_above_shared_blocks(
     blocks: &impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
     snapshots: &impl ReadableTable<u64, &'static [u8]>,
     list: &[SnapshotNid],
 ) -> Result<Vec<StateKey>> {
@@ -1175,7 +1243,7 @@ fn keys_above_shared_blocks(
         .count();
     let mut keys = Vec::new();
     for (refs, snapshot) in lists.iter().zip(list) {
-        let loaded = load_refs(blocks, refs[shared..].to_vec(), *snapshot)?;
+        let loaded = load_refs(blocks, cache, refs[shared..].to_vec(), *snapshot)?;
         for run in loaded.runs()? {
             keys.extend((run.start..run.end).filter_map(|i| run.view.key_at(i)));
         }
@@ -1188,17 +1256,13 @@ fn keys_above_shared_blocks(
 /// Blocks' bytes held in place; `snapshot` is named in errors.
 pub(crate) fn load_refs<'b>(
     blocks: &'b impl ReadableTable<u128, &'static [u8]>,
+    cache: Option<&BlockCache>,
     refs: Vec<BlockRef>,
     snapshot: SnapshotNid,
 ) -> Result<Loaded<'b>> {
     let guards = refs
         .iter()
-        .map(|r| {
-            blocks.get(r.hash.0)?.ok_or(Error::MissingBlock {
-                snapshot,
-                block: r.hash.0,
-            })
-        })
+        .map(|r| read_block(blocks, cache, r.hash, snapshot))
         .collect::<Result<_>>()?;
     Ok(Loaded {
         snapshot,
@@ -1232,7 +1296,14 @@ where
     }
 
     fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
-        crate::error::guard(|| load(&self.blocks, &self.snapshots, snapshot))
+        crate::error::guard(|| {
+            load(
+                &self.blocks,
+                self.cache.as_deref(),
+                &self.snapshots,
+                snapshot,
+            )
+        })
     }
 
     /// The full state of a snapshot, one entry per key, sorted.
@@ -1243,7 +1314,15 @@ where
     /// The event holding `key`, found by binary search in each block from the newest, without
     /// building the state.
     pub fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        crate::error::guard(|| lookup_lazily(&self.blocks, &self.snapshots, snapshot, key))
+        crate::error::guard(|| {
+            lookup_lazily(
+                &self.blocks,
+                self.cache.as_deref(),
+                &self.snapshots,
+                snapshot,
+                key,
+            )
+        })
     }
 
     /// The entries of the given event types.
@@ -1272,7 +1351,15 @@ where
     /// keys that some snapshot's later blocks set or remove can differ. The first snapshot is
     /// flattened; the others are only asked about those keys.
     pub fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
-        crate::error::guard(|| Ok(combine(&self.blocks, &self.snapshots, snapshots)?.1))
+        crate::error::guard(|| {
+            Ok(combine(
+                &self.blocks,
+                self.cache.as_deref(),
+                &self.snapshots,
+                snapshots,
+            )?
+            .1)
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! ingest keeps one for a whole batch, since opening a redb table costs about a microsecond.
 
 use crate::block::{BlockHash, BlockView, DeltaEntry, encode_block};
+use crate::cache::BlockCache;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::intern::{self, Kind};
@@ -56,6 +57,7 @@ pub(crate) struct Writer<'t> {
     tx: &'t WriteTransaction,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
+    block_cache: &'t BlockCache,
     meta: Option<Table<'t, tables::Text, u64>>,
     forward: [Option<Table<'t, tables::Text, u64>>; 4],
     reverse: [Option<Table<'t, u64, tables::Text>>; 4],
@@ -109,11 +111,13 @@ impl<'t> Writer<'t> {
         tx: &'t WriteTransaction,
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
+        block_cache: &'t BlockCache,
     ) -> Self {
         Writer {
             tx,
             policy,
             counts,
+            block_cache,
             meta: None,
             forward: [None, None, None, None],
             reverse: [None, None, None, None],
@@ -352,29 +356,37 @@ impl<'t> Writer<'t> {
 
     /// The state the given blocks make, as if they were a snapshot.
     pub fn flatten_refs(&mut self, refs: &[BlockRef]) -> Result<StateMap> {
+        let cache = Some(self.block_cache);
         let (blocks, _) = self.read_tables()?;
-        resolve::flatten(&load_refs(blocks, refs.to_vec(), SnapshotNid::EMPTY)?.runs()?)
+        resolve::flatten(&load_refs(blocks, cache, refs.to_vec(), SnapshotNid::EMPTY)?.runs()?)
     }
 
     pub fn flatten(&mut self, snapshot: SnapshotNid) -> Result<StateMap> {
+        let cache = Some(self.block_cache);
         let (blocks, snapshots) = self.read_tables()?;
-        resolve::flatten(&load(blocks, snapshots, snapshot)?.runs()?)
+        resolve::flatten(&load(blocks, cache, snapshots, snapshot)?.runs()?)
     }
 
     pub fn lookup_key(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        let cache = Some(self.block_cache);
         let (blocks, snapshots) = self.read_tables()?;
-        lookup_lazily(blocks, snapshots, snapshot, key)
+        lookup_lazily(blocks, cache, snapshots, snapshot, key)
     }
 
     /// Several snapshots combined, skipping the blocks they share; and the first one's state.
     pub fn combine(&mut self, list: &[SnapshotNid]) -> Result<(Vec<StateMap>, crate::Combined)> {
+        let cache = Some(self.block_cache);
         let (blocks, snapshots) = self.read_tables()?;
-        crate::store::combine(blocks, snapshots, list)
+        crate::store::combine(blocks, cache, snapshots, list)
     }
 
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
+        let cache = Some(self.block_cache);
         let (blocks, snapshots) = self.read_tables()?;
-        let (a, b) = (load(blocks, snapshots, a)?, load(blocks, snapshots, b)?);
+        let (a, b) = (
+            load(blocks, cache, snapshots, a)?,
+            load(blocks, cache, snapshots, b)?,
+        );
         resolve::diff(&a.runs()?, &b.runs()?)
     }
 
@@ -424,7 +436,7 @@ impl<'t> Writer<'t> {
                 w[0].key
             )));
         }
-        let policy = self.policy;
+        let (policy, cache) = (self.policy, self.block_cache);
         let (blocks, snapshots) = self.read_tables()?;
         let (chain, parent_len) = snapshot_chain_and_len(snapshots, parent)?;
         if delta.is_empty() {
@@ -432,7 +444,7 @@ impl<'t> Writer<'t> {
         }
         let parent_len = parent_len as usize;
         let refs = all_blocks(&chain);
-        let loaded = load_refs(blocks, refs.clone(), parent)?;
+        let loaded = load_refs(blocks, Some(cache), refs.clone(), parent)?;
         let (base, tail_start, keep) = layout(&chain, &refs, policy.plan(&chain, delta.len()));
         let delta_bytes = encode_block(&delta)?;
         let delta_view =

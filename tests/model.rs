@@ -189,9 +189,13 @@ fn check_all(world: &World, rng: &mut Rng, store: &Store) {
     }
 }
 
-fn run_sequence(seed: u64, policy: Box<dyn WritePolicy>) {
+fn run_sequence(seed: u64, policy: Box<dyn WritePolicy>, block_cache_bytes: usize) {
     let mut rng = Rng(seed);
-    let store = Store::builder().boxed_policy(policy).in_memory().unwrap();
+    let store = Store::builder()
+        .boxed_policy(policy)
+        .block_cache_bytes(block_cache_bytes)
+        .in_memory()
+        .unwrap();
     let mut world = World {
         snapshots: vec![(SnapshotNid::EMPTY, Model::new())],
         next_event: 0,
@@ -241,10 +245,13 @@ fn run_sequence(seed: u64, policy: Box<dyn WritePolicy>) {
 
 #[test]
 fn random_sequences_match_btreemap_model() {
+    // The block cache off, so small that it evicts on nearly every read, and at its default.
+    let caches = [0, 300, roomstate::DEFAULT_BLOCK_CACHE_BYTES];
     for seed in 0..1_000u64 {
         let mut all = policies();
-        let policy = all.swap_remove((seed % all.len() as u64) as usize);
-        run_sequence(seed, policy);
+        let n = all.len() as u64;
+        let policy = all.swap_remove((seed % n) as usize);
+        run_sequence(seed, policy, caches[(seed / n % 3) as usize]);
     }
 }
 

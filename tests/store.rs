@@ -414,3 +414,50 @@ fn a_policy_cannot_commit_a_chain_too_long_to_read() {
     assert_eq!(rx.flatten(snap).unwrap().len(), 1_100);
     assert!(rx.resolver().unwrap().chain(snap).unwrap().len() <= 1_024);
 }
+
+#[test]
+fn the_block_cache_is_shared_bounded_and_never_resurrects_a_collected_state() {
+    let state = roomstate::StateMap::from_entries(
+        (1..=2_000)
+            .map(|k| roomstate::StateEntry {
+                key: key(5, k),
+                event: ev(k),
+            })
+            .collect(),
+    );
+    for budget in [0, 1 << 20] {
+        let store = Store::builder()
+            .block_cache_bytes(budget)
+            .in_memory()
+            .unwrap();
+        let mut tx = store.write().unwrap();
+        let snap = tx.snapshot_from_state(&state).unwrap();
+        let changed = tx
+            .snapshot_from_delta(snap, vec![DeltaEntry::remove(key(5, 7))])
+            .unwrap();
+        tx.commit().unwrap();
+        for _ in 0..2 {
+            let rx = store.read().unwrap();
+            assert_eq!(rx.flatten(snap).unwrap(), state);
+            assert_eq!(rx.lookup(changed, key(5, 7)).unwrap(), None);
+            assert_eq!(rx.lookup(changed, key(5, 8)).unwrap(), Some(ev(8)));
+        }
+        let held = store.block_cache().held_bytes();
+        if budget == 0 {
+            assert_eq!(held, 0);
+        } else {
+            // The 2,000-entry block and the one-entry delta, shared by both transactions.
+            assert!(held > 2_000 * 12 && held <= budget, "{held}");
+        }
+        // Nothing names either snapshot, so a collection deletes them and their blocks; the
+        // cached bytes must not bring them back.
+        let mut tx = store.write().unwrap();
+        tx.collect_garbage().unwrap();
+        tx.commit().unwrap();
+        let rx = store.read().unwrap();
+        assert!(matches!(
+            rx.flatten(snap),
+            Err(Error::UnknownSnapshot(s)) if s == snap
+        ));
+    }
+}
