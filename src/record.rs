@@ -1,5 +1,5 @@
-//! Event and room records: the cold per-event and per-room facts, stored through
-//! [`crate::codec`].
+//! Event and room records: the cold per-event and per-room facts, stored through the crate's
+//! one bincode module (`codec`).
 
 use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
