@@ -252,7 +252,8 @@ impl<'a> BlockView<'a> {
     }
 
     /// Appends the entries of `range` merged with `newer` (sorted, distinct keys) to `out`: on a
-    /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice. `Err(index)`
+    /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice. On
+    /// `Err`, `out` holds part of the merge. `Err(index)`
     /// names a damaged entry. This is flatten's one pass over the base block.
     pub fn overlay<S: MergeSink>(
         &self,
@@ -323,14 +324,16 @@ fn overlay<const N: usize, S: MergeSink>(
         if at >= next {
             if at > next {
                 taken = place_newer(newer, taken, key, out);
-                next = next_key(taken);
             }
-            if at == next {
-                out.put(key, newer[taken].event);
+            // `next` is `u128::MAX` once `newer` is used up, which a real key can also pack
+            // to: only the entry itself says whether it replaces this one.
+            if let Some(replacing) = newer.get(taken).filter(|n| n.key == key) {
+                out.put(key, replacing.event);
                 taken += 1;
                 next = next_key(taken);
                 continue;
             }
+            next = next_key(taken);
         }
         out.put(key, EventNid::new(e));
     }
@@ -485,6 +488,21 @@ mod tests {
         let view = BlockView::parse(&damaged).unwrap();
         let mut out: Vec<StateEntry> = Vec::new();
         assert_eq!(view.overlay(0..4, &[], &mut out), Err(2));
+    }
+
+    #[test]
+    fn overlay_handles_the_largest_key_with_nothing_newer() {
+        let top = StateKey::new(TypeNid::MAX, StateKeyNid::MAX);
+        let entries = vec![DeltaEntry::set(top, EventNid::new(3).unwrap())];
+        let bytes = encode_block(&entries).unwrap();
+        let view = BlockView::parse(&bytes).unwrap();
+        let mut out: Vec<StateEntry> = Vec::new();
+        view.overlay(0..1, &[], &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        let newer = [DeltaEntry::remove(top)];
+        let mut out: Vec<StateEntry> = Vec::new();
+        view.overlay(0..1, &newer, &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //!
 //! Eviction is generational: entries live in a young and an old map, each holding at most half
 //! the budget. A hit in the old map moves the entry to the young one; when the young map fills,
-//! the old one is dropped and the young one becomes old. Every operation is O(1), memory never
-//! exceeds the budget, and a block read twice within half a budget's worth of reads stays.
+//! the old one is dropped and the young one becomes old. Every operation is O(1), the held bytes
+//! (blocks plus a per-block allowance) never exceed the budget, and a block read twice within
+//! half a budget's worth of reads stays.
+//!
+//! Write transactions read through the cache too, so a block written by a transaction that is
+//! then aborted can stay cached: it wastes budget until evicted, and is never wrong, since only
+//! a snapshot naming its hash would ask for it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -39,6 +44,14 @@ impl Hasher for HashOfHash {
         // Truncation keeps the low half, which is what we want.
         self.0 = n as u64;
     }
+}
+
+/// What one cached block counts against the budget: its bytes, the `Arc` header, and about a
+/// map slot's worth of key, pointer and control bytes.
+const PER_BLOCK_BYTES: usize = 64;
+
+fn cost(bytes: &[u8]) -> usize {
+    bytes.len() + PER_BLOCK_BYTES
 }
 
 type Generation = HashMap<u128, Arc<[u8]>, BuildHasherDefault<HashOfHash>>;
@@ -82,21 +95,27 @@ impl BlockCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached bytes of block `hash`.
-    pub fn get(&self, hash: u128) -> Option<Arc<[u8]>> {
+    /// The cached bytes of block `hash`. Crate-private, like [`BlockCache::insert`]: bytes put
+    /// in from outside could differ from the file's.
+    pub(crate) fn get(&self, hash: u128) -> Option<Arc<[u8]>> {
+        if self.half_budget == 0 {
+            return None;
+        }
         let mut g = self.lock();
         if let Some(hit) = g.young.get(&hash) {
             return Some(Arc::clone(hit));
         }
         let hit = g.old.remove(&hash)?;
-        Self::admit(&mut g, self.half_budget, hash, Arc::clone(&hit));
+        let dropped = Self::admit(&mut g, self.half_budget, hash, Arc::clone(&hit));
+        drop(g);
+        drop(dropped);
         Some(hit)
     }
 
     /// Keeps a copy of block `hash`'s bytes and returns it, or `None` when the block is larger
     /// than half the budget and is not kept.
-    pub fn insert(&self, hash: u128, bytes: &[u8]) -> Option<Arc<[u8]>> {
-        if bytes.len() > self.half_budget {
+    pub(crate) fn insert(&self, hash: u128, bytes: &[u8]) -> Option<Arc<[u8]>> {
+        if cost(bytes) > self.half_budget {
             return None;
         }
         let shared: Arc<[u8]> = Arc::from(bytes);
@@ -104,23 +123,33 @@ impl BlockCache {
         if let Some(already) = g.young.get(&hash) {
             return Some(Arc::clone(already));
         }
-        Self::admit(&mut g, self.half_budget, hash, Arc::clone(&shared));
-        Some(shared)
+        // Another reader may have put it in meanwhile; it moves up rather than being copied.
+        let kept = g.old.remove(&hash).unwrap_or(shared);
+        let dropped = Self::admit(&mut g, self.half_budget, hash, Arc::clone(&kept));
+        drop(g);
+        drop(dropped);
+        Some(kept)
     }
 
-    fn admit(g: &mut Generations, half_budget: usize, hash: u128, bytes: Arc<[u8]>) {
-        if g.young_bytes + bytes.len() > half_budget {
-            g.old = std::mem::take(&mut g.young);
+    /// Puts a block in the young generation, aging it first when full. Returns the generation
+    /// that fell out, for the caller to free after unlocking.
+    #[must_use]
+    fn admit(g: &mut Generations, half_budget: usize, hash: u128, bytes: Arc<[u8]>) -> Generation {
+        let mut dropped = Generation::default();
+        if g.young_bytes + cost(&bytes) > half_budget {
+            dropped = std::mem::replace(&mut g.old, std::mem::take(&mut g.young));
             g.young_bytes = 0;
         }
-        g.young_bytes += bytes.len();
+        g.young_bytes += cost(&bytes);
         g.young.insert(hash, bytes);
+        dropped
     }
 
-    /// Bytes of blocks held now.
+    /// Bytes held now: the blocks' bytes plus a fixed allowance per block for the map slot and
+    /// the shared pointer's header. Never more than the budget.
     pub fn held_bytes(&self) -> usize {
         let g = self.lock();
-        g.young_bytes + g.old.values().map(|b| b.len()).sum::<usize>()
+        g.young_bytes + g.old.values().map(|b| cost(b)).sum::<usize>()
     }
 }
 
@@ -138,24 +167,33 @@ mod tests {
             assert!(cache.held_bytes() <= 1000);
         }
         // Too large to keep.
-        assert!(cache.insert(500, &[7; 600]).is_none());
+        assert!(cache.insert(500, &[7; 500]).is_none());
         assert!(cache.get(500).is_none());
     }
 
     #[test]
     fn a_block_used_again_survives_a_generation() {
+        // Each block costs 36 + 64 = 100 bytes: five fill a generation.
         let cache = BlockCache::new(1000);
         for h in 1..6 {
-            cache.insert(h, &[7; 100]);
+            cache.insert(h, &[7; 36]);
         }
         // The young generation is full: the next admission makes it old, and a hit on 1 moves
         // it back to the young one.
-        cache.insert(6, &[7; 100]);
+        cache.insert(6, &[7; 36]);
         assert!(cache.get(1).is_some());
         for h in 7..11 {
-            cache.insert(h, &[7; 100]);
+            cache.insert(h, &[7; 36]);
         }
         assert!(cache.get(1).is_some());
         assert!(cache.get(2).is_none());
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing() {
+        let cache = BlockCache::new(0);
+        assert!(cache.insert(1, &[]).is_none());
+        assert!(cache.get(1).is_none());
+        assert_eq!(cache.held_bytes(), 0);
     }
 }

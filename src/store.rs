@@ -444,7 +444,7 @@ pub trait StoreRead: sealed::Sealed {
             Ok(Resolver {
                 blocks: self.txn().open(tables::BLOCKS)?,
                 snapshots: self.txn().open(tables::SNAPSHOTS)?,
-                cache: Some(Arc::clone(self.block_cache())),
+                cache: Arc::clone(self.block_cache()),
             })
         })
     }
@@ -971,7 +971,7 @@ impl WriteTxn {
 pub struct Resolver<B, S> {
     blocks: B,
     snapshots: S,
-    cache: Option<Arc<BlockCache>>,
+    cache: Arc<BlockCache>,
 }
 
 impl<B, S> std::fmt::Debug for Resolver<B, S> {
@@ -1296,14 +1296,7 @@ where
     }
 
     fn load(&self, snapshot: SnapshotNid) -> Result<Loaded<'_>> {
-        crate::error::guard(|| {
-            load(
-                &self.blocks,
-                self.cache.as_deref(),
-                &self.snapshots,
-                snapshot,
-            )
-        })
+        crate::error::guard(|| load(&self.blocks, Some(&*self.cache), &self.snapshots, snapshot))
     }
 
     /// The full state of a snapshot, one entry per key, sorted.
@@ -1317,7 +1310,7 @@ where
         crate::error::guard(|| {
             lookup_lazily(
                 &self.blocks,
-                self.cache.as_deref(),
+                Some(&*self.cache),
                 &self.snapshots,
                 snapshot,
                 key,
@@ -1352,13 +1345,7 @@ where
     /// flattened; the others are only asked about those keys.
     pub fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
         crate::error::guard(|| {
-            Ok(combine(
-                &self.blocks,
-                self.cache.as_deref(),
-                &self.snapshots,
-                snapshots,
-            )?
-            .1)
+            Ok(combine(&self.blocks, Some(&*self.cache), &self.snapshots, snapshots)?.1)
         })
     }
 }

@@ -340,11 +340,14 @@ impl<'t> Writer<'t> {
         Ok(nid)
     }
 
-    fn read_tables(&mut self) -> Result<(&BlockTable<'t>, &SnapshotTable<'t>)> {
+    /// The block and snapshot tables, and the block cache to read blocks through.
+    fn read_tables(
+        &mut self,
+    ) -> Result<(&BlockTable<'t>, &SnapshotTable<'t>, Option<&'t BlockCache>)> {
         self.blocks()?;
         self.snapshots()?;
         match (&self.blocks, &self.snapshots) {
-            (Some(b), Some(s)) => Ok((b, s)),
+            (Some(b), Some(s)) => Ok((b, s, Some(self.block_cache))),
             // Both were opened just above.
             _ => Err(Error::InvalidState("tables failed to open".into())),
         }
@@ -356,33 +359,28 @@ impl<'t> Writer<'t> {
 
     /// The state the given blocks make, as if they were a snapshot.
     pub fn flatten_refs(&mut self, refs: &[BlockRef]) -> Result<StateMap> {
-        let cache = Some(self.block_cache);
-        let (blocks, _) = self.read_tables()?;
+        let (blocks, _, cache) = self.read_tables()?;
         resolve::flatten(&load_refs(blocks, cache, refs.to_vec(), SnapshotNid::EMPTY)?.runs()?)
     }
 
     pub fn flatten(&mut self, snapshot: SnapshotNid) -> Result<StateMap> {
-        let cache = Some(self.block_cache);
-        let (blocks, snapshots) = self.read_tables()?;
+        let (blocks, snapshots, cache) = self.read_tables()?;
         resolve::flatten(&load(blocks, cache, snapshots, snapshot)?.runs()?)
     }
 
     pub fn lookup_key(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        let cache = Some(self.block_cache);
-        let (blocks, snapshots) = self.read_tables()?;
+        let (blocks, snapshots, cache) = self.read_tables()?;
         lookup_lazily(blocks, cache, snapshots, snapshot, key)
     }
 
     /// Several snapshots combined, skipping the blocks they share; and the first one's state.
     pub fn combine(&mut self, list: &[SnapshotNid]) -> Result<(Vec<StateMap>, crate::Combined)> {
-        let cache = Some(self.block_cache);
-        let (blocks, snapshots) = self.read_tables()?;
+        let (blocks, snapshots, cache) = self.read_tables()?;
         crate::store::combine(blocks, cache, snapshots, list)
     }
 
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
-        let cache = Some(self.block_cache);
-        let (blocks, snapshots) = self.read_tables()?;
+        let (blocks, snapshots, cache) = self.read_tables()?;
         let (a, b) = (
             load(blocks, cache, snapshots, a)?,
             load(blocks, cache, snapshots, b)?,
@@ -436,15 +434,15 @@ impl<'t> Writer<'t> {
                 w[0].key
             )));
         }
-        let (policy, cache) = (self.policy, self.block_cache);
-        let (blocks, snapshots) = self.read_tables()?;
+        let policy = self.policy;
+        let (blocks, snapshots, cache) = self.read_tables()?;
         let (chain, parent_len) = snapshot_chain_and_len(snapshots, parent)?;
         if delta.is_empty() {
             return Ok(parent);
         }
         let parent_len = parent_len as usize;
         let refs = all_blocks(&chain);
-        let loaded = load_refs(blocks, Some(cache), refs.clone(), parent)?;
+        let loaded = load_refs(blocks, cache, refs.clone(), parent)?;
         let (base, tail_start, keep) = layout(&chain, &refs, policy.plan(&chain, delta.len()));
         let delta_bytes = encode_block(&delta)?;
         let delta_view =
