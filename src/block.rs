@@ -252,9 +252,9 @@ impl<'a> BlockView<'a> {
     }
 
     /// Appends the entries of `range` merged with `newer` (sorted, distinct keys) to `out`: on a
-    /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice. On
-    /// `Err`, `out` holds part of the merge. `Err(index)`
-    /// names a damaged entry. This is flatten's one pass over the base block.
+    /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice.
+    /// `Err(index)` names a damaged entry, and `out` then holds part of the merge. This is
+    /// flatten's one pass over the base block.
     pub fn overlay<S: MergeSink>(
         &self,
         range: Range<usize>,
