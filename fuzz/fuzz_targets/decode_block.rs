@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
     let mut newer: BTreeMap<StateKey, Option<EventNid>> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         if i % 3 == 0 {
-            newer.insert(e.key, (i % 2 == 0).then(|| EventNid::new(i as u64 + 1)).flatten());
+            newer.insert(
+                e.key,
+                (i % 2 == 0).then(|| EventNid::new(i as u64 + 1)).flatten(),
+            );
         }
         let next = StateKeyNid::new(e.key.key.get().wrapping_add(1));
         if let Some(key) = next.map(|k| StateKey::new(e.key.ty, k)) {
