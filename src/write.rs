@@ -435,14 +435,17 @@ impl<'t> Writer<'t> {
             )));
         }
         let policy = self.policy;
-        let (blocks, snapshots, cache) = self.read_tables()?;
+        let (blocks, snapshots, _) = self.read_tables()?;
         let (chain, parent_len) = snapshot_chain_and_len(snapshots, parent)?;
         if delta.is_empty() {
             return Ok(parent);
         }
         let parent_len = parent_len as usize;
         let refs = all_blocks(&chain);
-        let loaded = load_refs(blocks, cache, refs.clone(), parent)?;
+        // Read in place, around the block cache: every state event reads its parent's blocks
+        // here, base included, and filling the cache on a miss would copy a large base again
+        // each time rooms take turns evicting each other's.
+        let loaded = load_refs(blocks, None, refs.clone(), parent)?;
         let (base, tail_start, keep) = layout(&chain, &refs, policy.plan(&chain, delta.len()));
         let delta_bytes = encode_block(&delta)?;
         let delta_view =
