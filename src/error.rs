@@ -106,7 +106,7 @@ pub enum Error {
     InvalidState(String),
     /// A line of ingest input that was refused: which line, which event, and why.
     #[error("{0}")]
-    BadLine(Box<crate::ingest::BadLine>),
+    BadLine(Box<BadLine>),
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -205,4 +205,98 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
             .unwrap_or_else(|| "a panic without a message".to_owned());
         Err(Error::Damaged(message))
     })
+}
+
+/// The spec's limit on an event's size, which also bounds the memory one line may take.
+pub const MAX_EVENT_BYTES: usize = 65_536;
+
+/// What is wrong with a bad line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The line is not JSON.
+    NotJson(String),
+    /// The JSON does not have the shape of an event (a field of the wrong type, say).
+    NotAnEvent(String),
+    /// The line is longer than an event may be.
+    TooLarge(usize),
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field is over the spec's 255-byte limit, or empty where it must not be.
+    BadField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A prev event the store has never seen.
+    UnknownPrevEvent(String),
+    /// A prev event that belongs to another room.
+    PrevEventInOtherRoom(String),
+    /// An auth event that belongs to another room.
+    AuthEventInOtherRoom(String),
+    /// The event ID is already stored.
+    DuplicateEvent,
+    /// No prev events, but not the room's create event.
+    NoPrevEvents,
+    /// A create event for a room the store already has.
+    RoomExists,
+    /// The resolver could not settle the states: an unsupported room version, or state
+    /// resolution failed (an auth event it needs is missing, say).
+    ResolutionFailed(String),
+    /// States disagree and the resolver did not settle them. Lists the conflicted
+    /// (type, state key) pairs.
+    NeedsStateResolution(Vec<(String, String)>),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NotJson(e) => write!(f, "not JSON: {e}"),
+            Problem::NotAnEvent(e) => write!(f, "not an event: {e}"),
+            Problem::TooLarge(n) => write!(f, "line of {n} bytes exceeds {MAX_EVENT_BYTES}"),
+            Problem::MissingField(field) => write!(f, "missing field `{field}`"),
+            Problem::BadField { field, reason } => write!(f, "field `{field}` is {reason}"),
+            Problem::UnknownPrevEvent(id) => write!(f, "unknown prev event {id}"),
+            Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),
+            Problem::AuthEventInOtherRoom(id) => write!(f, "auth event {id} is in another room"),
+            Problem::DuplicateEvent => f.write_str("event already stored"),
+            Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
+            Problem::RoomExists => f.write_str("create event for a room that already exists"),
+            Problem::ResolutionFailed(why) => write!(f, "state resolution failed: {why}"),
+            Problem::NeedsStateResolution(keys) => {
+                write!(f, "needs state resolution of {} key(s):", keys.len())?;
+                for (ty, key) in keys.iter().take(10) {
+                    write!(f, " ({ty}, {key:?})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A line that was refused, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLine {
+    /// The input it came from, when the ingester was told (see [`Ingester::set_source`]).
+    pub source: Option<String>,
+    /// The line number within its input, from 1.
+    pub line: u64,
+    /// The event ID, when the line had one.
+    pub event_id: Option<String>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(source) = &self.source {
+            write!(f, "{source}: ")?;
+        }
+        write!(f, "line {}", self.line)?;
+        if let Some(id) = &self.event_id {
+            write!(f, " (event {id})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
 }

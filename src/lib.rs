@@ -28,27 +28,25 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod block;
-pub mod cache;
-pub mod check;
-mod codec;
+// The floors, bottom up; `docs/architecture.md` maps them and `tests/layers.rs` keeps their
+// imports running downward.
 pub mod error;
-pub mod ingest;
-mod intern;
-#[cfg(feature = "state-res")]
-mod matrix;
-pub mod membership;
 pub mod nid;
-pub mod policy;
-pub mod purge;
-pub mod record;
-pub mod refs;
-pub mod resolve;
-pub mod snapshot;
-mod store;
-mod tables;
+
+pub mod engine;
+pub mod store;
+
+pub mod matrix;
+
+pub mod ingest;
+
+#[cfg(feature = "workload")]
 pub mod workload;
-mod write;
+
+// The modules' old paths, kept for callers.
+pub use engine::{block, cache, policy, resolve, snapshot};
+pub use store::{check, membership, purge, record, refs};
+
 /// The README's tour, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -56,8 +54,8 @@ pub struct ReadmeDoctests;
 
 pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
+pub use engine::source::{BlockSource, Resolver, SnapshotSource};
 pub use error::{Error, Result, StringKind};
-pub use intern::MAX_ID_BYTES;
 pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 pub use policy::{Conduit, Dendrite, Full, Layer, Plan, Synapse, Tiered, WritePolicy};
@@ -66,7 +64,8 @@ pub use record::{EventRecord, RoomRecord};
 pub use refs::Collected;
 pub use resolve::{Changed, Combined, Conflict, StateDiff, StateMap};
 pub use snapshot::BlockRef;
+pub use store::intern::MAX_ID_BYTES;
 pub use store::{
-    DEFAULT_CACHE_BYTES, ReadTxn, Resolver, ResolverOf, STATE_TABLES, Store, StoreBuilder,
-    StoreRead, StoreStats, TableSize, WriteCounts, WriteTxn, state_bytes,
+    DEFAULT_CACHE_BYTES, ReadTxn, ResolverOf, STATE_TABLES, Store, StoreBuilder, StoreRead,
+    StoreStats, TableSize, WriteCounts, WriteTxn, state_bytes,
 };

@@ -5,9 +5,10 @@
 //! are medians, and flatten is reported against a plain copy of the same entries measured in the
 //! same process, since the machine is shared.
 
-use crate::{CliResult, Failure};
+use crate::failure::{CliResult, Failure};
+use crate::plot::{Series, svg};
+use crate::workload::{GenConfig, Generator, Workload};
 use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
-use roomstate::workload::{GenConfig, Generator, Workload};
 use roomstate::{SnapshotNid, StateEntry, Store, StoreRead, policy};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
@@ -127,7 +128,14 @@ pub fn run(workload: Workload, scale: Scale, json: bool, plot: Option<&Path>) ->
         print_table(&all, &mut std::io::stdout().lock())?;
     }
     if let Some(path) = plot {
-        std::fs::write(path, crate::plot::svg(&all))?;
+        let series: Vec<Series<'_>> = all
+            .iter()
+            .map(|f| Series {
+                policy: &f.policy,
+                samples: &f.samples,
+            })
+            .collect();
+        std::fs::write(path, svg(&series))?;
         eprintln!("plot written to {}", path.display());
     }
     Ok(())

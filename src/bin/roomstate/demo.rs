@@ -1,9 +1,9 @@
 //! `roomstate demo`: a synthetic room through the public API, and what the store made of it.
 
+use crate::failure::{CliResult, Failure};
 use crate::names::Names;
-use crate::{CliResult, Failure};
+use crate::workload::{GenConfig, Generator};
 use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
-use roomstate::workload::{GenConfig, Generator};
 use roomstate::{StateKey, Store, StoreRead, TypeNid};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

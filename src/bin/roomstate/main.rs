@@ -3,17 +3,25 @@
 
 mod bench;
 mod demo;
+mod failure;
 mod maintain;
 mod names;
 mod plot;
 mod query;
+// The generator, compiled from the library's source into the CLI alone: the library builds it
+// only behind its `workload` feature, so a homeserver linking it never does. The CLI uses only
+// part of what the tests use.
+#[allow(dead_code)]
+#[path = "../../workload/mod.rs"]
+mod workload;
 
+use crate::workload::{GenConfig, Workload, write_jsonl};
 use clap::{Parser, Subcommand};
+use failure::{CliResult, Failure};
 use roomstate::ingest::{
     IngestOptions, IngestReport, Ingester, MatrixResolver, OnBadLine, Refuse, StateResolver,
     TrivialMerge, open_input,
 };
-use roomstate::workload::{GenConfig, Workload, write_jsonl};
 use roomstate::{Membership, Store, StoreRead};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -181,36 +189,6 @@ enum ResolverChoice {
     Trivial,
     Refuse,
 }
-
-/// A failure, split the way the exit code reports it.
-pub enum Failure {
-    /// The user's doing: bad input, an unknown ID. Exit code 1.
-    User(String),
-    /// The store's: I/O, corruption. Exit code 2.
-    Store(String),
-}
-
-impl From<roomstate::Error> for Failure {
-    fn from(e: roomstate::Error) -> Self {
-        if e.is_user_error() {
-            Failure::User(e.to_string())
-        } else {
-            Failure::Store(e.to_string())
-        }
-    }
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Failure::User("output closed".into())
-        } else {
-            Failure::Store(format!("I/O error: {e}"))
-        }
-    }
-}
-
-pub type CliResult<T = ()> = Result<T, Failure>;
 
 const DEFAULT_DB: &str = "roomstate.redb";
 

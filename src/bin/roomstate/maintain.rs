@@ -1,6 +1,6 @@
 //! The subcommands that delete: purge and compact.
 
-use crate::CliResult;
+use crate::failure::CliResult;
 use crate::names::room_nid;
 use roomstate::Store;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Turning NIDs back into strings for output, with a cache: the same types and users recur in
 //! every state.
 
-use crate::{CliResult, Failure};
+use crate::failure::{CliResult, Failure};
 use roomstate::{EventNid, ReadTxn, StateEntry, StateKeyNid, StateMap, StoreRead, TypeNid};
 use std::collections::HashMap;
 

@@ -1,7 +1,6 @@
 //! A small SVG line chart of state bytes per state change against state size, one line per
 //! policy, on a logarithmic byte axis (the policies differ by orders of magnitude).
 
-use crate::bench::Figures;
 use std::fmt::Write;
 
 const W: f64 = 720.0;
@@ -14,7 +13,13 @@ const COLOURS: [&str; 6] = [
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
 ];
 
-pub fn svg(all: &[Figures]) -> String {
+/// One line of the chart: a policy's name and its (state entries, bytes per change) samples.
+pub struct Series<'a> {
+    pub policy: &'a str,
+    pub samples: &'a [(u64, f64)],
+}
+
+pub fn svg(all: &[Series<'_>]) -> String {
     let points = all.iter().flat_map(|f| f.samples.iter());
     let max_x = points.clone().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
     let ys = points.map(|p| p.1).filter(|y| *y > 0.0);

@@ -1,7 +1,7 @@
 //! The read-only subcommands: state, states, diff, members, rooms, event, stats.
 
+use crate::failure::{CliResult, Failure};
 use crate::names::{Named, Names, event_nid, room_nid};
-use crate::{CliResult, Failure};
 use roomstate::{Membership, ReadTxn, SnapshotNid, StateMap, StoreRead};
 use serde_json::{Value, json};
 use std::io::Write;

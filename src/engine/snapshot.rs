@@ -8,7 +8,7 @@
 //! can name a large shared prefix in 8 bytes. The counts let write policies plan, and readers
 //! size their output, without reading the blocks themselves.
 
-use crate::block::BlockHash;
+use crate::engine::block::BlockHash;
 use crate::nid::SnapshotNid;
 use std::fmt;
 

@@ -6,7 +6,7 @@
 //! a small sorted override list, then copies the base in one pass that takes each override as
 //! the copy reaches its key: about one copy of the state plus a few nanoseconds per newer entry.
 
-use crate::block::{BlockHash, BlockView, DeltaEntry, StateEntry};
+use crate::engine::block::{BlockHash, BlockView, DeltaEntry, StateEntry};
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 

@@ -6,13 +6,13 @@
 //! snapshot and block that no other room still uses. The room ID, event types and state keys
 //! stay interned: they are small, and other rooms may share them.
 
-use crate::codec;
 use crate::error::{Error, Result};
-use crate::intern;
 use crate::nid::{EventNid, RoomNid};
-use crate::record::EventRecord;
-use crate::refs::Collected;
-use crate::write::Writer;
+use crate::store::codec;
+use crate::store::intern;
+use crate::store::record::EventRecord;
+use crate::store::refs::Collected;
+use crate::store::writer::Writer;
 use redb::ReadableTable;
 
 /// What [`crate::WriteTxn::purge_room`] deleted.

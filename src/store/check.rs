@@ -3,15 +3,16 @@
 //! It reports problems instead of stopping at the first, so one damaged row does not hide the
 //! rest.
 
-use crate::block::{BlockHash, BlockView};
-use crate::codec;
+use crate::engine::MAX_CHAIN;
+use crate::engine::block::{BlockHash, BlockView};
+use crate::engine::snapshot::{SnapshotRecord, decode_snapshot, snapshot_hash};
 use crate::error::Result;
-use crate::intern::{self, Kind};
-use crate::record::{EventRecord, RoomRecord};
-use crate::refs::CountKey;
-use crate::snapshot::{SnapshotRecord, decode_snapshot, snapshot_hash};
-use crate::store::{MAX_CHAIN, Tables};
-use crate::tables;
+use crate::store::Tables;
+use crate::store::codec;
+use crate::store::intern::{self, Kind};
+use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::refs::CountKey;
+use crate::store::tables;
 use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -241,7 +242,7 @@ fn check_snapshots<T: Tables>(
     }
     tally.snapshots = records
         .keys()
-        .filter(|&&n| n != crate::SnapshotNid::EMPTY.get())
+        .filter(|&&n| n != crate::nid::SnapshotNid::EMPTY.get())
         .map(|&n| (n, 0))
         .collect();
     for record in records.values() {
@@ -480,8 +481,8 @@ fn count_problem(
 /// it is their resolved combination, which only the resolver can recompute.)
 fn current_state_mismatch<T: Tables>(
     tx: &T,
-    current: crate::SnapshotNid,
-    extremity: crate::EventNid,
+    current: crate::nid::SnapshotNid,
+    extremity: crate::nid::EventNid,
 ) -> Result<Option<String>> {
     let events = tx.open(tables::EVENTS)?;
     let Some(bytes) = events.get(extremity.get())? else {
@@ -492,8 +493,8 @@ fn current_state_mismatch<T: Tables>(
     };
     let blocks = tx.open(tables::BLOCKS)?;
     let snapshots = tx.open(tables::SNAPSHOTS)?;
-    let flatten = |s| -> Result<crate::StateMap> {
-        crate::resolve::flatten(&crate::store::load(&blocks, None, &snapshots, s)?.runs()?)
+    let flatten = |s| -> Result<crate::engine::resolve::StateMap> {
+        crate::engine::resolve::flatten(&crate::engine::load(&blocks, None, &snapshots, s)?.runs()?)
     };
     let (Ok(before), Ok(now)) = (flatten(record.state_before), flatten(current)) else {
         // A snapshot that does not read back was reported with its own row.
@@ -501,14 +502,14 @@ fn current_state_mismatch<T: Tables>(
     };
     let mut expected = before.into_vec();
     if let Some(key) = record.sets() {
-        expected.push(crate::StateEntry {
+        expected.push(crate::engine::block::StateEntry {
             key,
             event: extremity,
         });
     }
-    let expected = crate::StateMap::from_entries(expected);
+    let expected = crate::engine::resolve::StateMap::from_entries(expected);
     Ok((expected != now).then(|| {
-        let d = crate::resolve::diff_maps(&expected, &now);
+        let d = crate::engine::resolve::diff_maps(&expected, &now);
         format!(
             "current state differs from the state after its one forward extremity {extremity}: \
              {} added, {} removed, {} changed",

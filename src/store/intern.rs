@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result, StringKind};
 use crate::nid::{FIRST_DYNAMIC_NID, NidKind, WELL_KNOWN_STATE_KEYS, WELL_KNOWN_TYPES};
-use crate::tables::{self, Text};
+use crate::store::tables::{self, Text};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 /// The spec's limit on room IDs, event IDs, types and state keys, in bytes.

@@ -1,7 +1,7 @@
 //! Write policies: how a new snapshot is laid out from its parent and a state delta.
 //!
 //! A snapshot is a chain of records, root first; each record adds blocks after its parent's
-//! (see [`crate::snapshot`]). A policy sees the parent's chain and answers with a [`Plan`]: which
+//! (see [`crate::engine::snapshot`]). A policy sees the parent's chain and answers with a [`Plan`]: which
 //! record of the chain the new snapshot hangs from (or none), and how many of the blocks after
 //! that record to reuse as they are. The store merges the remaining blocks with the delta into
 //! one new block and appends it. Every layout the anchors use, and ours, is a choice of these two
@@ -15,8 +15,8 @@
 //! | [`Conduit`] | hang from the parent, or fold into lower layers by Conduit's size rule |
 //! | [`Tiered`] | our default: a shared base record plus a few small runs, merged by size |
 
+use crate::engine::snapshot::BlockRef;
 use crate::nid::SnapshotNid;
-use crate::snapshot::BlockRef;
 use std::fmt;
 
 /// One record of a snapshot's chain: the snapshot and the blocks it adds to its parent's.
@@ -334,7 +334,7 @@ pub const POLICY_NAMES: [&str; 5] = ["tiered", "dendrite64", "synapse100", "cond
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::BlockHash;
+    use crate::engine::block::BlockHash;
 
     fn layer(sizes: &[u32]) -> Layer {
         Layer {

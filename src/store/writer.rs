@@ -2,23 +2,23 @@
 //! on first use and keeps it open. A [`crate::WriteTxn`] call uses a writer for one operation;
 //! ingest keeps one for a whole batch, since opening a redb table costs about a microsecond.
 
-use crate::block::{BlockHash, BlockView, DeltaEntry, encode_block};
-use crate::cache::BlockCache;
-use crate::codec;
-use crate::error::{Error, Result};
-use crate::intern::{self, Kind};
-use crate::membership::Membership;
-use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
-use crate::policy::Layer;
-use crate::policy::WritePolicy;
-use crate::record::{EventRecord, RoomRecord};
-use crate::resolve::{self, Run, StateDiff, StateMap};
-use crate::snapshot::{BlockRef, SnapshotRecord, encode_snapshot, snapshot_hash};
-use crate::store::{
-    MAX_CHAIN, WriteCounts, all_blocks, load, load_refs, lookup_lazily, snapshot_chain,
-    snapshot_chain_and_len,
+use crate::engine::block::{BlockHash, BlockView, DeltaEntry, encode_block};
+use crate::engine::cache::BlockCache;
+use crate::engine::policy::Layer;
+use crate::engine::policy::WritePolicy;
+use crate::engine::resolve::{self, Run, StateDiff, StateMap};
+use crate::engine::snapshot::{BlockRef, SnapshotRecord, encode_snapshot, snapshot_hash};
+use crate::engine::{
+    MAX_CHAIN, all_blocks, load, load_refs, lookup_lazily, snapshot_chain, snapshot_chain_and_len,
 };
-use crate::tables;
+use crate::error::{Error, Result};
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
+use crate::store::WriteCounts;
+use crate::store::codec;
+use crate::store::intern::{self, Kind};
+use crate::store::membership::Membership;
+use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use std::collections::HashMap;
 
@@ -34,7 +34,7 @@ type SnapshotTable<'t> = Table<'t, u64, Bytes>;
 fn layout(
     chain: &[Layer],
     refs: &[BlockRef],
-    plan: crate::Plan,
+    plan: crate::engine::policy::Plan,
 ) -> (Option<SnapshotNid>, usize, usize) {
     // A record deeper than readers accept would commit a snapshot nobody can read: such a plan
     // falls back to a flat record, whatever policy made it.
@@ -374,9 +374,12 @@ impl<'t> Writer<'t> {
     }
 
     /// Several snapshots combined, skipping the blocks they share; and the first one's state.
-    pub fn combine(&mut self, list: &[SnapshotNid]) -> Result<(Vec<StateMap>, crate::Combined)> {
+    pub fn combine(
+        &mut self,
+        list: &[SnapshotNid],
+    ) -> Result<(Vec<StateMap>, crate::engine::resolve::Combined)> {
         let (blocks, snapshots, cache) = self.read_tables()?;
-        crate::store::combine(blocks, cache, snapshots, list)
+        crate::engine::combine(blocks, cache, snapshots, list)
     }
 
     pub fn diff(&mut self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {

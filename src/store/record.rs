@@ -1,8 +1,8 @@
 //! Event and room records: the cold per-event and per-room facts, stored through the crate's
 //! one bincode module (`codec`).
 
-use crate::membership::Membership;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::store::membership::Membership;
 use serde::{Deserialize, Serialize};
 
 /// What the store knows of one event.
@@ -64,13 +64,13 @@ macro_rules! stored_layout {
     ($record:ty, $table:literal) => {
         impl $record {
             /// The bytes stored for this record.
-            pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
-                crate::codec::encode(self)
+            pub fn to_bytes(&self) -> crate::error::Result<Vec<u8>> {
+                crate::store::codec::encode(self)
             }
 
             /// A record from stored bytes; damaged bytes are an [`crate::Error::Corrupt`].
-            pub fn from_bytes(bytes: &[u8]) -> crate::Result<Self> {
-                crate::codec::decode($table, "(given bytes)", bytes)
+            pub fn from_bytes(bytes: &[u8]) -> crate::error::Result<Self> {
+                crate::store::codec::decode($table, "(given bytes)", bytes)
             }
         }
     };

@@ -16,11 +16,11 @@
 //! which leaves the auth difference it computes unchanged. [`MatrixResolver::whole_maps`] turns
 //! this off, for comparison.
 
-use crate::block::StateEntry;
+use crate::engine::block::StateEntry;
+use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
-use crate::ingest::{ResolveRequest, StateResolver, StateSource};
+use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
-use crate::resolve::StateMap;
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
 use ruma_common::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
@@ -220,7 +220,7 @@ impl MatrixResolver {
     fn back_to_nids(
         &mut self,
         pdus: &Pdus<'_>,
-        combined: &crate::Combined,
+        combined: &crate::engine::resolve::Combined,
         resolved: ruma_state_res::StateMap<OwnedEventId>,
     ) -> Result<StateMap> {
         let mut entries = combined.unconflicted.entries().to_vec();
@@ -435,7 +435,7 @@ impl AuthChains {
 /// crate's callbacks cannot fail, so the first store error is kept and returned afterwards.
 struct Pdus<'s> {
     source: RefCell<&'s mut dyn StateSource>,
-    room: crate::RoomNid,
+    room: crate::nid::RoomNid,
     parsed: RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
     ids: RefCell<HashMap<EventNid, OwnedEventId>>,
     nids: RefCell<HashMap<OwnedEventId, EventNid>>,
@@ -443,7 +443,7 @@ struct Pdus<'s> {
 }
 
 impl<'s> Pdus<'s> {
-    fn new(source: &'s mut dyn StateSource, room: crate::RoomNid) -> Self {
+    fn new(source: &'s mut dyn StateSource, room: crate::nid::RoomNid) -> Self {
         Pdus {
             source: RefCell::new(source),
             room,

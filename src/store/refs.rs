@@ -11,11 +11,11 @@
 //! which releases its parent and its blocks, and so on down the chain, then every unreferenced
 //! block.
 
-use crate::block::BlockHash;
+use crate::engine::block::BlockHash;
+use crate::engine::snapshot::{decode_snapshot, snapshot_hash};
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
-use crate::snapshot::{decode_snapshot, snapshot_hash};
-use crate::write::Writer;
+use crate::store::writer::Writer;
 use redb::{ReadableTable, Table};
 use std::fmt;
 

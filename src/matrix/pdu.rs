@@ -1,0 +1,146 @@
+//! PDUs as they arrive: the fields of an event's JSON that the store reads, checked for shape
+//! and for the spec's limits on sizes.
+
+use crate::error::Problem;
+use crate::store::id_problem;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::borrow::Cow;
+
+/// An event ID in `prev_events` or `auth_events`: a plain string (room version 3 and later) or
+/// an `[id, hashes]` pair (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EventRef<'a> {
+    Id(#[serde(borrow)] Cow<'a, str>),
+    Pair(#[serde(borrow)] Cow<'a, str>, IgnoredAny),
+}
+
+impl<'a> EventRef<'a> {
+    pub(crate) fn id(&self) -> &str {
+        match self {
+            EventRef::Id(id) | EventRef::Pair(id, _) => id,
+        }
+    }
+}
+
+/// A content field that only some event types give a meaning to: any JSON value is accepted,
+/// and only a string is read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Loose<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+impl Loose<'_> {
+    pub(crate) fn text(&self) -> Option<&str> {
+        match self {
+            Loose::Text(s) => Some(s),
+            Loose::Other(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct Content<'a> {
+    #[serde(borrow, default)]
+    pub(crate) membership: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    pub(crate) room_version: Option<Loose<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Pdu<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sender: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prev_events: Option<Vec<EventRef<'a>>>,
+    #[serde(borrow, default)]
+    auth_events: Option<Vec<EventRef<'a>>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+}
+
+/// A line's event, checked for shape and sizes.
+pub(crate) struct Parsed<'a> {
+    pub(crate) event_id: Cow<'a, str>,
+    pub(crate) room_id: Cow<'a, str>,
+    pub(crate) event_type: Cow<'a, str>,
+    pub(crate) state_key: Option<Cow<'a, str>>,
+    pub(crate) prev_events: Vec<EventRef<'a>>,
+    pub(crate) auth_events: Vec<EventRef<'a>>,
+    pub(crate) content: Content<'a>,
+}
+
+impl Parsed<'_> {
+    pub(crate) fn is_create(&self) -> bool {
+        self.event_type == "m.room.create" && self.state_key.as_deref() == Some("")
+    }
+}
+
+pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem)> {
+    // serde_json skips the strings of ignored fields without checking their UTF-8, and the line
+    // is stored as the event's JSON text: check it whole.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| (None, Problem::NotJson(format!("not UTF-8: {e}"))))?;
+    let pdu: Pdu<'_> = serde_json::from_str(text).map_err(|e| {
+        let problem = match e.classify() {
+            serde_json::error::Category::Data => Problem::NotAnEvent(e.to_string()),
+            _ => Problem::NotJson(e.to_string()),
+        };
+        (None, problem)
+    })?;
+    let id = pdu.event_id.as_deref().map(str::to_owned);
+    let fail = |p| (id.clone(), p);
+    let missing = |field| fail(Problem::MissingField(field));
+    let event_id = pdu.event_id.ok_or_else(|| missing("event_id"))?;
+    let room_id = pdu.room_id.ok_or_else(|| missing("room_id"))?;
+    let event_type = pdu.event_type.ok_or_else(|| missing("type"))?;
+    let prev_events = pdu.prev_events.ok_or_else(|| missing("prev_events"))?;
+    let auth_events = pdu.auth_events.unwrap_or_default();
+    let checks = [
+        ("event_id", Some(&*event_id), false),
+        ("room_id", Some(&*room_id), false),
+        ("type", Some(&*event_type), true),
+        ("state_key", pdu.state_key.as_deref(), true),
+        ("sender", pdu.sender.as_deref(), true),
+    ];
+    let refs = prev_events
+        .iter()
+        .map(|r| ("prev_events", Some(r.id()), false))
+        .chain(
+            auth_events
+                .iter()
+                .map(|r| ("auth_events", Some(r.id()), false)),
+        );
+    for (field, value, may_be_empty) in checks.into_iter().chain(refs) {
+        if let Some(v) = value {
+            check_field(field, v, may_be_empty).map_err(fail)?;
+        }
+    }
+    Ok(Parsed {
+        event_id,
+        room_id,
+        event_type,
+        state_key: pdu.state_key,
+        prev_events,
+        auth_events,
+        content: pdu.content.unwrap_or_default(),
+    })
+}
+
+fn check_field(field: &'static str, value: &str, may_be_empty: bool) -> Result<(), Problem> {
+    match id_problem(value, may_be_empty) {
+        Some(reason) => Err(Problem::BadField { field, reason }),
+        None => Ok(()),
+    }
+}

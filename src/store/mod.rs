@@ -1,0 +1,30 @@
+//! The store: one redb file, its tables and transactions, interning, records, reference counts
+//! and collection, purge, check and stats.
+//!
+//! Architecture invariant: the store knows redb and the engine, and nothing of Matrix events'
+//! JSON or rules. It imports [`crate::engine`], [`crate::nid`] and [`crate::error`], never
+//! [`crate::matrix`] or [`crate::ingest`].
+
+pub mod check;
+pub(crate) mod codec;
+pub mod intern;
+pub mod membership;
+mod open;
+pub mod purge;
+mod read;
+pub mod record;
+pub mod refs;
+pub mod source;
+mod stats;
+pub(crate) mod tables;
+mod write;
+pub(crate) mod writer;
+
+pub use open::{DEFAULT_CACHE_BYTES, Store, StoreBuilder};
+pub use read::{ReadTxn, ResolverOf, StoreRead, Tables};
+pub use stats::{STATE_TABLES, StoreStats, TableSize, state_bytes};
+pub use write::{WriteCounts, WriteTxn};
+
+// What the Matrix layer may use beyond the public API: the batch writer and the interning kinds.
+pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
+pub(crate) use writer::Writer;

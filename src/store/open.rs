@@ -1,0 +1,351 @@
+//! Opening a store: the file (or memory), its caches and write policy, and its tables.
+
+use crate::engine::cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
+use crate::engine::policy::{WritePolicy, default_policy};
+use crate::engine::snapshot::{SnapshotRecord, encode_snapshot, snapshot_hash};
+use crate::error::{Error, Result};
+use crate::nid::SnapshotNid;
+use crate::store::intern;
+use crate::store::read::ReadTxn;
+use crate::store::tables;
+use crate::store::write::{WriteCounts, WriteTxn};
+use crate::store::writer::NEXT_SNAPSHOT;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A room-state store in one redb file (or in memory).
+///
+/// Reads run in [`ReadTxn`]s, which see a consistent snapshot of the store while a writer runs;
+/// writes run in one [`WriteTxn`] at a time, which commits or aborts as a whole.
+///
+/// ```
+/// use roomstate::{DeltaEntry, StateKey, Store, StoreRead, TypeNid};
+///
+/// # fn main() -> roomstate::Result<()> {
+/// let store = Store::in_memory()?;
+/// let mut tx = store.write()?;
+/// let alice = tx.get_or_create_state_key("@alice:example.org")?;
+/// let join = tx.get_or_create_event("$join-alice")?;
+/// let key = StateKey::new(TypeNid::MEMBER, alice);
+/// let snap = tx.snapshot_from_delta(roomstate::SnapshotNid::EMPTY, vec![DeltaEntry::set(key, join)])?;
+/// tx.commit()?;
+///
+/// let rx = store.read()?;
+/// assert_eq!(rx.lookup(snap, key)?, Some(join));
+/// assert_eq!(rx.flatten(snap)?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Store {
+    db: Database,
+    policy: Arc<dyn WritePolicy>,
+    two_phase_commit: bool,
+    block_cache: Arc<BlockCache>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("policy", &self.policy.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for opening a [`Store`].
+#[derive(Debug)]
+pub struct StoreBuilder {
+    policy: Arc<dyn WritePolicy>,
+    cache_bytes: usize,
+    block_cache_bytes: usize,
+    two_phase_commit: bool,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder {
+            policy: Arc::from(default_policy()),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            two_phase_commit: true,
+        }
+    }
+}
+
+/// The page cache a store gets unless told otherwise: 128 MiB, an eighth of redb's own default.
+///
+/// redb caches whole pages in 131 stripes and evicts within a stripe, so a page larger than
+/// about 1/131 of the cache is read from the file again on every access: the 2 MiB page of a
+/// 100,000-entry block is never kept at this size. The [`BlockCache`] keeps such blocks instead,
+/// so reads stay fast. With both caches at their defaults the full-scale benchmark peaked at
+/// 230 MiB; redb's 1 GiB default ingested that history about 30% faster (more of the event-ID
+/// index stays in memory) and peaked at 1.16 GiB. `docs/benchmarks.md` has both runs.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
+impl StoreBuilder {
+    /// The write policy new snapshots are laid out by. Stores written under different policies
+    /// read the same way; the policy only shapes new snapshots.
+    pub fn policy(mut self, policy: impl WritePolicy + 'static) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The write policy, already boxed.
+    pub fn boxed_policy(mut self, policy: Box<dyn WritePolicy>) -> Self {
+        self.policy = Arc::from(policy);
+        self
+    }
+
+    /// Whether durable commits use redb's two-phase commit (the default).
+    ///
+    /// With one phase, redb tells a torn commit from a whole one by a non-cryptographic
+    /// checksum, which input chosen by an attacker could in principle collide with; redb's docs
+    /// advise two phases when stored data comes from untrusted parties, as federation events
+    /// do. Two phases add one more fsync per durable commit; `docs/design.md` gives the measured
+    /// cost.
+    pub fn two_phase_commit(mut self, enabled: bool) -> Self {
+        self.two_phase_commit = enabled;
+        self
+    }
+
+    /// Opens a store on a storage backend of the caller's (an encrypted file, a test double
+    /// that fails on demand), creating the store's tables if the backend is empty.
+    pub fn open_backend(self, backend: impl redb::StorageBackend) -> Result<Store> {
+        crate::error::guard(|| {
+            let db = self.redb().create_with_backend(backend)?;
+            Store::init(db, &self)
+        })
+    }
+
+    /// Bytes of block content kept in memory across transactions for the resolver
+    /// ([`DEFAULT_BLOCK_CACHE_BYTES`] when not set; 0 turns the cache off). Blocks never change
+    /// once written, so the cache needs no invalidation; see [`BlockCache`].
+    pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
+        self
+    }
+
+    /// redb's page cache size in bytes ([`DEFAULT_CACHE_BYTES`] when not set).
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    fn redb(&self) -> redb::Builder {
+        let mut b = Database::builder();
+        b.set_cache_size(self.cache_bytes);
+        b
+    }
+
+    /// Opens the store at `path`, creating the file if it is missing.
+    ///
+    /// A new file is built under a temporary name beside `path` and linked into place only
+    /// once its tables are committed, so a crash while creating never leaves a half-written
+    /// file at `path`. An empty file at `path` is treated as missing.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        crate::error::guard(|| self.open_path(path.as_ref()))
+    }
+
+    fn open_path(self, path: &Path) -> Result<Store> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => {
+                // Another opener may have removed it first: that is fine.
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                self.create_file(path)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_file(path)?,
+            Err(e) => return Err(e.into()),
+        }
+        let db = self.redb().open(path)?;
+        Store::init(db, &self)
+    }
+
+    fn create_file(&self, path: &Path) -> Result<()> {
+        // Unique per process and per call, so concurrent creators never touch each other's
+        // file. One killed while creating leaves its temporary file behind; nothing reads it.
+        static CREATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = CREATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".creating-{}-{n}-{nanos}", std::process::id()));
+        let temporary = path.with_file_name(name);
+        drop(Store::init(self.redb().create(&temporary)?, self)?);
+        // A hard link never replaces an existing file: if another process created the store
+        // meanwhile, its file stays and ours is dropped. File systems without hard links get a
+        // rename, which is atomic too but would replace a store created in the same instant.
+        let placed = match std::fs::hard_link(&temporary, path) {
+            Ok(()) => std::fs::remove_file(&temporary),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&temporary)
+            }
+            Err(_) => std::fs::rename(&temporary, path),
+        };
+        placed?;
+        sync_parent(path)
+    }
+
+    /// A store held in memory, for tests and scratch work.
+    pub fn in_memory(self) -> Result<Store> {
+        let db = self
+            .redb()
+            .create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Store::init(db, &self)
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` with the default write policy, creating the file if missing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        StoreBuilder::default().open(path)
+    }
+
+    /// A store held in memory with the default write policy.
+    pub fn in_memory() -> Result<Store> {
+        StoreBuilder::default().in_memory()
+    }
+
+    /// Options for opening a store.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+
+    fn init(db: Database, options: &StoreBuilder) -> Result<Store> {
+        crate::error::guard(|| {
+            let tx = db.begin_write()?;
+            let found = tx
+                .open_table(tables::META)?
+                .get(tables::SCHEMA_KEY.as_bytes())?
+                .map(|v| v.value());
+            match found {
+                Some(tables::SCHEMA_VERSION) => tx.abort()?,
+                Some(other) => return Err(Error::UnsupportedSchema(other)),
+                None => {
+                    create_tables(&tx)?;
+                    intern::seed_well_known(&tx)?;
+                    let empty = encode_snapshot(&SnapshotRecord::default());
+                    tx.open_table(tables::SNAPSHOTS)?
+                        .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;
+                    tx.open_table(tables::SNAPSHOT_HASHES)?
+                        .insert(snapshot_hash(&empty), SnapshotNid::EMPTY.get())?;
+                    let mut meta = tx.open_table(tables::META)?;
+                    meta.insert(NEXT_SNAPSHOT.as_bytes(), SnapshotNid::EMPTY.get() + 1)?;
+                    meta.insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
+                    drop(meta);
+                    tx.commit()?;
+                }
+            }
+            Ok(Store {
+                db,
+                policy: Arc::clone(&options.policy),
+                two_phase_commit: options.two_phase_commit,
+                block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
+            })
+        })
+    }
+
+    /// The write policy new snapshots follow.
+    pub fn policy(&self) -> &dyn WritePolicy {
+        &*self.policy
+    }
+
+    /// The block cache every transaction of this store reads through.
+    pub fn block_cache(&self) -> &BlockCache {
+        &self.block_cache
+    }
+
+    /// Starts a read transaction: a consistent view of the last commit, unaffected by writers.
+    pub fn read(&self) -> Result<ReadTxn> {
+        crate::error::guard(|| {
+            Ok(ReadTxn {
+                tx: self.db.begin_read()?,
+                block_cache: Arc::clone(&self.block_cache),
+            })
+        })
+    }
+
+    /// Starts the write transaction, waiting for any other writer to finish. Commits are durable
+    /// when [`WriteTxn::commit`] returns, unless [`WriteTxn::set_durable`] says otherwise.
+    pub fn write(&self) -> Result<WriteTxn> {
+        crate::error::guard(|| {
+            let mut tx = self.db.begin_write()?;
+            tx.set_two_phase_commit(self.two_phase_commit);
+            Ok(WriteTxn {
+                tx,
+                policy: Arc::clone(&self.policy),
+                counts: WriteCounts::default(),
+                poisoned: false,
+                block_cache: Arc::clone(&self.block_cache),
+            })
+        })
+    }
+
+    /// Verifies the checksum of every page of the file, as redb keeps them, and repairs what
+    /// redb can repair. `Ok(true)`: the file was sound; `Ok(false)`: it was damaged and has been
+    /// repaired. A file that cannot be repaired is an error. It reads the whole file, so it is
+    /// for startup after a suspected fault and for `roomstate check`, not for every open.
+    pub fn verify_file(&mut self) -> Result<bool> {
+        crate::error::guard(|| Ok(self.db.check_integrity()?))
+    }
+
+    /// Rewrites the file to return free space to the file system. Fails while transactions are
+    /// open.
+    pub fn compact(&mut self) -> Result<bool> {
+        crate::error::guard(|| Ok(self.db.compact()?))
+    }
+}
+
+/// Makes the new directory entry of `path` durable. Only Unix can open a directory to sync
+/// it; elsewhere the file system's own ordering is all there is.
+fn sync_parent(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
+    for def in [
+        tables::ROOM_IDS,
+        tables::TYPES,
+        tables::STATE_KEYS,
+        tables::EVENT_IDS,
+    ] {
+        tx.open_table(def)?;
+    }
+    for def in [
+        tables::ROOM_IDS_REV,
+        tables::TYPES_REV,
+        tables::STATE_KEYS_REV,
+        tables::EVENT_IDS_REV,
+    ] {
+        tx.open_table(def)?;
+    }
+    for def in [
+        tables::SNAPSHOTS,
+        tables::EVENTS,
+        tables::ROOMS,
+        tables::EVENT_JSON,
+    ] {
+        tx.open_table(def)?;
+    }
+    tx.open_table(tables::MEMBERSHIP)?;
+    tx.open_table(tables::USER_ROOMS)?;
+    tx.open_table(tables::ROOM_EVENTS)?;
+    tx.open_table(tables::BLOCKS)?;
+    tx.open_table(tables::SNAPSHOT_HASHES)?;
+    tx.open_table(tables::SNAPSHOT_REFS)?;
+    tx.open_table(tables::BLOCK_REFS)?;
+    tx.open_table(tables::UNREFERENCED_SNAPSHOTS)?;
+    tx.open_table(tables::UNREFERENCED_BLOCKS)?;
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! Reading: the read transaction, and the reads both kinds of transaction share.
+
+use crate::engine::cache::BlockCache;
+use crate::engine::resolve::{Combined, StateDiff, StateMap};
+use crate::engine::source::Resolver;
+use crate::error::{Error, Result};
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::store::codec;
+use crate::store::intern::{self, Kind};
+use crate::store::membership::Membership;
+use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::stats::{StoreStats, TableSize, store_stats, table_sizes};
+use crate::store::tables;
+use crate::store::write::WriteTxn;
+use redb::{Key, ReadableTable, TableDefinition, Value};
+use std::sync::Arc;
+
+pub(super) mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ReadTxn {}
+    impl Sealed for super::WriteTxn {}
+    impl Sealed for redb::ReadTransaction {}
+    impl Sealed for redb::WriteTransaction {}
+}
+
+/// Opens tables for reading, from either kind of redb transaction. Not for use outside the
+/// crate; it is public only because [`StoreRead`] names it.
+#[doc(hidden)]
+pub trait Tables: sealed::Sealed {
+    /// The table type this transaction opens.
+    type Table<'a, K: Key + 'static, V: Value + 'static>: ReadableTable<K, V>
+    where
+        Self: 'a;
+
+    /// Opens a table that the store created.
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>>;
+}
+
+impl Tables for redb::ReadTransaction {
+    type Table<'a, K: Key + 'static, V: Value + 'static> = redb::ReadOnlyTable<K, V>;
+
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+impl Tables for redb::WriteTransaction {
+    type Table<'a, K: Key + 'static, V: Value + 'static> = redb::Table<'a, K, V>;
+
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self::Table<'_, K, V>> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+type TableOf<'a, T, K, V> = <T as Tables>::Table<'a, K, V>;
+
+/// The resolver bound to one transaction's block and snapshot tables. Hold one to answer many
+/// queries without reopening the tables each time.
+pub type ResolverOf<'a, T> =
+    Resolver<TableOf<'a, T, u128, &'static [u8]>, TableOf<'a, T, u64, &'static [u8]>>;
+
+/// A read transaction: a consistent view of the store as of its start.
+pub struct ReadTxn {
+    pub(super) tx: redb::ReadTransaction,
+    pub(super) block_cache: Arc<BlockCache>,
+}
+
+impl std::fmt::Debug for ReadTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadTxn")
+    }
+}
+
+/// Reading, shared by [`ReadTxn`] and [`WriteTxn`] (which sees its own uncommitted writes).
+pub trait StoreRead: sealed::Sealed {
+    /// The redb transaction underneath.
+    #[doc(hidden)]
+    type Txn: Tables;
+
+    /// The redb transaction underneath.
+    #[doc(hidden)]
+    fn txn(&self) -> &Self::Txn;
+
+    /// The store's block cache, which the resolver reads through.
+    #[doc(hidden)]
+    fn block_cache(&self) -> &Arc<BlockCache>;
+
+    /// The resolver over this transaction's tables. In a [`WriteTxn`], drop it before writing.
+    fn resolver(&self) -> Result<ResolverOf<'_, Self::Txn>> {
+        crate::error::guard(|| {
+            Ok(Resolver::new(
+                self.txn().open(tables::BLOCKS)?,
+                self.txn().open(tables::SNAPSHOTS)?,
+                Arc::clone(self.block_cache()),
+            ))
+        })
+    }
+
+    /// The full state of a snapshot, one entry per key, sorted.
+    fn flatten(&self, snapshot: SnapshotNid) -> Result<StateMap> {
+        crate::error::guard(|| self.resolver()?.flatten(snapshot))
+    }
+
+    /// The event holding `key` in a snapshot, without building the whole state.
+    fn lookup(&self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        crate::error::guard(|| self.resolver()?.lookup(snapshot, key))
+    }
+
+    /// The difference from snapshot `a` to snapshot `b`.
+    fn diff(&self, a: SnapshotNid, b: SnapshotNid) -> Result<StateDiff> {
+        crate::error::guard(|| self.resolver()?.diff(a, b))
+    }
+
+    /// Several snapshots combined into agreed entries and conflicts.
+    fn combine(&self, snapshots: &[SnapshotNid]) -> Result<Combined> {
+        crate::error::guard(|| self.resolver()?.combine(snapshots))
+    }
+
+    /// The NID of a room ID, if interned.
+    fn room_nid(&self, room_id: &str) -> Result<Option<RoomNid>> {
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::ROOM, room_id).map(|n| n.and_then(RoomNid::new))
+        })
+    }
+
+    /// The room ID behind a room NID.
+    fn room_id(&self, room: RoomNid) -> Result<String> {
+        crate::error::guard(|| resolve_nid(self.txn(), intern::ROOM, room.get()))
+    }
+
+    /// The NID of an event type, if interned.
+    fn type_nid(&self, event_type: &str) -> Result<Option<TypeNid>> {
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::TYPE, event_type).map(|n| n.and_then(TypeNid::new))
+        })
+    }
+
+    /// The event type behind a type NID.
+    fn event_type(&self, ty: TypeNid) -> Result<String> {
+        crate::error::guard(|| resolve_nid(self.txn(), intern::TYPE, ty.get()))
+    }
+
+    /// The NID of a state key, if interned.
+    fn state_key_nid(&self, state_key: &str) -> Result<Option<StateKeyNid>> {
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::STATE_KEY, state_key)
+                .map(|n| n.and_then(StateKeyNid::new))
+        })
+    }
+
+    /// The state key behind a state-key NID.
+    fn state_key(&self, key: StateKeyNid) -> Result<String> {
+        crate::error::guard(|| resolve_nid(self.txn(), intern::STATE_KEY, key.get()))
+    }
+
+    /// The NID of an event ID, if interned.
+    fn event_nid(&self, event_id: &str) -> Result<Option<EventNid>> {
+        crate::error::guard(|| {
+            lookup_nid(self.txn(), intern::EVENT, event_id).map(|n| n.and_then(EventNid::new))
+        })
+    }
+
+    /// The event ID behind an event NID.
+    fn event_id(&self, event: EventNid) -> Result<String> {
+        crate::error::guard(|| resolve_nid(self.txn(), intern::EVENT, event.get()))
+    }
+
+    /// The (type, state key) pair of two strings, if both are interned.
+    fn state_key_of(&self, event_type: &str, state_key: &str) -> Result<Option<StateKey>> {
+        crate::error::guard(|| {
+            Ok(
+                match (self.type_nid(event_type)?, self.state_key_nid(state_key)?) {
+                    (Some(ty), Some(key)) => Some(StateKey::new(ty, key)),
+                    _ => None,
+                },
+            )
+        })
+    }
+
+    /// An event's record, or `None` if the store has none.
+    fn event(&self, event: EventNid) -> Result<Option<EventRecord>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::EVENTS)?;
+            let row = table.get(event.get())?;
+            row.map(|v| codec::decode("events", event, v.value()))
+                .transpose()
+        })
+    }
+
+    /// An event's record; a missing record is an error.
+    fn expect_event(&self, event: EventNid) -> Result<EventRecord> {
+        crate::error::guard(|| self.event(event)?.ok_or(Error::UnknownEvent(event)))
+    }
+
+    /// A room's record, or `None` if the store has none.
+    fn room(&self, room: RoomNid) -> Result<Option<RoomRecord>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::ROOMS)?;
+            let row = table.get(room.get())?;
+            row.map(|v| codec::decode("rooms", room, v.value()))
+                .transpose()
+        })
+    }
+
+    /// The state before an event.
+    fn state_before(&self, event: EventNid) -> Result<StateMap> {
+        crate::error::guard(|| self.flatten(self.expect_event(event)?.state_before))
+    }
+
+    /// The state after an event: the state before it, plus its own entry when it is a state
+    /// event that was not rejected.
+    fn state_after(&self, event: EventNid) -> Result<StateMap> {
+        crate::error::guard(|| {
+            let record = self.expect_event(event)?;
+            let before = self.flatten(record.state_before)?;
+            Ok(match record.sets() {
+                Some(key) => {
+                    let mut entries = before.into_vec();
+                    entries.push(crate::engine::block::StateEntry { key, event });
+                    StateMap::from_entries(entries)
+                }
+                None => before,
+            })
+        })
+    }
+
+    /// Row counts and sizes of every table, and how many entries the blocks hold. Reads every
+    /// block, snapshot and event record; [`table_sizes`](Self::table_sizes) is the cheap part.
+    fn stats(&self) -> Result<StoreStats> {
+        crate::error::guard(|| store_stats(self.txn()))
+    }
+
+    /// Walks every table: every row decodes, every block is sorted, every NID a block, event or
+    /// room names is interned both ways, every snapshot's parent and blocks exist with the
+    /// entry counts it gives, and the deduplication index matches. Problems are listed, not
+    /// raised; only a failure to read the file is an error.
+    fn check(&self) -> Result<crate::store::check::CheckReport> {
+        crate::error::guard(|| crate::store::check::check(self.txn()))
+    }
+
+    /// Row counts and sizes of every table, from redb's own counters (no scan).
+    fn table_sizes(&self) -> Result<Vec<TableSize>> {
+        crate::error::guard(|| table_sizes(self.txn()))
+    }
+
+    /// The event's JSON exactly as ingested, if stored.
+    fn event_json(&self, event: EventNid) -> Result<Option<String>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::EVENT_JSON)?;
+            let row = table.get(event.get())?;
+            row.map(|v| {
+                String::from_utf8(v.value().to_vec())
+                    .map_err(|e| Error::corrupt("event_json", event, e))
+            })
+            .transpose()
+        })
+    }
+
+    /// A room's events in ingest order.
+    fn room_events(&self, room: RoomNid) -> Result<Vec<EventNid>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::ROOM_EVENTS)?;
+            let r = room.get();
+            table
+                .range((r, 0)..=(r, u64::MAX))?
+                .map(|row| {
+                    let (key, event) = row?;
+                    EventNid::new(event.value()).ok_or_else(|| {
+                        Error::corrupt("room_events", format!("{:?}", key.value()), "zero NID")
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The members of a room in its current state, by user (state-key NID), optionally only
+    /// those with one membership.
+    fn members(
+        &self,
+        room: RoomNid,
+        only: Option<Membership>,
+    ) -> Result<Vec<(StateKeyNid, Membership)>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::MEMBERSHIP)?;
+            let r = room.get();
+            let mut out = Vec::new();
+            for row in table.range((r, 0)..=(r, u64::MAX))? {
+                let (key, code) = row?;
+                let (_, user) = key.value();
+                let shown = || format!("({r}, {user})");
+                let m = Membership::from_code(code.value()).ok_or_else(|| {
+                    Error::corrupt("membership", shown(), "unknown membership code")
+                })?;
+                let user = StateKeyNid::new(user)
+                    .ok_or_else(|| Error::corrupt("membership", shown(), "zero NID"))?;
+                if only.is_none_or(|o| o == m) {
+                    out.push((user, m));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The rooms a user (by state-key NID) is joined to in their current state.
+    fn rooms_of_user(&self, user: StateKeyNid) -> Result<Vec<RoomNid>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::USER_ROOMS)?;
+            let u = user.get();
+            table
+                .range((u, 0)..=(u, u64::MAX))?
+                .map(|row| {
+                    let (key, _) = row?;
+                    let (_, room) = key.value();
+                    RoomNid::new(room).ok_or_else(|| {
+                        Error::corrupt("user_rooms", format!("({u}, {room})"), "zero NID")
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A user's membership in a snapshot's state: the membership of the `m.room.member` event
+    /// the state holds for them.
+    fn membership_in(
+        &self,
+        snapshot: SnapshotNid,
+        user: StateKeyNid,
+    ) -> Result<Option<Membership>> {
+        crate::error::guard(|| {
+            match self.lookup(snapshot, StateKey::new(TypeNid::MEMBER, user))? {
+                Some(event) => Ok(self.expect_event(event)?.membership),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// A user's membership in the state before an event, or after it with `after`.
+    fn membership_at(
+        &self,
+        event: EventNid,
+        user: StateKeyNid,
+        after: bool,
+    ) -> Result<Option<Membership>> {
+        crate::error::guard(|| {
+            let record = self.expect_event(event)?;
+            if after && record.sets() == Some(StateKey::new(TypeNid::MEMBER, user)) {
+                return Ok(record.membership);
+            }
+            self.membership_in(record.state_before, user)
+        })
+    }
+}
+
+pub(super) fn lookup_nid<T: Tables>(tx: &T, kind: Kind, s: &str) -> Result<Option<u64>> {
+    intern::lookup(&tx.open(kind.forward)?, s)
+}
+
+pub(super) fn resolve_nid<T: Tables>(tx: &T, kind: Kind, nid: u64) -> Result<String> {
+    intern::resolve(&tx.open(kind.reverse)?, kind, nid)
+}
+
+impl StoreRead for ReadTxn {
+    type Txn = redb::ReadTransaction;
+    fn txn(&self) -> &Self::Txn {
+        &self.tx
+    }
+    fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.block_cache
+    }
+}
