@@ -235,6 +235,9 @@ pub enum Problem {
     PrevEventInOtherRoom(String),
     /// An auth event that belongs to another room.
     AuthEventInOtherRoom(String),
+    /// An auth event the store has never seen: the event cannot be authorized until it is
+    /// stored.
+    UnknownAuthEvent(String),
     /// The event ID is already stored.
     DuplicateEvent,
     /// No prev events, but not the room's create event.
@@ -260,6 +263,7 @@ impl fmt::Display for Problem {
             Problem::UnknownPrevEvent(id) => write!(f, "unknown prev event {id}"),
             Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),
             Problem::AuthEventInOtherRoom(id) => write!(f, "auth event {id} is in another room"),
+            Problem::UnknownAuthEvent(id) => write!(f, "unknown auth event {id}"),
             Problem::DuplicateEvent => f.write_str("event already stored"),
             Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
             Problem::RoomExists => f.write_str("create event for a room that already exists"),

@@ -11,8 +11,8 @@
 //!
 //! # fn main() -> roomstate::Result<()> {
 //! let lines = concat!(
-//!     r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"content":{"room_version":"10"}}"#, "\n",
-//!     r#"{"event_id":"$j","room_id":"!r:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"content":{"membership":"join"}}"#, "\n",
+//!     r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"auth_events":[],"origin_server_ts":1,"content":{"creator":"@a:x","room_version":"10"}}"#, "\n",
+//!     r#"{"event_id":"$j","room_id":"!r:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"auth_events":["$c"],"origin_server_ts":2,"content":{"membership":"join"}}"#, "\n",
 //! );
 //! let store = Store::in_memory()?;
 //! let report = ingest(&store, lines.as_bytes(), IngestOptions::default(), Refuse)?;
@@ -25,6 +25,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::matrix::auth::Authorizer;
 use crate::matrix::input::{Failure, Outcome, receive};
 use crate::store::Store;
 use std::fmt;
@@ -37,7 +38,6 @@ pub use crate::error::{BadLine, MAX_EVENT_BYTES, Problem};
 pub use crate::matrix::resolver::{
     Refuse, ResolveRequest, StateResolver, StateSource, TRIVIAL_MERGE_MAX_DEPTH, TrivialMerge,
 };
-#[cfg(feature = "state-res")]
 pub use crate::matrix::stateres::{AUTH_CHAIN_CACHE_NIDS, MatrixResolver};
 
 /// What to do with a bad line.
@@ -62,6 +62,11 @@ pub struct IngestOptions {
     pub durable_batches: bool,
     /// How many bad lines the report lists in full; it counts all of them.
     pub max_listed_bad_lines: usize,
+    /// A trusted import: skip authorization. Every event is accepted as it comes, and auth
+    /// events the store does not hold are allowed. Only for histories whose events another
+    /// server already authorized (a server's own export, say); federation input must be
+    /// checked. Off by default.
+    pub trust: bool,
 }
 
 impl Default for IngestOptions {
@@ -71,6 +76,7 @@ impl Default for IngestOptions {
             on_bad_line: OnBadLine::Stop,
             durable_batches: true,
             max_listed_bad_lines: 1_000,
+            trust: false,
         }
     }
 }
@@ -86,6 +92,12 @@ pub struct IngestReport {
     pub events: u64,
     /// Of which state events.
     pub state_events: u64,
+    /// Of the events stored, those that failed the checks given their auth events or the
+    /// state before them: stored, changing no state.
+    pub rejected: u64,
+    /// Of the events stored, those that failed only the check given the room's current state:
+    /// stored with their state, moving neither the current state nor the extremities.
+    pub soft_failed: u64,
     /// Rooms created.
     pub rooms: u64,
     /// Batches committed.
@@ -99,6 +111,11 @@ pub struct IngestReport {
 }
 
 impl IngestReport {
+    /// Events stored that passed every check (or were imported as trusted).
+    pub fn accepted(&self) -> u64 {
+        self.events - self.rejected - self.soft_failed
+    }
+
     /// Events stored per second of `elapsed`.
     pub fn events_per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -141,6 +158,7 @@ pub struct Ingester<'s, R> {
     store: &'s Store,
     options: IngestOptions,
     resolver: R,
+    authorizer: Authorizer,
     pending: Vec<Pending>,
     report: IngestReport,
     started: Instant,
@@ -185,6 +203,8 @@ impl<R> fmt::Debug for Ingester<'_, R> {
 struct BatchTally {
     events: u64,
     state_events: u64,
+    rejected: u64,
+    soft_failed: u64,
     rooms: u64,
 }
 
@@ -193,6 +213,11 @@ impl BatchTally {
         self.events += 1;
         self.state_events += u64::from(outcome.state);
         self.rooms += u64::from(outcome.new_room);
+        match &outcome.rejection {
+            Some(r) if r.soft_failed => self.soft_failed += 1,
+            Some(_) => self.rejected += 1,
+            None => {}
+        }
     }
 }
 
@@ -204,6 +229,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             store,
             options,
             resolver,
+            authorizer: Authorizer::default(),
             pending: Vec::with_capacity(capacity),
             report: IngestReport::default(),
             started: Instant::now(),
@@ -327,7 +353,8 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
                     if late.contains(&index) {
                         continue;
                     }
-                    match receive_pending(&mut w, &mut self.resolver, pending) {
+                    let auth = (!self.options.trust).then_some(&mut self.authorizer);
+                    match receive_pending(&mut w, &mut self.resolver, auth, pending) {
                         Ok(outcome) => tally.count(&outcome),
                         Err(Failed::Store(e)) => return Err(e),
                         Err(Failed::Early(bad)) => {
@@ -356,6 +383,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             if retry {
                 tx.abort()?;
                 self.resolver.rolled_back();
+                self.authorizer.rolled_back();
                 continue;
             }
             tx.commit()?;
@@ -366,6 +394,8 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             }
             self.report.events += tally.events;
             self.report.state_events += tally.state_events;
+            self.report.rejected += tally.rejected;
+            self.report.soft_failed += tally.soft_failed;
             self.report.rooms += tally.rooms;
             self.report.batches += 1;
             self.pending.clear();
@@ -384,13 +414,14 @@ enum Failed {
 fn receive_pending<R: StateResolver>(
     w: &mut crate::store::Writer<'_>,
     resolver: &mut R,
+    auth: Option<&mut Authorizer>,
     pending: &Pending,
 ) -> Result<Outcome, Failed> {
     let bytes = match &pending.body {
         Body::Json(bytes) => bytes,
         Body::TooLarge(n) => return Err(Failed::Early(pending.bad(None, Problem::TooLarge(*n)))),
     };
-    receive(w, resolver, bytes).map_err(|failure| match failure {
+    receive(w, resolver, auth, bytes).map_err(|failure| match failure {
         Failure::Early { event_id, problem } => Failed::Early(pending.bad(event_id, problem)),
         Failure::Late { event_id, problem } => Failed::Late(pending.bad(Some(event_id), problem)),
         Failure::Store(e) => Failed::Store(e),

@@ -60,7 +60,7 @@ pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 pub use policy::{Conduit, Dendrite, Full, Layer, Plan, Synapse, Tiered, WritePolicy};
 pub use purge::Purged;
-pub use record::{EventRecord, RoomRecord};
+pub use record::{AuthStep, EventOutcome, EventRecord, Rejection, RoomRecord};
 pub use refs::Collected;
 pub use resolve::{Changed, Combined, Conflict, StateDiff, StateMap};
 pub use snapshot::BlockRef;

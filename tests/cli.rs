@@ -558,6 +558,7 @@ fn db_option_after_the_subcommand_and_stdin_and_gzip() {
 
 #[test]
 fn user_errors_exit_1_with_one_line() {
+    // Hand-written events without auth events: a trusted import (tests/auth.rs covers the checks).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let db = d.join("s.redb");
@@ -568,7 +569,12 @@ fn user_errors_exit_1_with_one_line() {
     ];
     let first = d.join("first.jsonl");
     std::fs::write(&first, format!("{}\n{}\n", good[0], good[1])).unwrap();
-    roomstate(d, &["--db", db, "ingest", path_str(&first)], None).ok();
+    roomstate(
+        d,
+        &["--db", db, "ingest", "--trust", path_str(&first)],
+        None,
+    )
+    .ok();
     let rows_before = table_rows(d, db);
 
     // A query on a missing store file is a user error, and creates no file.
@@ -596,7 +602,8 @@ fn user_errors_exit_1_with_one_line() {
     let bad = d.join("bad.jsonl");
     let third = r#"{"event_id":"$t","room_id":"!r:x","type":"m.room.topic","state_key":"","sender":"@a:x","prev_events":["$m"],"content":{"topic":"x"}}"#;
     std::fs::write(&bad, format!("{third}\n{{not json\n")).unwrap();
-    let run = roomstate(d, &["--db", db, "ingest", path_str(&bad)], None).fails(1, "error:");
+    let run =
+        roomstate(d, &["--db", db, "ingest", "--trust", path_str(&bad)], None).fails(1, "error:");
     assert!(run.stderr.contains("line 2"), "{}", run.stderr);
     let rows_after = table_rows(d, db);
     assert_eq!(
@@ -611,15 +618,25 @@ fn user_errors_exit_1_with_one_line() {
         r#"{"event_id":"$u","room_id":"!r:x","type":"m.room.message","prev_events":["$ghost"],"content":{}}"#,
     )
     .unwrap();
-    let run =
-        roomstate(d, &["--db", db, "ingest", path_str(&unknown_prev)], None).fails(1, "error:");
+    let run = roomstate(
+        d,
+        &["--db", db, "ingest", "--trust", path_str(&unknown_prev)],
+        None,
+    )
+    .fails(1, "error:");
     assert!(run.stderr.contains("line 1"), "{}", run.stderr);
     assert!(run.stderr.contains("$ghost"), "{}", run.stderr);
 
     // A missing input file.
     let run = roomstate(
         d,
-        &["--db", db, "ingest", path_str(&d.join("no-such.jsonl"))],
+        &[
+            "--db",
+            db,
+            "ingest",
+            "--trust",
+            path_str(&d.join("no-such.jsonl")),
+        ],
         None,
     )
     .fails(1, "error:");
@@ -628,6 +645,7 @@ fn user_errors_exit_1_with_one_line() {
 
 #[test]
 fn skip_bad_lines_and_resolver_choice() {
+    // Hand-written events without auth events: a trusted import (tests/auth.rs covers the checks).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A fork on `$m`: `$t` and `$n` change different keys, so only `refuse` refuses `$n`.
@@ -649,6 +667,7 @@ fn skip_bad_lines_and_resolver_choice() {
             "--db",
             path_str(&trivial),
             "ingest",
+            "--trust",
             path_str(&file),
             "--skip-bad-lines",
             "--resolver",
@@ -690,6 +709,7 @@ fn skip_bad_lines_and_resolver_choice() {
             "--db",
             path_str(&refuse),
             "ingest",
+            "--trust",
             path_str(&file),
             "--skip-bad-lines",
             "--resolver",
@@ -732,6 +752,7 @@ fn skip_bad_lines_and_resolver_choice() {
             "--db",
             path_str(&matrix),
             "ingest",
+            "--trust",
             path_str(&file),
             "--skip-bad-lines",
         ],
@@ -763,6 +784,7 @@ fn skip_bad_lines_and_resolver_choice() {
             "--db",
             path_str(&fresh),
             "ingest",
+            "--trust",
             path_str(&clean),
             "--resolver",
             "refuse",
@@ -830,6 +852,7 @@ fn demo_runs_and_wants_a_new_store() {
 /// names the file.
 #[test]
 fn bad_line_in_second_file_is_numbered_within_that_file() {
+    // Hand-written events without auth events: a trusted import (tests/auth.rs covers the checks).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let a = d.join("a.jsonl");
@@ -856,7 +879,14 @@ fn bad_line_in_second_file_is_numbered_within_that_file() {
     let db = d.join("s.redb");
     let run = roomstate(
         d,
-        &["--db", path_str(&db), "ingest", path_str(&a), path_str(&b)],
+        &[
+            "--db",
+            path_str(&db),
+            "ingest",
+            "--trust",
+            path_str(&a),
+            path_str(&b),
+        ],
         None,
     )
     .fails(1, "error:");

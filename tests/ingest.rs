@@ -328,11 +328,14 @@ fn joined(lines: &[String]) -> String {
     text
 }
 
+/// The hand-written histories here carry no auth events: they exercise the store's mechanics
+/// (batches, merges, bad lines) as a trusted import. `tests/auth.rs` covers authorization.
 fn options(batch_size: usize, on_bad_line: OnBadLine) -> IngestOptions {
     IngestOptions {
         batch_size,
         on_bad_line,
         max_listed_bad_lines: usize::MAX,
+        trust: true,
         ..IngestOptions::default()
     }
 }

@@ -3,11 +3,13 @@
 
 use crate::engine::resolve::Combined;
 use crate::error::{Error, Problem, Result};
+use crate::matrix::auth::{Authorizer, Incoming, rules_for};
+use crate::matrix::event::Pdu;
 use crate::matrix::pdu::{EventRef, Loose, Parsed, parse};
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
-use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
 use crate::store::{EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
 
 /// Why an event was not stored.
@@ -42,6 +44,8 @@ pub(crate) struct Outcome {
     pub(crate) state: bool,
     /// Whether it created its room.
     pub(crate) new_room: bool,
+    /// Why it was rejected or soft-failed; `None` when accepted.
+    pub(crate) rejection: Option<Rejection>,
 }
 
 /// The checks that need the store but write nothing.
@@ -50,7 +54,7 @@ struct Checked {
     prevs: Vec<EventNid>,
 }
 
-fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>> {
+fn check(w: &mut Writer<'_>, p: &Parsed<'_>, trusted: bool) -> Result<Result<Checked, Problem>> {
     if let Some(nid) = w.lookup_nid(EVENT, &p.event_id)?.and_then(EventNid::new)
         && w.event_room(nid)?.is_some()
     {
@@ -87,15 +91,21 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
             prevs.push(nid);
         }
     }
-    // Auth events may be unknown (they are interned for later), but a known one must be of this
-    // room: state resolution follows them, and a purge of another room would leave them dangling.
+    // A known auth event must be of this room: state resolution follows them, and a purge of
+    // another room would leave them dangling. Authorization needs every one of them; a trusted
+    // import may name auth events it does not hold (they are interned for later).
     for r in &p.auth_events {
         let id = r.id();
-        if let Some(nid) = w.lookup_nid(EVENT, id)?.and_then(EventNid::new)
-            && let Some(auth_room) = w.event_room(nid)?
-            && Some(auth_room) != room_nid
-        {
-            return Ok(Err(Problem::AuthEventInOtherRoom(id.to_owned())));
+        let room_of = match w.lookup_nid(EVENT, id)?.and_then(EventNid::new) {
+            Some(nid) => w.event_room(nid)?,
+            None => None,
+        };
+        match room_of {
+            Some(auth_room) if Some(auth_room) != room_nid => {
+                return Ok(Err(Problem::AuthEventInOtherRoom(id.to_owned())));
+            }
+            None if !trusted => return Ok(Err(Problem::UnknownAuthEvent(id.to_owned()))),
+            _ => {}
         }
     }
     match room {
@@ -112,19 +122,31 @@ fn check(w: &mut Writer<'_>, p: &Parsed<'_>) -> Result<Result<Checked, Problem>>
     }
 }
 
-/// Receives one event's JSON: parses it, checks it against the store, and stores it.
+/// Receives one event's JSON: parses it, checks it against the store, authorizes it (unless
+/// `auth` is `None`: a trusted import), and stores it.
 pub(crate) fn receive<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
+    auth: Option<&mut Authorizer>,
     bytes: &[u8],
 ) -> Result<Outcome, Failure> {
     let parsed =
         parse(bytes).map_err(|(event_id, problem)| Failure::Early { event_id, problem })?;
-    let checked = check(w, &parsed)?.map_err(|problem| Failure::Early {
+    let early = |problem| Failure::Early {
         event_id: Some(parsed.event_id.to_string()),
         problem,
-    })?;
-    store_event(w, resolver, &parsed, checked, bytes)
+    };
+    let checked = check(w, &parsed, auth.is_none())?.map_err(early)?;
+    let judge = match auth {
+        Some(authorizer) => {
+            // The rules read the event through ruma's types, which check the IDs' grammar.
+            let pdu: Pdu = serde_json::from_slice(bytes)
+                .map_err(|e| early(Problem::NotAnEvent(e.to_string())))?;
+            Some((authorizer, pdu))
+        }
+        None => None,
+    };
+    store_event(w, resolver, judge, &parsed, checked, bytes)
 }
 
 fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T> {
@@ -135,6 +157,7 @@ fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T>
 fn store_event<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
+    judge: Option<(&mut Authorizer, Pdu)>,
     p: &Parsed<'_>,
     checked: Checked,
     json: &[u8],
@@ -187,6 +210,18 @@ fn store_event<R: StateResolver>(
     } else {
         state_of_all(w, resolver, &ctx, &checked.prevs)?
     };
+    let rejection = match judge {
+        Some((authorizer, pdu)) => {
+            let current = (!p.is_create()).then_some(room_record.current_state);
+            let event = Judged {
+                pdu: &pdu,
+                auth_nids: &auth_events,
+                version: &room_record.version,
+            };
+            authorize(w, authorizer, &event, before, current)?
+        }
+        None => None,
+    };
     let membership = match (
         event_type,
         p.content.membership.as_ref().and_then(Loose::text),
@@ -199,7 +234,7 @@ fn store_event<R: StateResolver>(
         event_type,
         state_key,
         state_before: before,
-        rejected: false,
+        rejected: rejection.as_ref().is_some_and(|r| !r.soft_failed),
         prev_events: checked.prevs.clone(),
         auth_events,
         membership,
@@ -208,6 +243,16 @@ fn store_event<R: StateResolver>(
     w.put_event_json(event, json)?;
     w.add_room_event(room, room_record.event_count, event)?;
     room_record.event_count += 1;
+    if let Some(rejection) = rejection {
+        // Rejected and soft-failed events move neither the current state nor the extremities.
+        w.put_rejection(event, &rejection)?;
+        w.put_room(room, &room_record)?;
+        return Ok(Outcome {
+            state: state_key.is_some(),
+            new_room,
+            rejection: Some(rejection),
+        });
+    }
     room_record
         .latest_events
         .retain(|e| !checked.prevs.contains(e));
@@ -228,7 +273,43 @@ fn store_event<R: StateResolver>(
     Ok(Outcome {
         state: state_key.is_some(),
         new_room,
+        rejection: None,
     })
+}
+
+/// Steps 4 to 6 for one event, under its room version's rules.
+/// The event being authorized, as the checks read it.
+struct Judged<'a> {
+    pdu: &'a Pdu,
+    auth_nids: &'a [EventNid],
+    version: &'a str,
+}
+
+fn authorize(
+    w: &mut Writer<'_>,
+    authorizer: &mut Authorizer,
+    event: &Judged<'_>,
+    before: SnapshotNid,
+    current: Option<SnapshotNid>,
+) -> Result<Option<Rejection>> {
+    let rules = match rules_for(event.version) {
+        Ok(rules) => rules,
+        Err(rule) => {
+            return Ok(Some(Rejection {
+                soft_failed: false,
+                step: AuthStep::AuthEvents,
+                rule,
+            }));
+        }
+    };
+    let incoming = Incoming {
+        pdu: event.pdu,
+        auth_nids: event.auth_nids,
+        rules: &rules,
+        before,
+        current,
+    };
+    authorizer.authorize(w, &incoming)
 }
 
 fn intern_one<T>(

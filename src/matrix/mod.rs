@@ -5,8 +5,9 @@
 //! ([`crate::store`]) and the engine's types; it knows nothing of redb tables, and nothing of
 //! JSON lines, batching or the CLI ([`crate::ingest`] sits above it).
 
+pub(crate) mod auth;
+pub(crate) mod event;
 pub(crate) mod input;
 pub(crate) mod pdu;
 pub mod resolver;
-#[cfg(feature = "state-res")]
 pub(crate) mod stateres;

@@ -33,6 +33,14 @@ pub trait StateSource {
     fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>>;
     /// The event holding `key` in a snapshot.
     fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>>;
+    /// The events holding each of `keys` in a snapshot, in their order.
+    fn lookup_keys(
+        &mut self,
+        snapshot: SnapshotNid,
+        keys: &[StateKey],
+    ) -> Result<Vec<Option<EventNid>>> {
+        keys.iter().map(|k| self.lookup(snapshot, *k)).collect()
+    }
     /// An event's ID.
     fn event_id(&mut self, event: EventNid) -> Result<String>;
     /// An event's JSON as ingested, if stored.
@@ -55,6 +63,13 @@ impl StateSource for Writer<'_> {
     }
     fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
         self.lookup_key(snapshot, key)
+    }
+    fn lookup_keys(
+        &mut self,
+        snapshot: SnapshotNid,
+        keys: &[StateKey],
+    ) -> Result<Vec<Option<EventNid>>> {
+        Writer::lookup_keys(self, snapshot, keys)
     }
     fn event_id(&mut self, event: EventNid) -> Result<String> {
         self.string(EVENT, event.get())

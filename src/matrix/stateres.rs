@@ -19,17 +19,14 @@
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
+use crate::matrix::event::Pdu;
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
-use ruma_common::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
-    RoomVersionId, UserId,
-};
+use ruma_common::{EventId, OwnedEventId, RoomVersionId};
 use ruma_events::{StateEventType, TimelineEventType};
 use ruma_state_res::utils::event_id_set::EventIdSet;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -589,82 +586,4 @@ impl<'s> Pdus<'s> {
 #[derive(Deserialize)]
 struct AuthorisingUser {
     join_authorised_via_users_server: Option<String>,
-}
-
-/// An event reference in `prev_events` or `auth_events`: an ID (room version 3 on), or an
-/// `[ID, hashes]` pair (versions 1 and 2).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EventRef {
-    Id(OwnedEventId),
-    Pair((OwnedEventId, serde::de::IgnoredAny)),
-}
-
-fn event_refs<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<OwnedEventId>, D::Error> {
-    Ok(Vec::<EventRef>::deserialize(d)?
-        .into_iter()
-        .map(|r| match r {
-            EventRef::Id(id) | EventRef::Pair((id, _)) => id,
-        })
-        .collect())
-}
-
-/// The fields of an event that state resolution reads.
-#[derive(Debug, Deserialize)]
-struct Pdu {
-    event_id: OwnedEventId,
-    room_id: Option<OwnedRoomId>,
-    sender: OwnedUserId,
-    origin_server_ts: MilliSecondsSinceUnixEpoch,
-    #[serde(rename = "type")]
-    event_type: TimelineEventType,
-    content: Box<RawValue>,
-    state_key: Option<String>,
-    #[serde(deserialize_with = "event_refs", default)]
-    prev_events: Vec<OwnedEventId>,
-    #[serde(deserialize_with = "event_refs", default)]
-    auth_events: Vec<OwnedEventId>,
-    redacts: Option<OwnedEventId>,
-    #[serde(skip)]
-    rejected: bool,
-}
-
-impl ruma_state_res::Event for Pdu {
-    type Id = OwnedEventId;
-
-    fn event_id(&self) -> &OwnedEventId {
-        &self.event_id
-    }
-    fn room_id(&self) -> Option<&RoomId> {
-        self.room_id.as_deref()
-    }
-    fn sender(&self) -> &UserId {
-        &self.sender
-    }
-    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
-        self.origin_server_ts
-    }
-    fn event_type(&self) -> &TimelineEventType {
-        &self.event_type
-    }
-    fn content(&self) -> &RawValue {
-        &self.content
-    }
-    fn state_key(&self) -> Option<&str> {
-        self.state_key.as_deref()
-    }
-    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
-        Box::new(self.prev_events.iter())
-    }
-    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
-        Box::new(self.auth_events.iter())
-    }
-    fn redacts(&self) -> Option<&OwnedEventId> {
-        self.redacts.as_ref()
-    }
-    fn rejected(&self) -> bool {
-        self.rejected
-    }
 }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::store::Tables;
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
-use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::refs::CountKey;
 use crate::store::tables;
 use redb::ReadableTable;
@@ -73,8 +73,48 @@ pub(crate) fn check<T: Tables>(tx: &T) -> Result<CheckReport> {
     let snapshots = check_snapshots(tx, &blocks, &mut tally, &mut report)?;
     check_events(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
+    check_outcomes(tx, &mut report)?;
     check_refs(tx, &tally, &mut report)?;
     Ok(report)
+}
+
+/// Every rejection row decodes and belongs to a stored event, and a rejected event's record
+/// says it is rejected.
+fn check_outcomes<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<()> {
+    let events = tx.open(tables::EVENTS)?;
+    for row in tx.open(tables::OUTCOMES)?.range::<u64>(..)? {
+        let (nid, bytes) = row?;
+        report.rows += 1;
+        let nid = nid.value();
+        let rejection: Rejection = match codec::decode("outcomes", nid, bytes.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problem("outcomes", nid, e);
+                continue;
+            }
+        };
+        let Some(record) = events.get(nid)? else {
+            report.problem("outcomes", nid, "no event record");
+            continue;
+        };
+        match codec::decode::<EventRecord>("events", nid, record.value()) {
+            Ok(record) if record.rejected == rejection.soft_failed => report.problem(
+                "outcomes",
+                nid,
+                format!(
+                    "the event record says rejected = {}, the outcome says {}",
+                    record.rejected,
+                    if rejection.soft_failed {
+                        "soft-failed"
+                    } else {
+                        "rejected"
+                    }
+                ),
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The references actually present to each stored block and snapshot, counted by the walk.

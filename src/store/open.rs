@@ -224,6 +224,12 @@ impl Store {
                 .map(|v| v.value());
             match found {
                 Some(tables::SCHEMA_VERSION) => tx.abort()?,
+                Some(tables::SCHEMA_WITHOUT_OUTCOMES) => {
+                    tx.open_table(tables::OUTCOMES)?;
+                    tx.open_table(tables::META)?
+                        .insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
+                    tx.commit()?;
+                }
                 Some(other) => return Err(Error::UnsupportedSchema(other)),
                 None => {
                     create_tables(&tx)?;
@@ -335,6 +341,7 @@ pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
         tables::EVENTS,
         tables::ROOMS,
         tables::EVENT_JSON,
+        tables::OUTCOMES,
     ] {
         tx.open_table(def)?;
     }

@@ -70,6 +70,7 @@ impl Writer<'_> {
             self.count_snapshot_ref(record.state_before, -1)?;
         }
         self.event_json()?.remove(event)?;
+        self.outcomes()?.remove(event)?;
         self.forget(intern::EVENT, event)?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid}
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
 use crate::store::membership::Membership;
-use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::record::{EventOutcome, EventRecord, RoomRecord};
 use crate::store::stats::{StoreStats, TableSize, store_stats, table_sizes};
 use crate::store::tables;
 use crate::store::write::WriteTxn;
@@ -193,6 +193,24 @@ pub trait StoreRead: sealed::Sealed {
             let row = table.get(event.get())?;
             row.map(|v| codec::decode("events", event, v.value()))
                 .transpose()
+        })
+    }
+
+    /// What became of a stored event when it was received: accepted, rejected or soft-failed,
+    /// with the reason. `None` for an event the store does not hold.
+    fn event_outcome(&self, event: EventNid) -> Result<Option<EventOutcome>> {
+        crate::error::guard(|| {
+            if self.event(event)?.is_none() {
+                return Ok(None);
+            }
+            let table = self.txn().open(tables::OUTCOMES)?;
+            let row = table.get(event.get())?;
+            Ok(Some(match row {
+                None => EventOutcome::Accepted,
+                Some(v) => {
+                    EventOutcome::from_rejection(codec::decode("outcomes", event, v.value())?)
+                }
+            }))
         })
     }
 

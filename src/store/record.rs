@@ -77,6 +77,104 @@ macro_rules! stored_layout {
 }
 
 stored_layout!(EventRecord, "events");
+stored_layout!(Rejection, "outcomes");
+
+/// Which of the spec's checks on receipt of a PDU found an event unauthorized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AuthStep {
+    /// Step 4: the authorization rules given the event's own `auth_events`.
+    AuthEvents,
+    /// Step 5: the rules given the state before the event.
+    StateBefore,
+    /// Step 6: the rules given the room's current state. Failing only this one soft-fails.
+    CurrentState,
+}
+
+impl AuthStep {
+    /// The step's number in the spec's list of checks performed on receipt of a PDU.
+    pub fn number(self) -> u8 {
+        match self {
+            AuthStep::AuthEvents => 4,
+            AuthStep::StateBefore => 5,
+            AuthStep::CurrentState => 6,
+        }
+    }
+
+    /// A short name, as the CLI prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthStep::AuthEvents => "auth_events",
+            AuthStep::StateBefore => "state_before",
+            AuthStep::CurrentState => "current_state",
+        }
+    }
+}
+
+/// Why an event was rejected or soft-failed: the step that found it, and the rule it broke in
+/// the authorization rules' own words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Whether it was soft-failed (step 6 alone) rather than rejected.
+    pub soft_failed: bool,
+    /// The step that found it.
+    pub step: AuthStep,
+    /// The rule, as the authorization code states it.
+    pub rule: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "step {} ({}): {}",
+            self.step.number(),
+            self.step.name(),
+            self.rule
+        )
+    }
+}
+
+/// What became of a stored event when it was received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventOutcome {
+    /// It passed every check, or was imported as trusted.
+    Accepted,
+    /// It failed step 4 or 5: it is stored, and changes no state.
+    Rejected(Rejection),
+    /// It failed step 6 only: it is stored with its state, but moved neither the room's current
+    /// state nor its forward extremities.
+    SoftFailed(Rejection),
+}
+
+impl EventOutcome {
+    /// `accepted`, `rejected` or `soft_failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventOutcome::Accepted => "accepted",
+            EventOutcome::Rejected(_) => "rejected",
+            EventOutcome::SoftFailed(_) => "soft_failed",
+        }
+    }
+
+    /// Why, for a rejected or soft-failed event.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            EventOutcome::Accepted => None,
+            EventOutcome::Rejected(r) | EventOutcome::SoftFailed(r) => Some(r),
+        }
+    }
+
+    /// The outcome a stored rejection row stands for.
+    pub fn from_rejection(rejection: Rejection) -> Self {
+        if rejection.soft_failed {
+            EventOutcome::SoftFailed(rejection)
+        } else {
+            EventOutcome::Rejected(rejection)
+        }
+    }
+}
 stored_layout!(RoomRecord, "rooms");
 
 /// What the store knows of one room.

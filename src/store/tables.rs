@@ -61,6 +61,13 @@ pub(crate) const USER_ROOMS: TableDefinition<(u64, u64), ()> = TableDefinition::
 pub(crate) const ROOM_EVENTS: TableDefinition<(u64, u64), u64> =
     TableDefinition::new("room_events");
 
+/// Event NID to why the event was rejected or soft-failed (`record.rs`, via `codec.rs`). An
+/// accepted event has no row.
+pub(crate) const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
+
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// Version 2 lacks [`OUTCOMES`]; opening such a store adds the table and moves it to 3.
+pub(crate) const SCHEMA_VERSION: u64 = 3;
+/// The earlier schema that opening upgrades in place.
+pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";

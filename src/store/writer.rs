@@ -17,7 +17,7 @@ use crate::store::WriteCounts;
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
 use crate::store::membership::Membership;
-use crate::store::record::{EventRecord, RoomRecord};
+use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use std::collections::HashMap;
@@ -67,6 +67,7 @@ pub(crate) struct Writer<'t> {
     events: Option<Table<'t, u64, Bytes>>,
     rooms: Option<Table<'t, u64, Bytes>>,
     event_json: Option<Table<'t, u64, Bytes>>,
+    outcomes: Option<Table<'t, u64, Bytes>>,
     membership: Option<Table<'t, (u64, u64), u8>>,
     user_rooms: Option<Table<'t, (u64, u64), ()>>,
     room_events: Option<Table<'t, (u64, u64), u64>>,
@@ -127,6 +128,7 @@ impl<'t> Writer<'t> {
             events: None,
             rooms: None,
             event_json: None,
+            outcomes: None,
             membership: None,
             user_rooms: None,
             room_events: None,
@@ -145,6 +147,7 @@ impl<'t> Writer<'t> {
     table!(events, tables::EVENTS, u64, Bytes);
     table!(rooms, tables::ROOMS, u64, Bytes);
     table!(event_json, tables::EVENT_JSON, u64, Bytes);
+    table!(outcomes, tables::OUTCOMES, u64, Bytes);
     table!(membership, tables::MEMBERSHIP, (u64, u64), u8);
     table!(user_rooms, tables::USER_ROOMS, (u64, u64), ());
     table!(room_events, tables::ROOM_EVENTS, (u64, u64), u64);
@@ -373,6 +376,18 @@ impl<'t> Writer<'t> {
         lookup_lazily(blocks, cache, snapshots, snapshot, key)
     }
 
+    /// Several keys looked up in one snapshot, whose blocks are loaded once.
+    pub fn lookup_keys(
+        &mut self,
+        snapshot: SnapshotNid,
+        keys: &[StateKey],
+    ) -> Result<Vec<Option<EventNid>>> {
+        let (blocks, snapshots, cache) = self.read_tables()?;
+        let loaded = load(blocks, cache, snapshots, snapshot)?;
+        let runs = loaded.runs()?;
+        keys.iter().map(|k| resolve::lookup(&runs, *k)).collect()
+    }
+
     /// Several snapshots combined, skipping the blocks they share; and the first one's state.
     pub fn combine(
         &mut self,
@@ -565,6 +580,13 @@ impl<'t> Writer<'t> {
         };
         self.cache.afters.insert(event, after);
         Ok(after)
+    }
+
+    /// Records why an event was rejected or soft-failed; accepted events have no row.
+    pub fn put_rejection(&mut self, event: EventNid, rejection: &Rejection) -> Result<()> {
+        let bytes = codec::encode(rejection)?;
+        self.outcomes()?.insert(event.get(), bytes.as_slice())?;
+        Ok(())
     }
 
     pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {

@@ -284,7 +284,7 @@ impl Forky {
 
     pub(super) fn graph_messages(&mut self, ctx: &mut Ctx, out: &mut VecDeque<GenEvent>) {
         for _ in 0..self.messages {
-            let Some(draft) = message_draft(&self.room, &mut ctx.rng) else {
+            let Some(draft) = self.settled_message(ctx) else {
                 return;
             };
             let op = choose_op(&mut ctx.rng, &self.room.tips);
@@ -299,6 +299,18 @@ impl Forky {
             };
             self.emit_linear(ctx, draft, None, out);
         }
+    }
+
+    /// A message from a member whose membership no extremity disagrees on, so that it is
+    /// joined in the state of whichever extremity the message extends.
+    pub(super) fn settled_message(&mut self, ctx: &mut Ctx) -> Option<Draft> {
+        for _ in 0..PICK_TRIES {
+            let draft = message_draft(&self.room, &mut ctx.rng)?;
+            if !self.unsettled.contains(draft.sender) {
+                return Some(draft);
+            }
+        }
+        None
     }
 
     pub(super) fn emit(

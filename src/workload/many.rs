@@ -22,7 +22,7 @@ impl SmallRoom {
     ) -> bool {
         let draft = if self.setup < SETUP_STEPS {
             self.setup += 1;
-            setup_draft(&self.room, self.setup - 1, pl.clone())
+            setup_draft(&self.room, self.setup - 1, with_creator(pl, &self.room))
         } else {
             self.next_draft(ctx)
         };
@@ -77,6 +77,16 @@ pub(super) struct Many {
     pub(super) current: Option<SmallRoom>,
 }
 
+/// The shared power levels with the room's creator at 100: above everyone it kicks or bans, and
+/// allowed every setup event.
+fn with_creator(shared: &Value, room: &Room) -> Value {
+    let mut pl = shared.clone();
+    if let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut) {
+        users.insert(room.user(0), json!(100));
+    }
+    pl
+}
+
 impl Many {
     pub(super) fn new(config: &GenConfig) -> Self {
         let mut users = Map::new();
@@ -127,7 +137,8 @@ impl Many {
         } else {
             ctx.rng.range(1, 3)
         };
-        let id = format!("!room{number}:server{}.test", number % SERVERS);
+        // The spec wants a room ID on its creator's server.
+        let id = format!("!room{number}:server{}.test", users[0] % SERVERS);
         SmallRoom {
             room: Room::new(id, users),
             number,

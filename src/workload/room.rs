@@ -432,9 +432,9 @@ pub(super) fn power_levels_content(users: Map<String, Value>, users_default: u64
 /// Power levels of a single-room workload: the creator at 100, the other admins at 50.
 pub(super) fn admin_power_levels(room: &Room, admins: usize, moderator: Option<usize>) -> Value {
     let mut users = Map::new();
-    users.insert(room.user(0), json!(100));
-    for admin in 1..admins {
-        users.insert(room.user(admin), json!(50));
+    // Every admin may send every event the workloads write, power levels included.
+    for admin in 0..admins {
+        users.insert(room.user(admin), json!(100));
     }
     if let Some(m) = moderator {
         users.entry(room.user(m)).or_insert(json!(50));

@@ -67,6 +67,11 @@ enum Command {
         /// Skip bad lines and report them, instead of stopping at the first.
         #[arg(long)]
         skip_bad_lines: bool,
+        /// A trusted import: skip the Matrix authorization checks and accept every event as it
+        /// comes (auth events the store lacks are allowed too). Only for histories another
+        /// server already authorized; never for events from federation.
+        #[arg(long)]
+        trust: bool,
         /// How conflicting states are settled: `matrix` is Matrix state resolution
         /// (ruma-state-res); `matrix-whole-maps` is the same, handing it whole states (slower, for
         /// comparison); `trivial` takes a change over the state it replaced and refuses
@@ -118,6 +123,10 @@ enum Command {
     Event {
         /// The event ID.
         id: String,
+        /// Print what became of the event (accepted, rejected or soft-failed, and why) instead
+        /// of its JSON.
+        #[arg(long)]
+        outcome: bool,
     },
     /// Delete a room: its events, their JSON, its membership, and every snapshot and block no
     /// other room uses. `compact` then returns the space to the file system.
@@ -241,23 +250,30 @@ fn run(cli: Cli) -> CliResult {
             files,
             batch_size,
             skip_bad_lines,
+            trust,
             resolver,
         } => {
             let store = Store::open(db_path(&db))?;
+            let options = IngestOptions {
+                batch_size,
+                on_bad_line: if skip_bad_lines {
+                    OnBadLine::Skip
+                } else {
+                    OnBadLine::Stop
+                },
+                trust,
+                ..IngestOptions::default()
+            };
             let matrix = |mut r: MatrixResolver| -> CliResult {
-                ingest(&store, &files, batch_size, skip_bad_lines, &mut r)?;
+                ingest(&store, &files, options.clone(), &mut r)?;
                 resolution_summary(r.timings());
                 Ok(())
             };
             match resolver {
                 ResolverChoice::Matrix => matrix(MatrixResolver::default()),
                 ResolverChoice::MatrixWholeMaps => matrix(MatrixResolver::whole_maps()),
-                ResolverChoice::Trivial => {
-                    ingest(&store, &files, batch_size, skip_bad_lines, TrivialMerge)
-                }
-                ResolverChoice::Refuse => {
-                    ingest(&store, &files, batch_size, skip_bad_lines, Refuse)
-                }
+                ResolverChoice::Trivial => ingest(&store, &files, options.clone(), TrivialMerge),
+                ResolverChoice::Refuse => ingest(&store, &files, options.clone(), Refuse),
             }
         }
         Command::Purge { room } => maintain::purge(&open_existing(&db)?, &room),
@@ -320,7 +336,7 @@ fn run_query(rx: &roomstate::ReadTxn, command: Command, out: &mut impl Write) ->
         Command::Diff { a, b } => query::diff(rx, &a, &b, out),
         Command::Members { room, membership } => query::members(rx, &room, membership, out),
         Command::Rooms { user } => query::rooms(rx, &user, out),
-        Command::Event { id } => query::event(rx, &id, out),
+        Command::Event { id, outcome } => query::event(rx, &id, outcome, out),
         Command::Stats { json } => query::stats(rx, json, out),
         Command::Check => query::check(rx, out),
         _ => Err(Failure::User("nothing to do".into())),
@@ -347,19 +363,9 @@ fn open_existing(db: &Option<PathBuf>) -> CliResult<Store> {
 fn ingest(
     store: &Store,
     files: &[String],
-    batch_size: usize,
-    skip: bool,
+    options: IngestOptions,
     resolver: impl StateResolver,
 ) -> CliResult {
-    let options = IngestOptions {
-        batch_size,
-        on_bad_line: if skip {
-            OnBadLine::Skip
-        } else {
-            OnBadLine::Stop
-        },
-        ..IngestOptions::default()
-    };
     let total_bytes: Option<u64> = files
         .iter()
         .map(|f| {
@@ -459,6 +465,9 @@ fn summary(store: &Store, report: &IngestReport) -> CliResult {
     let rows = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.rows);
     println!("events        {}", report.events);
     println!("state events  {}", report.state_events);
+    println!("accepted      {}", report.accepted());
+    println!("rejected      {}", report.rejected);
+    println!("soft-failed   {}", report.soft_failed);
     println!("rooms         {}", report.rooms);
     println!("snapshots     {}", rows("snapshots"));
     println!("blocks        {}", rows("blocks"));

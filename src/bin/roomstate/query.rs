@@ -2,7 +2,7 @@
 
 use crate::failure::{CliResult, Failure};
 use crate::names::{Named, Names, event_nid, room_nid};
-use roomstate::{Membership, ReadTxn, SnapshotNid, StateMap, StoreRead};
+use roomstate::{EventNid, Membership, ReadTxn, SnapshotNid, StateMap, StoreRead};
 use serde_json::{Value, json};
 use std::io::Write;
 
@@ -59,9 +59,10 @@ pub fn states(rx: &ReadTxn, id: &str, out: &mut impl Write) -> CliResult {
         };
         let event_id =
             serde_json::to_string(&names.event_id(rx, event)?).map_err(std::io::Error::from)?;
+        let outcome = outcome_fields(rx, event)?;
         writeln!(
             out,
-            "{{\"event_id\":{event_id},\"state_before\":{rendered}}}"
+            "{{\"event_id\":{event_id},{outcome},\"state_before\":{rendered}}}"
         )?;
     }
     Ok(())
@@ -136,8 +137,31 @@ pub fn rooms(rx: &ReadTxn, user: &str, out: &mut impl Write) -> CliResult {
     Ok(())
 }
 
-pub fn event(rx: &ReadTxn, id: &str, out: &mut impl Write) -> CliResult {
+/// `"outcome":…` and, for a rejected or soft-failed event, `"reason":…`, as JSON members.
+fn outcome_fields(rx: &ReadTxn, event: EventNid) -> CliResult<String> {
+    let outcome = rx
+        .event_outcome(event)?
+        .ok_or(roomstate::Error::UnknownEvent(event))?;
+    let mut fields = format!("\"outcome\":\"{}\"", outcome.name());
+    if let Some(why) = outcome.rejection() {
+        let reason = serde_json::to_string(&why.to_string()).map_err(std::io::Error::from)?;
+        fields.push_str(&format!(",\"reason\":{reason}"));
+    }
+    Ok(fields)
+}
+
+/// An event's JSON as ingested, or with `outcome`, what became of it.
+pub fn event(rx: &ReadTxn, id: &str, outcome: bool, out: &mut impl Write) -> CliResult {
     let nid = event_nid(rx, id)?;
+    if outcome {
+        let event_id = serde_json::to_string(id).map_err(std::io::Error::from)?;
+        writeln!(
+            out,
+            "{{\"event_id\":{event_id},{}}}",
+            outcome_fields(rx, nid)?
+        )?;
+        return Ok(());
+    }
     let json = rx
         .event_json(nid)?
         .ok_or_else(|| Failure::User(format!("no JSON stored for event {id}")))?;

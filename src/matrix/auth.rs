@@ -1,0 +1,290 @@
+//! Authorizing an event: steps 4 to 6 of the spec's checks on receipt of a PDU, by the
+//! authorization rules of `ruma-state-res` (never written again here).
+//!
+//! - Step 4: the rules given the event's own `auth_events` (the crate's state-independent check,
+//!   then its state-dependent check over those events). Failing it rejects the event.
+//! - Step 5: the rules given the state before the event. Failing it rejects the event.
+//! - Step 6: the rules given the room's current state. Failing only this soft-fails the event.
+//!
+//! What the crate leaves to the caller is done here or before: every auth event is stored and in
+//! the event's room (`input.rs` refuses the event otherwise), a rejected auth event is handed to
+//! the crate marked rejected, and in room version 12 the create event, which `auth_events` no
+//! longer lists, is found from the room ID. The crate itself checks for duplicate (type, state
+//! key) pairs and for auth events the selection algorithm does not name.
+//!
+//! Most events are authorized against the same few events (the create event, the power levels,
+//! the join rules, the sender's membership), so parsed events are kept for the whole batch.
+
+use crate::error::{Error, Result};
+use crate::matrix::event::Pdu;
+use crate::matrix::resolver::StateSource;
+use crate::nid::{EventNid, SnapshotNid, StateKey};
+use crate::store::record::{AuthStep, Rejection};
+use ruma_common::room_version_rules::AuthorizationRules;
+use ruma_common::{EventId, OwnedEventId, RoomVersionId};
+use ruma_events::{StateEventType, TimelineEventType};
+use ruma_state_res::{
+    auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Parsed events are dropped wholesale past this many, which bounds the cache at a few tens of
+/// MiB.
+const PARSED_HELD: usize = 20_000;
+
+/// The authorization rules of a room version, or why there are none.
+pub(crate) fn rules_for(version: &str) -> std::result::Result<AuthorizationRules, String> {
+    RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .map(|r| r.authorization)
+        .ok_or_else(|| format!("room version {version:?} is not one the authorization rules know"))
+}
+
+/// Runs the checks, keeping parsed events between calls. Forget everything with
+/// [`rolled_back`](Self::rolled_back) when the writes it read are undone.
+#[derive(Debug, Default)]
+pub(crate) struct Authorizer {
+    parsed: HashMap<EventNid, Arc<Pdu>>,
+}
+
+/// The event being received, and where to judge it from.
+pub(crate) struct Incoming<'a> {
+    /// The event, parsed.
+    pub(crate) pdu: &'a Pdu,
+    /// The NIDs of its `auth_events`, in their order.
+    pub(crate) auth_nids: &'a [EventNid],
+    /// The room version's rules.
+    pub(crate) rules: &'a AuthorizationRules,
+    /// The state before the event.
+    pub(crate) before: SnapshotNid,
+    /// The room's current state, when the event is not a create event.
+    pub(crate) current: Option<SnapshotNid>,
+}
+
+impl Authorizer {
+    /// The NIDs of rolled-back rows are handed out again: parsed events keyed by them are void.
+    pub(crate) fn rolled_back(&mut self) {
+        self.parsed.clear();
+    }
+
+    /// `None` when the event passes every check; otherwise the first step it fails and the
+    /// rule's words.
+    pub(crate) fn authorize(
+        &mut self,
+        source: &mut dyn StateSource,
+        incoming: &Incoming<'_>,
+    ) -> Result<Option<Rejection>> {
+        if self.parsed.len() > PARSED_HELD {
+            self.parsed.clear();
+        }
+        let events = Events {
+            known: incoming
+                .pdu
+                .auth_events
+                .iter()
+                .zip(incoming.auth_nids)
+                .map(|(id, nid)| (id.as_str(), *nid))
+                .collect(),
+            source: RefCell::new(source),
+            parsed: RefCell::new(&mut self.parsed),
+            error: RefCell::new(None),
+        };
+        let verdict = events.judge(incoming);
+        events.take_error()?;
+        Ok(verdict)
+    }
+}
+
+/// Stored events as the crate's callbacks read them. The callbacks cannot fail, so the first
+/// store error is kept and returned afterwards.
+struct Events<'a> {
+    /// The incoming event's auth events, already interned: found without a B-tree lookup.
+    known: Vec<(&'a str, EventNid)>,
+    source: RefCell<&'a mut dyn StateSource>,
+    parsed: RefCell<&'a mut HashMap<EventNid, Arc<Pdu>>>,
+    error: RefCell<Option<Error>>,
+}
+
+/// Auth events by (type, state key), with their NIDs.
+type AuthMap = Vec<(StateEventType, String, EventNid, Arc<Pdu>)>;
+
+fn rejected(step: AuthStep, rule: String) -> Option<Rejection> {
+    Some(Rejection {
+        soft_failed: step == AuthStep::CurrentState,
+        step,
+        rule,
+    })
+}
+
+impl Events<'_> {
+    fn judge(&self, incoming: &Incoming<'_>) -> Option<Rejection> {
+        let (pdu, rules) = (incoming.pdu, incoming.rules);
+        let fetch = |id: &EventId| self.by_id(id).map(|(_, e)| e);
+        if let Err(rule) = check_state_independent_auth_rules(rules, pdu, fetch) {
+            return rejected(AuthStep::AuthEvents, rule);
+        }
+        let auth = self.auth_map(pdu, rules);
+        let from_auth = |ty: &StateEventType, key: &str| {
+            auth.iter()
+                .find(|(t, k, _, _)| t == ty && k == key)
+                .map(|(_, _, _, e)| Arc::clone(e))
+        };
+        if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
+            return rejected(AuthStep::AuthEvents, rule);
+        }
+        // The rules read only the keys the auth-events selection names: where the state before
+        // holds the auth events themselves, step 5 would read what step 4 read.
+        if !self.state_holds_auth_events(pdu, rules, &auth, incoming.before) {
+            let from_before =
+                |ty: &StateEventType, key: &str| self.in_state(incoming.before, ty, key);
+            if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_before) {
+                return rejected(AuthStep::StateBefore, rule);
+            }
+        }
+        // When the event extends the current state, step 6 asks what step 5 asked.
+        let current = incoming.current.filter(|c| *c != incoming.before)?;
+        let from_current = |ty: &StateEventType, key: &str| self.in_state(current, ty, key);
+        if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_current) {
+            return rejected(AuthStep::CurrentState, rule);
+        }
+        None
+    }
+
+    /// Whether, for every key the selection names (and the create event), the state holds
+    /// exactly the event the auth map holds.
+    fn state_holds_auth_events(
+        &self,
+        pdu: &Pdu,
+        rules: &AuthorizationRules,
+        auth: &AuthMap,
+        state: SnapshotNid,
+    ) -> bool {
+        let Ok(mut keys) = auth_types_for_event(
+            &pdu.event_type,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            rules,
+        ) else {
+            return false;
+        };
+        keys.push((StateEventType::RoomCreate, String::new()));
+        let given = keys.iter().map(|(ty, key)| {
+            auth.iter()
+                .find(|(t, k, _, _)| t == ty && k == key)
+                .map(|(_, _, nid, _)| *nid)
+        });
+        let held = self.keep(self.nids_in_state(state, &keys).map(Some));
+        held.is_some_and(|held| given.eq(held))
+    }
+
+    /// The events a state holds at each of `keys`, its blocks loaded once.
+    fn nids_in_state(
+        &self,
+        state: SnapshotNid,
+        keys: &[(StateEventType, String)],
+    ) -> Result<Vec<Option<EventNid>>> {
+        let mut source = self.source.borrow_mut();
+        let mut nids = Vec::with_capacity(keys.len());
+        for (ty, key) in keys {
+            let ty = source.type_nid(&ty.to_string())?;
+            let key = source.state_key_nid(key)?;
+            nids.push(ty.zip(key).map(|(t, k)| StateKey::new(t, k)));
+        }
+        let present: Vec<StateKey> = nids.iter().flatten().copied().collect();
+        let mut found = source.lookup_keys(state, &present)?.into_iter();
+        Ok(nids
+            .iter()
+            .map(|k| k.and_then(|_| found.next().flatten()))
+            .collect())
+    }
+
+    /// The event's auth events by (type, state key), and in room version 12 the create event
+    /// its room ID names. Events the store lacks are left out (the state-independent check has
+    /// already refused them).
+    fn auth_map(&self, pdu: &Pdu, rules: &AuthorizationRules) -> AuthMap {
+        let mut ids: Vec<OwnedEventId> = pdu.auth_events.clone();
+        if rules.room_create_event_id_as_room_id
+            && pdu.event_type != TimelineEventType::RoomCreate
+            && let Some(create) = pdu
+                .room_id
+                .as_ref()
+                .and_then(|r| EventId::parse(format!("${}", r.strip_sigil())).ok())
+        {
+            ids.push(create);
+        }
+        ids.iter()
+            .filter_map(|id| self.by_id(id))
+            .filter_map(|(nid, e)| {
+                let key = e.state_key.clone()?;
+                Some((StateEventType::from(e.event_type.to_string()), key, nid, e))
+            })
+            .collect()
+    }
+
+    fn keep<T>(&self, result: Result<Option<T>>) -> Option<T> {
+        result.unwrap_or_else(|e| {
+            self.error.borrow_mut().get_or_insert(e);
+            None
+        })
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match self.error.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn by_id(&self, id: &EventId) -> Option<(EventNid, Arc<Pdu>)> {
+        let nid = match self.known.iter().find(|(k, _)| *k == id.as_str()) {
+            Some((_, nid)) => *nid,
+            None => self.keep(self.source.borrow_mut().event_nid(id.as_str()))?,
+        };
+        Some((nid, self.keep(self.by_nid(nid))?))
+    }
+
+    fn in_state(&self, state: SnapshotNid, ty: &StateEventType, key: &str) -> Option<Arc<Pdu>> {
+        let nid = self.keep(self.nid_in_state(state, ty, key))?;
+        self.keep(self.by_nid(nid))
+    }
+
+    fn nid_in_state(
+        &self,
+        state: SnapshotNid,
+        ty: &StateEventType,
+        key: &str,
+    ) -> Result<Option<EventNid>> {
+        let mut source = self.source.borrow_mut();
+        let Some(ty) = source.type_nid(&ty.to_string())? else {
+            return Ok(None);
+        };
+        let Some(key) = source.state_key_nid(key)? else {
+            return Ok(None);
+        };
+        source.lookup(state, StateKey::new(ty, key))
+    }
+
+    /// A stored event, parsed once per batch, marked rejected as its record says; `None` for an
+    /// event the store lacks.
+    fn by_nid(&self, nid: EventNid) -> Result<Option<Arc<Pdu>>> {
+        if let Some(pdu) = self.parsed.borrow().get(&nid) {
+            return Ok(Some(Arc::clone(pdu)));
+        }
+        let mut source = self.source.borrow_mut();
+        let (Some(json), Some(record)) = (source.event_json(nid)?, source.event(nid)?) else {
+            return Ok(None);
+        };
+        // An event imported as trusted may lack what the rules read: to them it is missing.
+        let Ok(mut pdu) = serde_json::from_str::<Pdu>(&json) else {
+            return Ok(None);
+        };
+        pdu.rejected = record.rejected;
+        let pdu = Arc::new(pdu);
+        self.parsed.borrow_mut().insert(nid, Arc::clone(&pdu));
+        Ok(Some(pdu))
+    }
+}

@@ -1,0 +1,87 @@
+//! Events as the Matrix rules read them: the PDU fields `ruma-state-res` needs, parsed from the
+//! JSON the store keeps, with the store's verdict on whether the event was rejected.
+
+use ruma_common::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
+use ruma_events::TimelineEventType;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// An event reference in `prev_events` or `auth_events`: an ID (room version 3 on), or an
+/// `[ID, hashes]` pair (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    Pair((OwnedEventId, serde::de::IgnoredAny)),
+}
+
+pub(crate) fn event_refs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<OwnedEventId>, D::Error> {
+    Ok(Vec::<EventRef>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            EventRef::Id(id) | EventRef::Pair((id, _)) => id,
+        })
+        .collect())
+}
+
+/// The fields of an event that state resolution reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Pdu {
+    pub(crate) event_id: OwnedEventId,
+    pub(crate) room_id: Option<OwnedRoomId>,
+    pub(crate) sender: OwnedUserId,
+    pub(crate) origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    pub(crate) event_type: TimelineEventType,
+    pub(crate) content: Box<RawValue>,
+    pub(crate) state_key: Option<String>,
+    #[serde(deserialize_with = "event_refs", default)]
+    pub(crate) prev_events: Vec<OwnedEventId>,
+    #[serde(deserialize_with = "event_refs", default)]
+    pub(crate) auth_events: Vec<OwnedEventId>,
+    pub(crate) redacts: Option<OwnedEventId>,
+    #[serde(skip)]
+    pub(crate) rejected: bool,
+}
+
+impl ruma_state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &OwnedEventId {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.event_type
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &OwnedEventId> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&OwnedEventId> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}
