@@ -3,6 +3,7 @@
 
 use crate::error::Problem;
 use crate::store::id_problem;
+use ruma_common::RoomVersionId;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::borrow::Cow;
@@ -103,8 +104,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem
     let fail = |p| (id.clone(), p);
     let missing = |field| fail(Problem::MissingField(field));
     let event_id = pdu.event_id.ok_or_else(|| missing("event_id"))?;
-    let room_id = pdu.room_id.ok_or_else(|| missing("room_id"))?;
     let event_type = pdu.event_type.ok_or_else(|| missing("type"))?;
+    let room_id = match pdu.room_id {
+        Some(id) => id,
+        None => room_of_create(&event_id, &event_type, pdu.content.as_ref())
+            .ok_or_else(|| missing("room_id"))?,
+    };
     let prev_events = pdu.prev_events.ok_or_else(|| missing("prev_events"))?;
     let auth_events = pdu.auth_events.unwrap_or_default();
     let checks = [
@@ -136,6 +141,20 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem
         auth_events,
         content: pdu.content.unwrap_or_default(),
     })
+}
+
+/// The room ID a create event without one names: in room versions whose room ID is the create
+/// event's reference hash (12 on), `!` and the event ID without its `$`.
+fn room_of_create<'a>(
+    event_id: &str,
+    event_type: &str,
+    content: Option<&Content<'_>>,
+) -> Option<Cow<'a, str>> {
+    let version = content?.room_version.as_ref()?.text()?;
+    let rules = RoomVersionId::try_from(version).ok()?.rules()?;
+    let hash = event_id.strip_prefix('$')?;
+    (event_type == "m.room.create" && rules.authorization.room_create_event_id_as_room_id)
+        .then(|| Cow::Owned(format!("!{hash}")))
 }
 
 fn check_field(field: &'static str, value: &str, may_be_empty: bool) -> Result<(), Problem> {
