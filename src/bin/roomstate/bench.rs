@@ -35,6 +35,10 @@ pub struct Figures {
     pub lookup_ns: u64,
     pub diff_ns: u64,
     pub ingest_events_per_s: f64,
+    /// For the default policy only: the same history ingested as a trusted import (no
+    /// authorization), in the same process right after, for the checks' cost.
+    #[serde(default)]
+    pub trusted_events_per_s: Option<f64>,
     pub peak_rss_bytes: u64,
     /// (state entries, state bytes per state change so far), sampled during ingest.
     pub samples: Vec<(u64, f64)>,
@@ -174,6 +178,17 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
             f.peak_rss_bytes as f64 / (1 << 20) as f64
         )?;
     }
+    for f in all.iter().filter(|f| f.trusted_events_per_s.is_some()) {
+        let trusted = f.trusted_events_per_s.unwrap_or(0.0);
+        writeln!(
+            out,
+            "{}: {:.0} events/s authorized, {:.0} trusted ({:.2}x)",
+            f.policy,
+            f.ingest_events_per_s,
+            trusted,
+            f.ingest_events_per_s / trusted.max(1e-9)
+        )?;
+    }
     Ok(())
 }
 
@@ -184,7 +199,20 @@ pub fn run_one(name: &str, workload: Workload, scale: Scale) -> CliResult {
     let path = scratch_path(name);
     let result = measure(&path, policy, workload, scale);
     let _ = std::fs::remove_file(&path);
-    let figures = result?;
+    let mut figures = result?;
+    if name == policy::default_policy().name() {
+        let trusted = scratch_path(&format!("{name}-trusted"));
+        let _ = std::fs::remove_file(&trusted);
+        let store = Store::builder()
+            .boxed_policy(policy::default_policy())
+            .open(&trusted);
+        let rate = store.map_err(Failure::from).and_then(|store| {
+            let (report, _) = ingest(&store, config(workload, scale), true)?;
+            Ok(report.events_per_second())
+        });
+        let _ = std::fs::remove_file(&trusted);
+        figures.trusted_events_per_s = Some(rate?);
+    }
     println!(
         "{}",
         serde_json::to_string(&figures).map_err(std::io::Error::from)?
@@ -209,7 +237,7 @@ fn measure(
     let mut store = Store::builder().boxed_policy(policy).open(path)?;
     let config = config(workload, scale);
     let name = store.policy().name().to_owned();
-    let (report, samples) = ingest(&store, config)?;
+    let (report, samples) = ingest(&store, config, false)?;
     store.compact()?;
     // Measure reads on a freshly opened store, as after a restart: compaction leaves redb's page
     // cache full of pages it copied, which would otherwise evict the state's pages.
@@ -250,6 +278,7 @@ fn measure(
         lookup_ns,
         diff_ns,
         ingest_events_per_s: report.events_per_second(),
+        trusted_events_per_s: None,
         peak_rss_bytes: peak_rss(),
         samples,
     })
@@ -259,9 +288,11 @@ fn measure(
 fn ingest(
     store: &Store,
     config: GenConfig,
+    trust: bool,
 ) -> CliResult<(roomstate::ingest::IngestReport, Vec<(u64, f64)>)> {
     let options = IngestOptions {
         batch_size: 10_000,
+        trust,
         ..IngestOptions::default()
     };
     let mut ingester = Ingester::new(store, options, TrivialMerge);
