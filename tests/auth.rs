@@ -761,3 +761,136 @@ fn version_12_implies_the_create_event() {
     );
     room.check();
 }
+
+mod generated {
+    use super::*;
+    use roomstate::workload::{Expected, GenConfig, GenEvent, Generator, Workload};
+
+    fn config(workload: Workload) -> GenConfig {
+        GenConfig {
+            members: if workload == Workload::Many { 30 } else { 300 },
+            state_events: if workload == Workload::Many { 20 } else { 900 },
+            messages_per_state: 2,
+            ..GenConfig::new(workload)
+        }
+    }
+
+    fn ingest_events(events: &[GenEvent]) -> (Store, roomstate::ingest::IngestReport) {
+        let store = Store::in_memory().unwrap();
+        let text: String = events.iter().map(|e| e.to_json_line() + "\n").collect();
+        let options = IngestOptions {
+            batch_size: 500,
+            ..IngestOptions::default()
+        };
+        let report = ingest(&store, text.as_bytes(), options, MatrixResolver::default()).unwrap();
+        (store, report)
+    }
+
+    /// The state before each accepted event, by event ID, and each room's current state.
+    type States = (Vec<(String, Vec<String>)>, Vec<Vec<String>>);
+
+    /// Every state before an event, by event ID, and every room's current state, as strings.
+    fn states(store: &Store, events: &[GenEvent]) -> States {
+        let rx = store.read().unwrap();
+        let named = |state: roomstate::StateMap| -> Vec<String> {
+            state
+                .iter()
+                .map(|e| rx.event_id(e.event).unwrap())
+                .collect()
+        };
+        let before = events
+            .iter()
+            .filter(|e| e.expected == Expected::Accepted)
+            .map(|e| {
+                let nid = rx.event_nid(&e.event_id).unwrap().unwrap();
+                (e.event_id.clone(), named(rx.state_before(nid).unwrap()))
+            })
+            .collect();
+        let mut rooms: Vec<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
+        rooms.dedup();
+        let current = rooms
+            .iter()
+            .map(|r| {
+                let room = rx.room(rx.room_nid(r).unwrap().unwrap()).unwrap().unwrap();
+                named(rx.flatten(room.current_state).unwrap())
+            })
+            .collect();
+        (before, current)
+    }
+
+    #[test]
+    fn generated_histories_are_accepted_whole() {
+        for workload in [Workload::Hq, Workload::Many, Workload::Forky] {
+            let events: Vec<GenEvent> = Generator::new(config(workload)).collect();
+            let (_, report) = ingest_events(&events);
+            assert_eq!(report.events, events.len() as u64, "{workload:?}");
+            assert_eq!(
+                (report.rejected, report.soft_failed),
+                (0, 0),
+                "{workload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn injected_events_fare_as_the_generator_says_and_change_no_state() {
+        for (workload, percent) in [(Workload::Hq, 4), (Workload::Many, 5)] {
+            let plain: Vec<GenEvent> = Generator::new(config(workload)).collect();
+            let mixed: Vec<GenEvent> = Generator::new(config(workload))
+                .with_unauthorized(percent)
+                .unwrap()
+                .collect();
+            let injected: Vec<&GenEvent> = mixed
+                .iter()
+                .filter(|e| e.expected != Expected::Accepted)
+                .collect();
+            // The history without the injected events is the plain one, byte for byte.
+            let kept: Vec<&GenEvent> = mixed
+                .iter()
+                .filter(|e| e.expected == Expected::Accepted)
+                .collect();
+            assert_eq!(kept, plain.iter().collect::<Vec<_>>(), "{workload:?}");
+            let count = |x: Expected| injected.iter().filter(|e| e.expected == x).count() as u64;
+            let (rejected, soft_failed) = (count(Expected::Rejected), count(Expected::SoftFailed));
+            assert!(rejected >= 10, "{workload:?}: {rejected} rejected injected");
+            if workload == Workload::Hq {
+                assert!(soft_failed >= 1, "no soft failure injected");
+            }
+            let (store, report) = ingest_events(&mixed);
+            assert_eq!(
+                (report.rejected, report.soft_failed),
+                (rejected, soft_failed)
+            );
+            let rx = store.read().unwrap();
+            for e in &mixed {
+                let nid = rx.event_nid(&e.event_id).unwrap().unwrap();
+                let got = rx.event_outcome(nid).unwrap().unwrap();
+                assert_eq!(
+                    got.name(),
+                    e.expected.name(),
+                    "{workload:?} {}: {got:?}",
+                    e.event_id
+                );
+            }
+            drop(rx);
+            let (plain_store, _) = ingest_events(&plain);
+            assert_eq!(
+                states(&store, &mixed),
+                states(&plain_store, &plain),
+                "{workload:?}: the injected events changed a state"
+            );
+            eprintln!(
+                "{workload:?}: {rejected} rejected and {soft_failed} soft-failed injected events"
+            );
+        }
+    }
+
+    #[test]
+    fn forky_refuses_injection() {
+        assert!(
+            Generator::new(config(Workload::Forky))
+                .with_unauthorized(5)
+                .is_err()
+        );
+    }
+}

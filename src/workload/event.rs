@@ -25,6 +25,9 @@ pub struct GenEvent {
     pub origin_server_ts: u64,
     /// The event content as a JSON object.
     pub content: serde_json::Value,
+    /// How the authorization rules should judge it: accepted, unless it was injected by
+    /// [`Generator::with_unauthorized`].
+    pub expected: Expected,
 }
 
 impl GenEvent {

@@ -23,6 +23,7 @@ mod event;
 mod forky;
 mod hq;
 mod ids;
+mod inject;
 mod many;
 mod rng;
 mod room;
@@ -33,6 +34,8 @@ pub use event::GenEvent;
 use forky::*;
 use hq::*;
 use ids::*;
+pub use inject::Expected;
+use inject::Injector;
 use many::*;
 use rng::*;
 use room::*;
@@ -218,6 +221,8 @@ impl Shape {
 pub struct Generator {
     ctx: Ctx,
     shape: Shape,
+    config: GenConfig,
+    injector: Option<Injector>,
     pending: VecDeque<GenEvent>,
     finished: bool,
 }
@@ -233,9 +238,23 @@ impl Generator {
         Self {
             ctx: Ctx::new(&config),
             shape,
+            config,
+            injector: None,
             pending: VecDeque::new(),
             finished: false,
         }
+    }
+
+    /// Adds unauthorized events after about `percent` in 100 events, each with the outcome the
+    /// authorization rules give it ([`GenEvent::expected`]); the rest of the history is the same
+    /// byte for byte. Only where the room has one forward extremity, which `forky` rarely has:
+    /// it is refused there.
+    pub fn with_unauthorized(mut self, percent: u64) -> Result<Self, String> {
+        if self.config.workload == Workload::Forky {
+            return Err("unauthorized events are injected into hq and many, not forky".into());
+        }
+        self.injector = (percent > 0).then(|| Injector::new(&self.config, percent.min(100)));
+        Ok(self)
     }
 
     /// Genuine conflicts created so far (only forky creates them).
@@ -254,6 +273,12 @@ impl Iterator for Generator {
     fn next(&mut self) -> Option<GenEvent> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if event.expected == Expected::Accepted
+                    && let Some(injector) = &mut self.injector
+                    && let Some(extra) = injector.after(&event)
+                {
+                    self.pending.push_front(extra);
+                }
                 return Some(event);
             }
             if self.finished {

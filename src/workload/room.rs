@@ -178,6 +178,7 @@ impl Room {
             depth,
             origin_server_ts,
             content: draft.content,
+            expected: Expected::Accepted,
         };
         (
             event,

@@ -15,7 +15,7 @@ mod query;
 #[path = "../../workload/mod.rs"]
 mod workload;
 
-use crate::workload::{GenConfig, Workload, write_jsonl};
+use crate::workload::{GenConfig, Generator, Workload};
 use clap::{Parser, Subcommand};
 use failure::{CliResult, Failure};
 use roomstate::ingest::{
@@ -179,6 +179,14 @@ enum Command {
         /// Messages after each state event.
         #[arg(long)]
         messages_per_state: Option<u32>,
+        /// Inject unauthorized events (rejected or soft-failed) after about this many in 100
+        /// events (hq and many).
+        #[arg(long, default_value_t = 0)]
+        unauthorized: u64,
+        /// Write every event's expected outcome here, one JSON line each:
+        /// {"event_id":…,"outcome":"accepted"|"rejected"|"soft_failed"}.
+        #[arg(long)]
+        outcomes: Option<PathBuf>,
     },
 }
 
@@ -301,15 +309,22 @@ fn run(cli: Cli) -> CliResult {
             members,
             state_events,
             messages_per_state,
+            unauthorized,
+            outcomes,
         } => {
             let mut config = GenConfig::new(workload);
             config.seed = seed.unwrap_or(config.seed);
             config.members = members.unwrap_or(config.members);
             config.state_events = state_events.unwrap_or(config.state_events);
             config.messages_per_state = messages_per_state.unwrap_or(config.messages_per_state);
-            let out = std::io::BufWriter::new(std::io::stdout().lock());
-            write_jsonl(config, out)?;
-            Ok(())
+            let events = Generator::new(config)
+                .with_unauthorized(unauthorized)
+                .map_err(Failure::User)?;
+            let outcomes = match &outcomes {
+                Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => None,
+            };
+            write_history(events, std::io::stdout().lock(), outcomes)
         }
         query => {
             let store = open_existing(&db)?;
@@ -477,6 +492,32 @@ fn summary(store: &Store, report: &IngestReport) -> CliResult {
     println!("bad lines     {}", report.bad_lines);
     for bad in &report.listed_bad_lines {
         eprintln!("skipped {bad}");
+    }
+    Ok(())
+}
+
+/// Writes generated events as JSON lines, and each one's expected outcome to `outcomes`.
+fn write_history(
+    events: Generator,
+    out: impl Write,
+    mut outcomes: Option<impl Write>,
+) -> CliResult {
+    let mut out = std::io::BufWriter::new(out);
+    for event in events {
+        out.write_all(event.to_json_line().as_bytes())?;
+        out.write_all(b"\n")?;
+        if let Some(side) = &mut outcomes {
+            let id = serde_json::to_string(&event.event_id).map_err(std::io::Error::from)?;
+            writeln!(
+                side,
+                "{{\"event_id\":{id},\"outcome\":\"{}\"}}",
+                event.expected.name()
+            )?;
+        }
+    }
+    out.flush()?;
+    if let Some(side) = &mut outcomes {
+        side.flush()?;
     }
     Ok(())
 }
