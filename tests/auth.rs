@@ -522,6 +522,45 @@ fn third_party_invites() {
 }
 
 #[test]
+fn a_signed_third_party_invite_is_accepted() {
+    use ruma_common::CanonicalJsonValue;
+    use ruma_common::serde::{Base64, base64::Standard};
+    use ruma_signatures::{Ed25519KeyPair, sign_json};
+    let der = Ed25519KeyPair::generate();
+    let key = Ed25519KeyPair::from_der(&der, "0".to_owned()).unwrap();
+    let public_key = Base64::<Standard>::new(key.public_key().to_vec()).encode();
+    let signed = match CanonicalJsonValue::try_from(json!({"mxid": FRANK, "token": "tok"})) {
+        Ok(CanonicalJsonValue::Object(mut object)) => {
+            sign_json("identity.example.org", &key, &mut object).unwrap();
+            serde_json::to_value(object).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    each_version(|v| {
+        let mut room = Room::new(v, "signed");
+        let invite = json!({"display_name": "f", "key_validity_url": "https://identity.example.org/isvalid", "public_key": public_key});
+        let by_bob = room.state_event(BOB, "m.room.third_party_invite", "tok", invite);
+        room.send("Bob sends a third-party invite", by_bob, Accepted);
+        let member = json!({"membership": "invite", "third_party_invite": {"display_name": "f", "signed": signed.clone()}});
+        let forged = {
+            let mut m = member.clone();
+            m["third_party_invite"]["signed"]["mxid"] = json!(EVE);
+            m
+        };
+        let wrong = room.state_event(BOB, "m.room.member", EVE, forged);
+        room.send(
+            "an invite whose signature does not cover it",
+            wrong,
+            Rejected(AuthStep::AuthEvents),
+        );
+        let invite = room.state_event(BOB, "m.room.member", FRANK, member);
+        room.send("Bob invites Frank through it", invite, Accepted);
+        room.join(FRANK, Accepted);
+        room.check();
+    });
+}
+
+#[test]
 fn power_levels() {
     each_version(|v| {
         let mut room = Room::new(v, "pl");
