@@ -16,6 +16,7 @@ fn history() -> String {
         members: 300,
         state_events: 1_000,
         messages_per_state: 2,
+        room_version: Default::default(),
     };
     Generator::new(config)
         .map(|e| e.to_json_line() + "\n")

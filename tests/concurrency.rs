@@ -104,6 +104,7 @@ fn eight_readers_during_ingest_see_whole_batches_and_the_reference_states() {
         members: 150,
         state_events: 600,
         messages_per_state: 2,
+        room_version: Default::default(),
     };
     let lines: Vec<String> = Generator::new(config).map(|e| e.to_json_line()).collect();
     let ids: Vec<String> = lines

@@ -21,6 +21,7 @@ fn history(workload: Workload) -> String {
         members: 40,
         state_events: 150,
         messages_per_state: 1,
+        room_version: Default::default(),
     };
     Generator::new(config)
         .map(|e| e.to_json_line() + "\n")

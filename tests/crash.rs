@@ -28,6 +28,7 @@ fn history() -> Vec<String> {
         members: 120,
         state_events: 500,
         messages_per_state: 2,
+        room_version: Default::default(),
     };
     Generator::new(config).map(|e| e.to_json_line()).collect()
 }

@@ -318,6 +318,7 @@ fn generated(workload: Workload, seed: u64, members: u64, states: u64, msgs: u32
         members,
         state_events: states,
         messages_per_state: msgs,
+        room_version: Default::default(),
     };
     Generator::new(config).map(|e| e.to_json_line()).collect()
 }

@@ -606,6 +606,7 @@ fn forky_ingests_whole_and_every_merge_matches_the_direct_call() {
         members: 40,
         state_events: 400,
         messages_per_state: 1,
+        room_version: Default::default(),
     };
     let lines: Vec<String> = Generator::new(config).map(|e| e.to_json_line()).collect();
     let text = lines.join("\n");

@@ -16,6 +16,7 @@ fn lines(workload: Workload, seed: u64, members: u64, states: u64) -> Vec<String
         members,
         state_events: states,
         messages_per_state: 1,
+        room_version: Default::default(),
     };
     Generator::new(config).map(|e| e.to_json_line()).collect()
 }

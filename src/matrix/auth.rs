@@ -18,14 +18,19 @@
 use crate::error::{Error, Result};
 use crate::matrix::event::Pdu;
 use crate::matrix::resolver::StateSource;
+use crate::nid::TypeNid;
 use crate::nid::{EventNid, SnapshotNid, StateKey};
+use crate::store::record::EventRecord;
 use crate::store::record::{AuthStep, Rejection};
 use ruma_common::room_version_rules::AuthorizationRules;
-use ruma_common::{EventId, OwnedEventId, RoomVersionId};
+use ruma_common::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
+};
 use ruma_events::{StateEventType, TimelineEventType};
 use ruma_state_res::{
     auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
 };
+use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +53,9 @@ pub(crate) fn rules_for(version: &str) -> std::result::Result<AuthorizationRules
 #[derive(Debug, Default)]
 pub(crate) struct Authorizer {
     parsed: HashMap<EventNid, Arc<Pdu>>,
+    /// Lookups in the last state asked about: consecutive events mostly share their state
+    /// before (the messages after a state event), and its create event and power levels.
+    looked_up: (Option<SnapshotNid>, HashMap<StateKey, Option<EventNid>>),
 }
 
 /// The event being received, and where to judge it from.
@@ -68,6 +76,7 @@ impl Authorizer {
     /// The NIDs of rolled-back rows are handed out again: parsed events keyed by them are void.
     pub(crate) fn rolled_back(&mut self) {
         self.parsed.clear();
+        self.looked_up.1.clear();
     }
 
     /// `None` when the event passes every check; otherwise the first step it fails and the
@@ -80,7 +89,12 @@ impl Authorizer {
         if self.parsed.len() > PARSED_HELD {
             self.parsed.clear();
         }
+        if self.looked_up.0 != Some(incoming.before) || self.looked_up.1.len() > PARSED_HELD {
+            self.looked_up = (Some(incoming.before), HashMap::new());
+        }
         let events = Events {
+            room_id: incoming.pdu.room_id.clone(),
+            looked_up: RefCell::new(&mut self.looked_up.1),
             known: incoming
                 .pdu
                 .auth_events
@@ -101,6 +115,10 @@ impl Authorizer {
 /// Stored events as the crate's callbacks read them. The callbacks cannot fail, so the first
 /// store error is kept and returned afterwards.
 struct Events<'a> {
+    /// The incoming event's room, which every event the rules fetch belongs to.
+    room_id: Option<OwnedRoomId>,
+    /// Lookups in the incoming event's state before.
+    looked_up: RefCell<&'a mut HashMap<StateKey, Option<EventNid>>>,
     /// The incoming event's auth events, already interned: found without a B-tree lookup.
     known: Vec<(&'a str, EventNid)>,
     source: RefCell<&'a mut dyn StateSource>,
@@ -194,11 +212,20 @@ impl Events<'_> {
             let key = source.state_key_nid(key)?;
             nids.push(ty.zip(key).map(|(t, k)| StateKey::new(t, k)));
         }
-        let present: Vec<StateKey> = nids.iter().flatten().copied().collect();
-        let mut found = source.lookup_keys(state, &present)?.into_iter();
+        let mut looked_up = self.looked_up.borrow_mut();
+        let missing: Vec<StateKey> = nids
+            .iter()
+            .flatten()
+            .filter(|k| !looked_up.contains_key(k))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let found = source.lookup_keys(state, &missing)?;
+            looked_up.extend(missing.into_iter().zip(found));
+        }
         Ok(nids
             .iter()
-            .map(|k| k.and_then(|_| found.next().flatten()))
+            .map(|k| k.and_then(|k| looked_up.get(&k).copied().flatten()))
             .collect())
     }
 
@@ -268,6 +295,51 @@ impl Events<'_> {
         source.lookup(state, StateKey::new(ty, key))
     }
 
+    /// A membership event as the rules read one from state or from `auth_events`: its ID, room,
+    /// type, state key and `membership`, taken from our record and interning tables rather than
+    /// from its JSON. The rules read nothing else of a membership event they did not receive
+    /// (its `sender` is read only for the event being authorized; here it is the member).
+    fn member_from_record(
+        &self,
+        source: &mut dyn StateSource,
+        nid: EventNid,
+        record: &EventRecord,
+    ) -> Result<Option<Pdu>> {
+        let (TypeNid::MEMBER, Some(key), Some(membership)) =
+            (record.event_type, record.state_key, record.membership)
+        else {
+            return Ok(None);
+        };
+        let user = source.state_key(key)?;
+        let Ok(sender) = OwnedUserId::try_from(user.as_str()) else {
+            return Ok(None);
+        };
+        let id = match self.known.iter().find(|(_, n)| *n == nid) {
+            Some((id, _)) => (*id).to_owned(),
+            None => source.event_id(nid)?,
+        };
+        let Ok(event_id) = OwnedEventId::try_from(id) else {
+            return Ok(None);
+        };
+        let content = format!("{{\"membership\":\"{}\"}}", membership.as_str());
+        let Ok(content) = RawValue::from_string(content) else {
+            return Ok(None);
+        };
+        Ok(Some(Pdu {
+            event_id,
+            room_id: self.room_id.clone(),
+            sender,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(0u32.into()),
+            event_type: TimelineEventType::RoomMember,
+            content,
+            state_key: Some(user),
+            prev_events: Vec::new(),
+            auth_events: Vec::new(),
+            redacts: None,
+            rejected: record.rejected,
+        }))
+    }
+
     /// A stored event, parsed once per batch, marked rejected as its record says; `None` for an
     /// event the store lacks.
     fn by_nid(&self, nid: EventNid) -> Result<Option<Arc<Pdu>>> {
@@ -275,7 +347,15 @@ impl Events<'_> {
             return Ok(Some(Arc::clone(pdu)));
         }
         let mut source = self.source.borrow_mut();
-        let (Some(json), Some(record)) = (source.event_json(nid)?, source.event(nid)?) else {
+        let Some(record) = source.event(nid)? else {
+            return Ok(None);
+        };
+        if let Some(member) = self.member_from_record(&mut **source, nid, &record)? {
+            let pdu = Arc::new(member);
+            self.parsed.borrow_mut().insert(nid, Arc::clone(&pdu));
+            return Ok(Some(pdu));
+        }
+        let Some(json) = source.event_json(nid)? else {
             return Ok(None);
         };
         // An event imported as trusted may lack what the rules read: to them it is missing.

@@ -38,8 +38,11 @@ impl GenEvent {
         let mut out = String::with_capacity(256 + 48 * self.prev_events.len());
         out.push_str("{\"event_id\":");
         push_json_str(&mut out, &self.event_id);
-        out.push_str(",\"room_id\":");
-        push_json_str(&mut out, &self.room_id);
+        // A room version 12 create event has no room ID: its own ID is the room's.
+        if !(self.event_type == CREATE && self.content["room_version"] == "12") {
+            out.push_str(",\"room_id\":");
+            push_json_str(&mut out, &self.room_id);
+        }
         out.push_str(",\"type\":");
         push_json_str(&mut out, &self.event_type);
         if let Some(key) = &self.state_key {

@@ -85,7 +85,11 @@ impl Forky {
         let members = config.members.max(1);
         let linear = 1 + config.state_events.saturating_sub(SETUP_STEPS) / 2;
         Self {
-            room: Room::new("!forky:server0.test".to_owned(), (0..members).collect()),
+            room: Room::new(
+                "!forky:server0.test".to_owned(),
+                (0..members).collect(),
+                config.room_version,
+            ),
             budget: config.state_events,
             states: 0,
             next_join: 1,

@@ -21,7 +21,11 @@ impl Hq {
         let members = config.members.max(1);
         let admins = members.min(HQ_ADMINS) as usize;
         Self {
-            room: Room::new("!hq:server0.test".to_owned(), (0..members).collect()),
+            room: Room::new(
+                "!hq:server0.test".to_owned(),
+                (0..members).collect(),
+                config.room_version,
+            ),
             budget: config.state_events,
             states: 0,
             next_join: 1,

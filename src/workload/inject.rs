@@ -59,6 +59,8 @@ struct Member {
 struct Watched {
     room_id: String,
     create: String,
+    /// In room version 12 the create event's sender, whose power is unlimited.
+    creator: Option<String>,
     power_levels: Option<(String, Value)>,
     join_rules: Option<String>,
     members: HashMap<String, Member>,
@@ -126,7 +128,12 @@ impl Injector {
             return;
         };
         match e.event_type.as_str() {
-            CREATE => room.create = e.event_id.clone(),
+            CREATE => {
+                room.create = e.event_id.clone();
+                if e.content["room_version"] == "12" {
+                    room.creator = Some(e.sender.clone());
+                }
+            }
             POWER_LEVELS => room.power_levels = Some((e.event_id.clone(), e.content.clone())),
             JOIN_RULES => room.join_rules = Some(e.event_id.clone()),
             MEMBER => {
@@ -153,6 +160,9 @@ impl Injector {
     }
 
     fn level(&self, user: &str) -> i64 {
+        if self.room.creator.as_deref() == Some(user) {
+            return i64::MAX;
+        }
         let Some((_, pl)) = &self.room.power_levels else {
             return 0;
         };
@@ -334,6 +344,11 @@ impl Injector {
                 )
             }
         };
+        let mut auth = auth;
+        if self.room.creator.is_some() {
+            // Room version 12 implies the create event; naming it is refused.
+            auth.retain(|id| *id != self.room.create);
+        }
         let event_id = self.next_id();
         if kind == 1 {
             self.room.rejected.push((event_id.clone(), sender.clone()));

@@ -75,12 +75,17 @@ pub(super) struct Many {
     /// Shared by every room, which is what makes the content deduplicable.
     pub(super) power_levels: Value,
     pub(super) current: Option<SmallRoom>,
+    pub(super) room_version: RoomVersion,
 }
 
 /// The shared power levels with the room's creator at 100: above everyone it kicks or bans, and
 /// allowed every setup event.
 fn with_creator(shared: &Value, room: &Room) -> Value {
     let mut pl = shared.clone();
+    if room.version == RoomVersion::V12 {
+        // The creator's power is implied, and listing it is refused.
+        return pl;
+    }
     if let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut) {
         users.insert(room.user(0), json!(100));
     }
@@ -99,6 +104,7 @@ impl Many {
             messages: config.messages_per_state,
             power_levels: power_levels_content(users, 50),
             current: None,
+            room_version: config.room_version,
         }
     }
 
@@ -140,7 +146,7 @@ impl Many {
         // The spec wants a room ID on its creator's server.
         let id = format!("!room{number}:server{}.test", users[0] % SERVERS);
         SmallRoom {
-            room: Room::new(id, users),
+            room: Room::new(id, users, self.room_version),
             number,
             setup: 0,
             next_join: 1,

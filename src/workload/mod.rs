@@ -164,6 +164,43 @@ pub struct GenConfig {
     pub state_events: u64,
     /// Messages (non-state m.room.message events) after each state event.
     pub messages_per_state: u32,
+    /// The rooms' version.
+    pub room_version: RoomVersion,
+}
+
+/// The room version of generated rooms: 10, or 12, whose room IDs are their create events' IDs
+/// and whose events leave the create event out of `auth_events`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RoomVersion {
+    /// Room version 10.
+    #[default]
+    V10,
+    /// Room version 12.
+    V12,
+}
+
+impl RoomVersion {
+    /// The version string of the create event's `content.room_version`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomVersion::V10 => "10",
+            RoomVersion::V12 => "12",
+        }
+    }
+}
+
+impl FromStr for RoomVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "10" => Ok(RoomVersion::V10),
+            "12" => Ok(RoomVersion::V12),
+            other => Err(format!(
+                "room version {other:?}: the generator writes 10 or 12"
+            )),
+        }
+    }
 }
 
 impl GenConfig {
@@ -180,6 +217,7 @@ impl GenConfig {
             members,
             state_events,
             messages_per_state,
+            room_version: RoomVersion::V10,
         }
     }
 }
@@ -250,7 +288,7 @@ impl Generator {
     /// byte for byte. Only where the room has one forward extremity, which `forky` rarely has:
     /// it is refused there.
     pub fn with_unauthorized(mut self, percent: u64) -> Result<Self, String> {
-        if self.config.workload == Workload::Forky {
+        if percent > 0 && self.config.workload == Workload::Forky {
             return Err("unauthorized events are injected into hq and many, not forky".into());
         }
         self.injector = (percent > 0).then(|| Injector::new(&self.config, percent.min(100)));

@@ -87,6 +87,7 @@ pub(super) struct Draft {
 
 #[derive(Debug)]
 pub(super) struct Room {
+    pub(super) version: RoomVersion,
     pub(super) id: String,
     /// Global user number of each local user index; index 0 is the creator.
     pub(super) users: Vec<u64>,
@@ -99,10 +100,12 @@ pub(super) struct Room {
 }
 
 impl Room {
-    pub(super) fn new(id: String, users: Vec<u64>) -> Self {
+    /// A room of `users`; in room version 12 `id` is replaced by the create event's.
+    pub(super) fn new(id: String, users: Vec<u64>, version: RoomVersion) -> Self {
         let slots = vec![Slot::default(); users.len()];
         Self {
             id,
+            version,
             users,
             slots,
             joined: Vec::new(),
@@ -166,6 +169,9 @@ impl Room {
         let auth_events = self.auth_for(&draft);
         let event_id = ctx.next_id();
         let origin_server_ts = ctx.next_ts();
+        if draft.event_type == CREATE && self.version == RoomVersion::V12 {
+            self.id = format!("!{}", &event_id[1..]);
+        }
         self.record(&draft, &event_id);
         let event = GenEvent {
             event_id: event_id.clone(),
@@ -198,7 +204,10 @@ impl Room {
         if draft.event_type == CREATE {
             return auth;
         }
-        auth.extend(self.create.iter().cloned());
+        // Room version 12 implies the create event from the room ID.
+        if self.version != RoomVersion::V12 {
+            auth.extend(self.create.iter().cloned());
+        }
         auth.extend(self.power_levels.iter().cloned());
         auth.extend(self.slots[draft.sender].event.iter().cloned());
         if let Some((target, membership)) = draft.membership {
@@ -433,11 +442,13 @@ pub(super) fn power_levels_content(users: Map<String, Value>, users_default: u64
 /// Power levels of a single-room workload: the creator at 100, the other admins at 50.
 pub(super) fn admin_power_levels(room: &Room, admins: usize, moderator: Option<usize>) -> Value {
     let mut users = Map::new();
-    // Every admin may send every event the workloads write, power levels included.
-    for admin in 0..admins {
+    // Every admin may send every event the workloads write, power levels included. In room
+    // version 12 the creator's power is implied and may not be listed.
+    let first = usize::from(room.version == RoomVersion::V12);
+    for admin in first..admins {
         users.insert(room.user(admin), json!(100));
     }
-    if let Some(m) = moderator {
+    if let Some(m) = moderator.filter(|m| *m >= first) {
         users.entry(room.user(m)).or_insert(json!(50));
     }
     power_levels_content(users, 0)
@@ -450,7 +461,10 @@ pub(super) fn setup_draft(room: &Room, step: u64, power_levels: Value) -> Draft 
             CREATE,
             "",
             0,
-            json!({"creator": room.user(0), "room_version": "10"}),
+            match room.version {
+                RoomVersion::V10 => json!({"creator": room.user(0), "room_version": "10"}),
+                RoomVersion::V12 => json!({"room_version": "12"}),
+            },
         ),
         1 => join_draft(room, 0),
         2 => state(POWER_LEVELS, "", 0, power_levels),

@@ -15,7 +15,7 @@ mod query;
 #[path = "../../workload/mod.rs"]
 mod workload;
 
-use crate::workload::{GenConfig, Generator, Workload};
+use crate::workload::{GenConfig, Generator, RoomVersion, Workload};
 use clap::{Parser, Subcommand};
 use failure::{CliResult, Failure};
 use roomstate::ingest::{
@@ -179,6 +179,10 @@ enum Command {
         /// Messages after each state event.
         #[arg(long)]
         messages_per_state: Option<u32>,
+        /// The rooms' version: 10, or 12 (room IDs from the create events' IDs, no create event
+        /// in auth_events).
+        #[arg(long, default_value = "10")]
+        room_version: RoomVersion,
         /// Inject unauthorized events (rejected or soft-failed) after about this many in 100
         /// events (hq and many).
         #[arg(long, default_value_t = 0)]
@@ -251,6 +255,7 @@ fn run(cli: Cli) -> CliResult {
                 members,
                 state_events,
                 messages_per_state,
+                room_version: Default::default(),
             };
             demo::run(db.as_deref(), config)
         }
@@ -311,12 +316,14 @@ fn run(cli: Cli) -> CliResult {
             messages_per_state,
             unauthorized,
             outcomes,
+            room_version,
         } => {
             let mut config = GenConfig::new(workload);
             config.seed = seed.unwrap_or(config.seed);
             config.members = members.unwrap_or(config.members);
             config.state_events = state_events.unwrap_or(config.state_events);
             config.messages_per_state = messages_per_state.unwrap_or(config.messages_per_state);
+            config.room_version = room_version;
             let events = Generator::new(config)
                 .with_unauthorized(unauthorized)
                 .map_err(Failure::User)?;
