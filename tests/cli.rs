@@ -1022,3 +1022,130 @@ fn purge_then_compact_empties_the_store_and_check_stays_clean() {
     roomstate(d, &["--db", "s.redb", "check"], None).ok();
     roomstate(d, &["--db", "missing.redb", "compact"], None).fails(1, "error: no store at");
 }
+
+#[test]
+fn authorization_outcomes_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let expected = d.join("expected.jsonl");
+    let args = [
+        "gen",
+        "hq",
+        "--members",
+        "100",
+        "--state-events",
+        "300",
+        "--unauthorized",
+        "5",
+        "--outcomes",
+        path_str(&expected),
+    ];
+    let history = roomstate(d, &args, None).ok().stdout;
+    let file = d.join("history.jsonl");
+    std::fs::write(&file, &history).unwrap();
+    let expected: Vec<Value> = std::fs::read_to_string(&expected)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |o: &str| expected.iter().filter(|e| e["outcome"] == o).count();
+    assert!(count("rejected") > 0 && count("soft_failed") > 0);
+    let db = d.join("s.redb");
+    let db = path_str(&db);
+    let run = roomstate(d, &["--db", db, "ingest", path_str(&file)], None).ok();
+    assert!(
+        run.stdout
+            .contains(&format!("rejected      {}", count("rejected"))),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("soft-failed   {}", count("soft_failed"))),
+        "{}",
+        run.stdout
+    );
+    // `states` prints each event's outcome, as the generator expected it, and a reason.
+    let states = roomstate(
+        d,
+        &["--db", db, "states", "--room", "!hq:server0.test"],
+        None,
+    )
+    .ok();
+    let lines: Vec<Value> = states
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), expected.len());
+    for (line, want) in lines.iter().zip(&expected) {
+        assert_eq!(line["event_id"], want["event_id"]);
+        assert_eq!(line["outcome"], want["outcome"], "{line}");
+        assert_eq!(line["reason"].is_string(), want["outcome"] != "accepted");
+    }
+    let rejected = expected
+        .iter()
+        .find(|e| e["outcome"] == "rejected")
+        .unwrap();
+    let id = rejected["event_id"].as_str().unwrap();
+    let one = roomstate(d, &["--db", db, "event", "--outcome", id], None).ok();
+    let one = one.json();
+    assert_eq!(one["outcome"], "rejected");
+    assert!(
+        one["reason"].as_str().unwrap().starts_with("step "),
+        "{one}"
+    );
+    // A trusted import accepts the same history whole.
+    let trusted = d.join("t.redb");
+    let run = roomstate(
+        d,
+        &[
+            "--db",
+            path_str(&trusted),
+            "ingest",
+            "--trust",
+            path_str(&file),
+        ],
+        None,
+    )
+    .ok();
+    assert!(run.stdout.contains("rejected      0"), "{}", run.stdout);
+}
+
+#[test]
+fn a_version_12_history_through_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = [
+        "gen",
+        "hq",
+        "--members",
+        "50",
+        "--state-events",
+        "100",
+        "--room-version",
+        "12",
+    ];
+    let history = roomstate(d, &args, None).ok().stdout;
+    let first: Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
+    assert!(first.get("room_id").is_none());
+    let room = format!("!{}", &first["event_id"].as_str().unwrap()[1..]);
+    let db = d.join("v12.redb");
+    let db = path_str(&db);
+    let run = roomstate(
+        d,
+        &["--db", db, "ingest", "-"],
+        Some(history.clone().into_bytes()),
+    )
+    .ok();
+    assert!(run.stdout.contains("rejected      0"), "{}", run.stdout);
+    let states = roomstate(d, &["--db", db, "states", "--room", &room], None).ok();
+    assert_eq!(states.stdout.lines().count(), history.lines().count());
+    let refused = roomstate(d, &["gen", "hq", "--room-version", "11"], None);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("writes 10 or 12"),
+        "{}",
+        refused.stderr
+    );
+}

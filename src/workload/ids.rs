@@ -25,15 +25,8 @@ impl Ctx {
     }
 
     pub(super) fn next_id(&mut self) -> String {
-        let input = self.counter.to_le_bytes();
         self.counter += 1;
-        let mut bytes = [0u8; 32];
-        bytes[..16].copy_from_slice(&xxh3_128_with_seed(&input, self.id_seed).to_le_bytes());
-        bytes[16..].copy_from_slice(&xxh3_128_with_seed(&input, !self.id_seed).to_le_bytes());
-        let mut id = String::with_capacity(44);
-        id.push('$');
-        push_base64url(&mut id, &bytes);
-        id
+        event_id(self.id_seed, self.counter - 1)
     }
 
     pub(super) fn next_ts(&mut self) -> u64 {
@@ -41,6 +34,19 @@ impl Ctx {
         self.ts += self.rng.range(1, MAX_TS_STEP);
         ts
     }
+}
+
+/// The `counter`th event ID of the stream seeded with `seed`: `$` and 43 characters of a 256-bit
+/// hash, like a room version 4+ reference hash.
+pub(super) fn event_id(seed: u64, counter: u64) -> String {
+    let input = counter.to_le_bytes();
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(&xxh3_128_with_seed(&input, seed).to_le_bytes());
+    bytes[16..].copy_from_slice(&xxh3_128_with_seed(&input, !seed).to_le_bytes());
+    let mut id = String::with_capacity(44);
+    id.push('$');
+    push_base64url(&mut id, &bytes);
+    id
 }
 
 pub(super) const BASE64URL: &[u8; 64] =

@@ -370,14 +370,7 @@ impl Injector {
     }
 
     fn next_id(&mut self) -> String {
-        let input = self.counter.to_le_bytes();
         self.counter += 1;
-        let mut bytes = [0u8; 32];
-        bytes[..16].copy_from_slice(&xxh3_128_with_seed(&input, self.id_seed).to_le_bytes());
-        bytes[16..].copy_from_slice(&xxh3_128_with_seed(&input, !self.id_seed).to_le_bytes());
-        let mut id = String::with_capacity(44);
-        id.push('$');
-        push_base64url(&mut id, &bytes);
-        id
+        event_id(self.id_seed, self.counter - 1)
     }
 }
