@@ -468,3 +468,54 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
         assert_eq!(rx.stats().unwrap().rows("blocks"), 1);
     }
 }
+
+/// A store of the schema before outcomes were kept (version 2: no `outcomes` table) is upgraded
+/// in place when opened: its events read as accepted, and new rejections are kept.
+#[test]
+fn a_schema_2_store_is_upgraded_when_opened() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let lines = concat!(
+        r#"{"event_id":"$c","room_id":"!r:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"auth_events":[],"origin_server_ts":1,"content":{"creator":"@a:x","room_version":"10"}}"#,
+        "\n",
+    );
+    let store = Store::open(&path).unwrap();
+    let options = roomstate::ingest::IngestOptions::default();
+    roomstate::ingest::ingest(&store, lines.as_bytes(), options, roomstate::ingest::Refuse)
+        .unwrap();
+    drop(store);
+    // Take the store back to schema 2, as an older build wrote it.
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    assert!(tx.delete_table(OUTCOMES).unwrap());
+    tx.open_table(META)
+        .unwrap()
+        .insert(b"schema_version".as_slice(), 2)
+        .unwrap();
+    tx.commit().unwrap();
+    drop(db);
+
+    let store = Store::open(&path).unwrap();
+    let rx = store.read().unwrap();
+    let create = rx.event_nid("$c").unwrap().unwrap();
+    assert_eq!(
+        rx.event_outcome(create).unwrap(),
+        Some(roomstate::EventOutcome::Accepted)
+    );
+    assert!(rx.check().unwrap().is_clean());
+    drop(rx);
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let schema = db
+        .begin_read()
+        .unwrap()
+        .open_table(META)
+        .unwrap()
+        .get(b"schema_version".as_slice())
+        .unwrap()
+        .map(|v| v.value());
+    assert_eq!(schema, Some(3));
+}
