@@ -282,7 +282,7 @@ impl fmt::Display for Problem {
 /// A line that was refused, with where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadLine {
-    /// The input it came from, when the ingester was told (see [`Ingester::set_source`]).
+    /// The input it came from, when the ingester was told (see `ingest::Ingester::set_source`).
     pub source: Option<String>,
     /// The line number within its input, from 1.
     pub line: u64,

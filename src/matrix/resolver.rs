@@ -1,6 +1,6 @@
 //! Settling conflicted state: what a resolver is asked, what it may read, and the two simple
 //! resolvers (refuse every conflict; merge only uncontested ones). Matrix state resolution
-//! proper is [`crate::matrix::stateres`].
+//! proper is `MatrixResolver` (`stateres.rs`).
 
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::{Combined, StateMap};

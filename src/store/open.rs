@@ -16,6 +16,15 @@ use std::sync::Arc;
 
 /// A room-state store in one redb file (or in memory).
 ///
+/// **A damaged file.** redb trusts the bytes of its own pages, and some damaged pages make it
+/// panic rather than return an error. Every entry point of this crate that reaches redb catches
+/// such an unwind and returns [`Error::Damaged`](crate::Error::Damaged); the default panic hook
+/// still prints Rust's panic message first (the `roomstate` CLI installs a hook that prints one
+/// line instead). A binary built with `panic = "abort"` cannot catch it and dies: such an embedder
+/// should run [`Store::verify_file`] (redb's checksums over every page) before trusting a file
+/// after an unclean shutdown or from elsewhere, and [`StoreRead::check`](crate::StoreRead::check)
+/// to decode every row.
+///
 /// Reads run in [`ReadTxn`]s, which see a consistent snapshot of the store while a writer runs;
 /// writes run in one [`WriteTxn`] at a time, which commits or aborts as a whole.
 ///

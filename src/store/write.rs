@@ -222,7 +222,7 @@ impl WriteTxn {
 
     /// Deletes a room and everything only it used: its events (records, JSON and event IDs),
     /// its membership rows, its room record, and the snapshots and blocks no other room shares.
-    /// The space returns to the file system at the next [`Store::compact`].
+    /// The space returns to the file system at the next [`Store::compact`](crate::Store::compact).
     pub fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
         self.guarded(|this| this.writer().purge_room(room))
     }

@@ -6,11 +6,16 @@ pub enum Failure {
     User(String),
     /// The store's: I/O, corruption. Exit code 2.
     Store(String),
+    /// A panic inside the store, which the panic hook has already reported in one line. Exit
+    /// code 2.
+    Reported,
 }
 
 impl From<roomstate::Error> for Failure {
     fn from(e: roomstate::Error) -> Self {
-        if e.is_user_error() {
+        if matches!(e, roomstate::Error::Damaged(_)) {
+            Failure::Reported
+        } else if e.is_user_error() {
             Failure::User(e.to_string())
         } else {
             Failure::Store(e.to_string())

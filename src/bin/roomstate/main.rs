@@ -213,7 +213,24 @@ enum ResolverChoice {
 
 const DEFAULT_DB: &str = "roomstate.redb";
 
+/// Replaces the default panic message (`thread 'main' panicked at …`) with one line in our words.
+/// The library turns a panic inside redb (a damaged page it trusted) into `Error::Damaged`; the
+/// hook has then said everything there is to say.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        eprintln!("store failure: the store is damaged ({message}); run roomstate check");
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_panics();
     // Usage mistakes are the user's: exit 1 like any other user error (2 means the store
     // failed). Help and version requests print and succeed.
     let cli = match Cli::try_parse() {
@@ -233,6 +250,7 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
+        Err(Failure::Reported) => ExitCode::from(2),
         Err(Failure::Store(msg)) => {
             eprintln!("store failure: {msg}");
             ExitCode::from(2)
