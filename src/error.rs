@@ -238,7 +238,8 @@ pub enum Problem {
     /// An auth event the store has never seen: the event cannot be authorized until it is
     /// stored.
     UnknownAuthEvent(String),
-    /// The event ID is already stored.
+    /// The event ID is already stored with other content. (The same event again is not a
+    /// problem: it is counted as a duplicate and skipped.)
     DuplicateEvent,
     /// No prev events, but not the room's create event.
     NoPrevEvents,
@@ -264,7 +265,7 @@ impl fmt::Display for Problem {
             Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),
             Problem::AuthEventInOtherRoom(id) => write!(f, "auth event {id} is in another room"),
             Problem::UnknownAuthEvent(id) => write!(f, "unknown auth event {id}"),
-            Problem::DuplicateEvent => f.write_str("event already stored"),
+            Problem::DuplicateEvent => f.write_str("event ID already stored with other content"),
             Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
             Problem::RoomExists => f.write_str("create event for a room that already exists"),
             Problem::ResolutionFailed(why) => write!(f, "state resolution failed: {why}"),

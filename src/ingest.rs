@@ -98,6 +98,9 @@ pub struct IngestReport {
     /// Of the events stored, those that failed only the check given the room's current state:
     /// stored with their state, moving neither the current state nor the extremities.
     pub soft_failed: u64,
+    /// Events already stored with the same JSON, skipped: an import re-run after a kill
+    /// counts here what the first run committed.
+    pub duplicates: u64,
     /// Rooms created.
     pub rooms: u64,
     /// Batches committed.
@@ -205,11 +208,16 @@ struct BatchTally {
     state_events: u64,
     rejected: u64,
     soft_failed: u64,
+    duplicates: u64,
     rooms: u64,
 }
 
 impl BatchTally {
     fn count(&mut self, outcome: &Outcome) {
+        if outcome.already_stored {
+            self.duplicates += 1;
+            return;
+        }
         self.events += 1;
         self.state_events += u64::from(outcome.state);
         self.rooms += u64::from(outcome.new_room);
@@ -396,6 +404,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             self.report.state_events += tally.state_events;
             self.report.rejected += tally.rejected;
             self.report.soft_failed += tally.soft_failed;
+            self.report.duplicates += tally.duplicates;
             self.report.rooms += tally.rooms;
             self.report.batches += 1;
             self.pending.clear();

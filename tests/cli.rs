@@ -1035,6 +1035,8 @@ fn authorization_outcomes_through_the_cli() {
         "100",
         "--state-events",
         "300",
+        "--messages-per-state",
+        "0",
         "--unauthorized",
         "5",
         "--outcomes",
@@ -1064,6 +1066,15 @@ fn authorization_outcomes_through_the_cli() {
             .contains(&format!("soft-failed   {}", count("soft_failed"))),
         "{}",
         run.stdout
+    );
+    // The same import again (as after a kill) stores nothing twice and succeeds.
+    let again = roomstate(d, &["--db", db, "ingest", path_str(&file)], None).ok();
+    assert!(
+        again
+            .stdout
+            .contains(&format!("duplicates    {}", expected.len())),
+        "{}",
+        again.stdout
     );
     // `states` prints each event's outcome, as the generator expected it, and a reason.
     let states = roomstate(

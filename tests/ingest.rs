@@ -4,12 +4,13 @@
 mod common;
 
 use common::{NamedKey, NamedState, StringNames};
+use roomstate::ingest::MatrixResolver;
 use roomstate::ingest::{
     BadLine, IngestOptions, IngestReport, Ingester, MAX_EVENT_BYTES, OnBadLine, Problem, Refuse,
     StateResolver, TrivialMerge, ingest, open_input,
 };
 use roomstate::workload::{GenConfig, Generator, Workload};
-use roomstate::{Error, Membership, Plan, Store, StoreRead, WritePolicy};
+use roomstate::{Error, Membership, Plan, StateMap, Store, StoreRead, WritePolicy};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
@@ -1988,4 +1989,98 @@ fn content_fields_of_other_events_are_not_interpreted() {
         Ok(report) => assert_eq!(report.events, 3),
         Err(e) => panic!("a valid event was refused: {e}"),
     }
+}
+
+/// The states before every event of a room, and the room's current state, by event ID.
+fn room_states(store: &Store, room_id: &str) -> (Vec<(String, StateMap)>, StateMap) {
+    let rx = store.read().unwrap();
+    let room = rx.room_nid(room_id).unwrap().unwrap();
+    let before = rx
+        .room_events(room)
+        .unwrap()
+        .into_iter()
+        .map(|e| (rx.event_id(e).unwrap(), rx.state_before(e).unwrap()))
+        .collect();
+    let current = rx.room(room).unwrap().unwrap().current_state;
+    (before, rx.flatten(current).unwrap())
+}
+
+#[test]
+fn an_import_run_again_stores_nothing_twice() {
+    let lines = generated(Workload::Forky, 3, 40, 200, 1);
+    let text = joined(&lines);
+    let store = Store::in_memory().unwrap();
+    let options = IngestOptions {
+        batch_size: 37,
+        ..IngestOptions::default()
+    };
+    let first = ingest(
+        &store,
+        text.as_bytes(),
+        options.clone(),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    assert_eq!(first.events, lines.len() as u64);
+    let room_id = "!forky:server0.test";
+    let states = room_states(&store, room_id);
+    // The whole file again: every line is a duplicate, and nothing changes.
+    let again = ingest(
+        &store,
+        text.as_bytes(),
+        options.clone(),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (again.events, again.duplicates, again.bad_lines),
+        (0, lines.len() as u64, 0)
+    );
+    assert_eq!(room_states(&store, room_id), states);
+    // A run cut short, then the whole file: the second run stores exactly the rest.
+    let resumed = Store::in_memory().unwrap();
+    let cut = lines.len() / 3;
+    ingest(
+        &resumed,
+        joined(&lines[..cut]).as_bytes(),
+        options.clone(),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    let rest = ingest(
+        &resumed,
+        text.as_bytes(),
+        options,
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (rest.events, rest.duplicates),
+        ((lines.len() - cut) as u64, cut as u64)
+    );
+    assert_eq!(room_states(&resumed, room_id), states);
+    assert!(resumed.read().unwrap().check().unwrap().is_clean());
+}
+
+#[test]
+fn the_same_event_id_with_other_content_is_refused() {
+    let store = Store::in_memory().unwrap();
+    let lines = [create("$c", "!r:x"), topic("$c", "!r:x", &["$c"])];
+    let report = ingest(
+        &store,
+        joined(&lines).as_bytes(),
+        options(10, OnBadLine::Skip),
+        Refuse,
+    )
+    .unwrap();
+    assert_eq!(
+        (report.events, report.duplicates, report.bad_lines),
+        (1, 0, 1)
+    );
+    assert_eq!(report.listed_bad_lines[0].problem, Problem::DuplicateEvent);
+    assert!(
+        report.listed_bad_lines[0]
+            .to_string()
+            .contains("other content")
+    );
 }

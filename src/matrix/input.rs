@@ -46,6 +46,19 @@ pub(crate) struct Outcome {
     pub(crate) new_room: bool,
     /// Why it was rejected or soft-failed; `None` when accepted.
     pub(crate) rejection: Option<Rejection>,
+    /// Whether it was stored already, with the same JSON, and nothing was written.
+    pub(crate) already_stored: bool,
+}
+
+impl Outcome {
+    fn already_stored() -> Self {
+        Outcome {
+            state: false,
+            new_room: false,
+            rejection: None,
+            already_stored: true,
+        }
+    }
 }
 
 /// The checks that need the store but write nothing.
@@ -55,11 +68,6 @@ struct Checked {
 }
 
 fn check(w: &mut Writer<'_>, p: &Parsed<'_>, trusted: bool) -> Result<Result<Checked, Problem>> {
-    if let Some(nid) = w.lookup_nid(EVENT, &p.event_id)?.and_then(EventNid::new)
-        && w.event_room(nid)?.is_some()
-    {
-        return Ok(Err(Problem::DuplicateEvent));
-    }
     let room_nid = w.lookup_nid(ROOM, &p.room_id)?.and_then(RoomNid::new);
     let room = match room_nid {
         Some(nid) => w.room(nid)?.map(|r| (nid, r)),
@@ -136,6 +144,18 @@ pub(crate) fn receive<R: StateResolver>(
         event_id: Some(parsed.event_id.to_string()),
         problem,
     };
+    if let Some(nid) = w
+        .lookup_nid(EVENT, &parsed.event_id)?
+        .and_then(EventNid::new)
+        && w.event_room(nid)?.is_some()
+    {
+        // The same event again (an import re-run after a kill, say) is a no-op; the same ID
+        // with other content is refused.
+        return match w.event_json_text(nid)? {
+            Some(stored) if stored.as_bytes() == bytes => Ok(Outcome::already_stored()),
+            _ => Err(early(Problem::DuplicateEvent)),
+        };
+    }
     let checked = check(w, &parsed, auth.is_none())?.map_err(early)?;
     let judge = match auth {
         Some(authorizer) => {
@@ -251,6 +271,7 @@ fn store_event<R: StateResolver>(
             state: state_key.is_some(),
             new_room,
             rejection: Some(rejection),
+            already_stored: false,
         });
     }
     room_record
@@ -274,6 +295,7 @@ fn store_event<R: StateResolver>(
         state: state_key.is_some(),
         new_room,
         rejection: None,
+        already_stored: false,
     })
 }
 
