@@ -43,7 +43,11 @@ pub use crate::matrix::stateres::{AUTH_CHAIN_CACHE_NIDS, MatrixResolver};
 /// What to do with a bad line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnBadLine {
-    /// Fail with the line's error; nothing of its batch is stored.
+    /// Fail with the line's error; nothing of its batch is stored, and every earlier batch
+    /// stays committed ([`IngestReport::committed_lines`] says how far). The good lines of the
+    /// failing batch are not committed either: the batch is one transaction, so the store is
+    /// left at a batch boundary, and running the same input again after fixing the line stores
+    /// the rest (events already stored are skipped as duplicates).
     #[default]
     Stop,
     /// Store the good events, and list the bad lines in the report.
@@ -86,6 +90,8 @@ impl Default for IngestOptions {
 pub struct IngestReport {
     /// Lines read, blank ones included.
     pub lines: u64,
+    /// Lines whose batches are committed: the first this many lines of input are done.
+    pub committed_lines: u64,
     /// Bytes read.
     pub bytes: u64,
     /// Events stored.
@@ -407,6 +413,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             self.report.duplicates += tally.duplicates;
             self.report.rooms += tally.rooms;
             self.report.batches += 1;
+            self.report.committed_lines = self.report.lines;
             self.pending.clear();
             return Ok(());
         }

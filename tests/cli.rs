@@ -1160,3 +1160,39 @@ fn a_version_12_history_through_a_pipe() {
         refused.stderr
     );
 }
+
+#[test]
+fn a_bad_line_says_what_was_kept_and_a_rerun_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let history = roomstate(
+        d,
+        &["gen", "hq", "--members", "20", "--state-events", "20"],
+        None,
+    )
+    .ok()
+    .stdout;
+    let lines: Vec<&str> = history.lines().collect();
+    let mut broken: Vec<&str> = lines.clone();
+    broken.insert(5, "{not json");
+    let file = d.join("h.jsonl");
+    std::fs::write(&file, broken.join("\n") + "\n").unwrap();
+    let db = d.join("s.redb");
+    let db = path_str(&db);
+    let args = ["--db", db, "ingest", "--batch-size", "2", path_str(&file)];
+    let run = roomstate(d, &args, None).fails(1, "error:");
+    for said in [
+        "line 6",
+        "nothing of its batch was stored",
+        "4 events were committed before it (the first 4 lines of input)",
+        "--skip-bad-lines",
+    ] {
+        assert!(run.stderr.contains(said), "{said}: {}", run.stderr);
+    }
+    // Fixed, the same command finishes: what was committed is skipped, the rest stored.
+    std::fs::write(&file, history.clone()).unwrap();
+    let run = roomstate(d, &args, None).ok();
+    assert!(run.stdout.contains("duplicates    4"), "{}", run.stdout);
+    let stored = format!("events        {}", lines.len() - 4);
+    assert!(run.stdout.contains(&stored), "{}", run.stdout);
+}

@@ -421,11 +421,26 @@ fn ingest(
         let input =
             open_input(file).map_err(|e| Failure::User(format!("cannot read {file}: {e}")))?;
         ingester.set_source(file);
-        ingester.read_from_with(input, |report| progress.update(report))?;
+        let read = ingester.read_from_with(input, |report| progress.update(report));
+        read.map_err(|e| stopped(e, ingester.report()))?;
     }
-    let report = ingester.finish()?;
+    let committed = ingester.report().clone();
+    let report = ingester.finish().map_err(|e| stopped(e, &committed))?;
     progress.finish();
     summary(store, &report)
+}
+
+/// A bad line in stop mode, told with what was kept and how to go on.
+fn stopped(e: roomstate::Error, committed: &IngestReport) -> Failure {
+    match e {
+        roomstate::Error::BadLine(bad) => Failure::User(format!(
+            "{bad}; nothing of its batch was stored; {} events were committed before it (the \
+             first {} lines of input); fix or remove the line and run the same command again \
+             (events already stored are skipped), or pass --skip-bad-lines",
+            committed.events, committed.committed_lines
+        )),
+        other => other.into(),
+    }
 }
 
 /// Per-merge resolution times, for comparing the resolver's two ways of feeding the crate.
