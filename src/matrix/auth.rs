@@ -15,8 +15,8 @@
 //! Most events are authorized against the same few events (the create event, the power levels,
 //! the join rules, the sender's membership), so parsed events are kept for the whole batch.
 
-use crate::error::{Error, Result};
-use crate::matrix::event::Pdu;
+use crate::error::Result;
+use crate::matrix::event::{FirstError, Pdu};
 use crate::matrix::resolver::StateSource;
 use crate::nid::TypeNid;
 use crate::nid::{EventNid, SnapshotNid, StateKey};
@@ -104,7 +104,7 @@ impl Authorizer {
                 .collect(),
             source: RefCell::new(source),
             parsed: RefCell::new(&mut self.parsed),
-            error: RefCell::new(None),
+            error: FirstError::default(),
         };
         let verdict = events.judge(incoming);
         events.take_error()?;
@@ -123,7 +123,7 @@ struct Events<'a> {
     known: Vec<(&'a str, EventNid)>,
     source: RefCell<&'a mut dyn StateSource>,
     parsed: RefCell<&'a mut HashMap<EventNid, Arc<Pdu>>>,
-    error: RefCell<Option<Error>>,
+    error: FirstError,
 }
 
 /// Auth events by (type, state key), with their NIDs.
@@ -253,17 +253,11 @@ impl Events<'_> {
     }
 
     fn keep<T>(&self, result: Result<Option<T>>) -> Option<T> {
-        result.unwrap_or_else(|e| {
-            self.error.borrow_mut().get_or_insert(e);
-            None
-        })
+        self.error.keep(result).flatten()
     }
 
     fn take_error(&self) -> Result<()> {
-        match self.error.borrow_mut().take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.error.take()
     }
 
     fn by_id(&self, id: &EventId) -> Option<(EventNid, Arc<Pdu>)> {

@@ -1,12 +1,35 @@
 //! Events as the Matrix rules read them: the PDU fields `ruma-state-res` needs, parsed from the
 //! JSON the store keeps, with the store's verdict on whether the event was rejected.
 
+use crate::error::{Error, Result};
 use ruma_common::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 use ruma_events::TimelineEventType;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::cell::RefCell;
+
+/// The first store error met inside `ruma-state-res`'s callbacks, which cannot fail: a callback
+/// keeps it and answers "not found", and the caller returns it once the crate is done.
+#[derive(Debug, Default)]
+pub(crate) struct FirstError(RefCell<Option<Error>>);
+
+impl FirstError {
+    /// The value, or `None` after keeping the error (the first one wins).
+    pub(crate) fn keep<T>(&self, result: Result<T>) -> Option<T> {
+        result
+            .map_err(|e| {
+                self.0.borrow_mut().get_or_insert(e);
+            })
+            .ok()
+    }
+
+    /// The kept error, if any, taken.
+    pub(crate) fn take(&self) -> Result<()> {
+        self.0.borrow_mut().take().map_or(Ok(()), Err)
+    }
+}
 
 /// An event reference in `prev_events` or `auth_events`: an ID (room version 3 on), or an
 /// `[ID, hashes]` pair (versions 1 and 2).

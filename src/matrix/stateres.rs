@@ -19,7 +19,7 @@
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
-use crate::matrix::event::Pdu;
+use crate::matrix::event::{FirstError, Pdu};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
@@ -436,7 +436,7 @@ struct Pdus<'s> {
     parsed: RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
     ids: RefCell<HashMap<EventNid, OwnedEventId>>,
     nids: RefCell<HashMap<OwnedEventId, EventNid>>,
-    error: RefCell<Option<Error>>,
+    error: FirstError,
 }
 
 impl<'s> Pdus<'s> {
@@ -447,25 +447,16 @@ impl<'s> Pdus<'s> {
             parsed: RefCell::default(),
             ids: RefCell::default(),
             nids: RefCell::default(),
-            error: RefCell::default(),
+            error: FirstError::default(),
         }
     }
 
     fn keep<T>(&self, result: Result<T>) -> Option<T> {
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.error.borrow_mut().get_or_insert(e);
-                None
-            }
-        }
+        self.error.keep(result)
     }
 
     fn take_error(&self) -> Result<()> {
-        match self.error.borrow_mut().take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.error.take()
     }
 
     fn id(&self, event: EventNid) -> Result<OwnedEventId> {
