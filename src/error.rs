@@ -107,6 +107,21 @@ pub enum Error {
     /// A line of ingest input that was refused: which line, which event, and why.
     #[error("{0}")]
     BadLine(Box<BadLine>),
+    /// An event handed to the typed input API that was refused, and why. Nothing of it is
+    /// stored.
+    #[error("event {}: {problem}", event_id.as_deref().unwrap_or("(no event_id)"))]
+    BadEvent {
+        /// The event's ID, when its JSON had one.
+        event_id: Option<String>,
+        /// What is wrong.
+        problem: Problem,
+    },
+    /// The write transaction holds half an operation and cannot commit: abort it. Says why.
+    #[error("the transaction cannot commit: {0}; abort it")]
+    Poisoned(String),
+    /// An outlier has no state: the state before or after it was asked for.
+    #[error("event NID {0} is an outlier: the store holds no state for it")]
+    Outlier(EventNid),
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -150,6 +165,8 @@ impl Error {
                 | Error::StateResolution(_)
                 | Error::InvalidState(_)
                 | Error::BadLine(_)
+                | Error::BadEvent { .. }
+                | Error::Outlier(_)
         )
     }
 
@@ -243,6 +260,27 @@ pub enum Problem {
     DuplicateEvent,
     /// No prev events, but not the room's create event.
     NoPrevEvents,
+    /// An event of the supplied state before an event that the store has never seen: store it
+    /// (as an outlier, say) first.
+    UnknownStateEvent(String),
+    /// An event of the supplied state that cannot be in it: not a state event, of another
+    /// room, rejected, or a second event for the same (type, state key).
+    BadStateEvent {
+        /// The event's ID.
+        event_id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The room's version is unknown: the store has no timeline for the room, and neither the
+    /// event nor its auth events include the room's create event.
+    NoCreateEvent,
+    /// State was supplied with an event that takes none: an outlier, or a create event.
+    StateNotTaken,
+    /// A backfilled event of a room the store has no timeline for: join the room (an event
+    /// with its state supplied) first.
+    BackfillWithoutRoom,
+    /// An envelope line whose `kind` is not `outlier`, `new` or `backfill`.
+    UnknownKind(String),
     /// A create event for a room the store already has.
     RoomExists,
     /// The resolver could not settle the states: an unsupported room version, or state
@@ -267,6 +305,22 @@ impl fmt::Display for Problem {
             Problem::UnknownAuthEvent(id) => write!(f, "unknown auth event {id}"),
             Problem::DuplicateEvent => f.write_str("event ID already stored with other content"),
             Problem::NoPrevEvents => f.write_str("no prev_events, but not a create event"),
+            Problem::UnknownStateEvent(id) => write!(f, "unknown event {id} in state_before"),
+            Problem::BadStateEvent { event_id, reason } => {
+                write!(f, "event {event_id} in state_before {reason}")
+            }
+            Problem::NoCreateEvent => f.write_str(
+                "the room's create event is neither stored nor among the auth events: its version is unknown",
+            ),
+            Problem::StateNotTaken => {
+                f.write_str("state_before given for an outlier or a create event, which take none")
+            }
+            Problem::BackfillWithoutRoom => {
+                f.write_str("backfill into a room with no timeline yet: join it first")
+            }
+            Problem::UnknownKind(kind) => {
+                write!(f, "unknown kind {kind:?} (outlier, new or backfill)")
+            }
             Problem::RoomExists => f.write_str("create event for a room that already exists"),
             Problem::ResolutionFailed(why) => write!(f, "state resolution failed: {why}"),
             Problem::NeedsStateResolution(keys) => {

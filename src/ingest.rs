@@ -26,8 +26,11 @@
 
 use crate::error::{Error, Result};
 use crate::matrix::auth::Authorizer;
-use crate::matrix::input::{Failure, Outcome, receive};
+use crate::matrix::input::{Failure, InputKind, Outcome, Request, Verdict, receive};
 use crate::store::Store;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
@@ -437,11 +440,73 @@ fn receive_pending<R: StateResolver>(
         Body::Json(bytes) => bytes,
         Body::TooLarge(n) => return Err(Failed::Early(pending.bad(None, Problem::TooLarge(*n)))),
     };
-    receive(w, resolver, auth, bytes).map_err(|failure| match failure {
+    let envelope = read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))?;
+    let request = request_of(&envelope, bytes);
+    let verdict = receive(w, resolver, auth, &request).map_err(|failure| match failure {
         Failure::Early { event_id, problem } => Failed::Early(pending.bad(event_id, problem)),
         Failure::Late { event_id, problem } => Failed::Late(pending.bad(Some(event_id), problem)),
         Failure::Store(e) => Failed::Store(e),
-    })
+    })?;
+    match verdict {
+        Verdict::Stored(outcome) => Ok(outcome),
+        Verdict::Missing { event_id, missing } => Err(Failed::Early(
+            pending.bad(Some(event_id), missing.problem()),
+        )),
+    }
+}
+
+/// The fields of an envelope line, `{"kind":…,"event":{…},"state_before":[…]}`. A bare PDU
+/// has none of them.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    state_before: Option<Vec<Cow<'a, str>>>,
+}
+
+/// A line's envelope, or `None` for a bare PDU. An object with a `kind` or an `event` is an
+/// envelope, and needs both.
+fn read_envelope(line: &[u8]) -> Result<Option<Envelope<'_>>, Problem> {
+    let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(line) else {
+        // Not an envelope's shape: the PDU parser says what is wrong with it.
+        return Ok(None);
+    };
+    match (&envelope.kind, envelope.event) {
+        (None, None) if envelope.state_before.is_none() => Ok(None),
+        (Some(kind), Some(_)) => {
+            kind.parse::<InputKind>()?;
+            Ok(Some(envelope))
+        }
+        (None, _) => Err(Problem::MissingField("kind")),
+        (_, None) => Err(Problem::MissingField("event")),
+    }
+}
+
+/// What to receive for a line: its envelope's event, or the bare PDU as a new event.
+fn request_of<'a>(envelope: &'a Option<Envelope<'a>>, line: &'a [u8]) -> Request<'a> {
+    match envelope {
+        None => Request {
+            kind: InputKind::New,
+            json: line,
+            state_before: None,
+        },
+        Some(e) => Request {
+            // The kind was checked by `read_envelope`.
+            kind: e
+                .kind
+                .as_deref()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_default(),
+            json: e.event.map_or(line, |raw| raw.get().as_bytes()),
+            state_before: e
+                .state_before
+                .as_ref()
+                .map(|ids| ids.iter().map(|id| &**id).collect()),
+        },
+    }
 }
 
 struct LineRead {

@@ -177,3 +177,29 @@ impl StateKey {
         StateKey { ty, key }
     }
 }
+
+/// A hasher for NIDs and other integer keys: one multiply, where std's SipHash spends tens of
+/// cycles guarding against collision attacks that numbers we hand out ourselves cannot mount.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NidHasher(u64);
+
+impl std::hash::Hasher for NidHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing: the multiply spreads consecutive NIDs over the high bits, which
+        // hashbrown reads for its control bytes.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(32) ^ n;
+    }
+}
+
+/// A `HashSet` of NIDs with [`NidHasher`].
+pub type NidSet<T> = std::collections::HashSet<T, std::hash::BuildHasherDefault<NidHasher>>;

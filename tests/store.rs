@@ -469,13 +469,21 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
     }
 }
 
-/// A store of the schema before outcomes were kept (version 2: no `outcomes` table) is upgraded
-/// in place when opened: its events read as accepted, and new rejections are kept.
+/// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table) and before
+/// outliers were (version 3: no `outliers` table) are upgraded in place when opened: their events
+/// read as accepted and in their rooms' timelines.
 #[test]
-fn a_schema_2_store_is_upgraded_when_opened() {
+fn schema_2_and_3_stores_are_upgraded_when_opened() {
+    for old in [2, 3] {
+        upgrade_from(old);
+    }
+}
+
+fn upgrade_from(old: u64) {
     use redb::{ReadableDatabase, TableDefinition};
     const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
     const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
+    const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("outliers");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.redb");
     let lines = concat!(
@@ -487,13 +495,16 @@ fn a_schema_2_store_is_upgraded_when_opened() {
     roomstate::ingest::ingest(&store, lines.as_bytes(), options, roomstate::ingest::Refuse)
         .unwrap();
     drop(store);
-    // Take the store back to schema 2, as an older build wrote it.
+    // Take the store back to the old schema, as an older build wrote it.
     let db = redb::Database::open(&path).unwrap();
     let tx = db.begin_write().unwrap();
-    assert!(tx.delete_table(OUTCOMES).unwrap());
+    assert!(tx.delete_table(OUTLIERS).unwrap());
+    if old == 2 {
+        assert!(tx.delete_table(OUTCOMES).unwrap());
+    }
     tx.open_table(META)
         .unwrap()
-        .insert(b"schema_version".as_slice(), 2)
+        .insert(b"schema_version".as_slice(), old)
         .unwrap();
     tx.commit().unwrap();
     drop(db);
@@ -505,6 +516,7 @@ fn a_schema_2_store_is_upgraded_when_opened() {
         rx.event_outcome(create).unwrap(),
         Some(roomstate::EventOutcome::Accepted)
     );
+    assert!(!rx.is_outlier(create).unwrap());
     assert!(rx.check().unwrap().is_clean());
     drop(rx);
     drop(store);
@@ -517,5 +529,5 @@ fn a_schema_2_store_is_upgraded_when_opened() {
         .get(b"schema_version".as_slice())
         .unwrap()
         .map(|v| v.value());
-    assert_eq!(schema, Some(3));
+    assert_eq!(schema, Some(4));
 }

@@ -66,9 +66,10 @@ pub(crate) struct Incoming<'a> {
     pub(crate) auth_nids: &'a [EventNid],
     /// The room version's rules.
     pub(crate) rules: &'a AuthorizationRules,
-    /// The state before the event.
-    pub(crate) before: SnapshotNid,
-    /// The room's current state, when the event is not a create event.
+    /// The state before the event; `None` for an outlier, checked against its auth events only.
+    pub(crate) before: Option<SnapshotNid>,
+    /// The room's current state, when the event is neither a create event, an outlier, nor
+    /// backfilled: only a new event can soft-fail.
     pub(crate) current: Option<SnapshotNid>,
 }
 
@@ -89,8 +90,8 @@ impl Authorizer {
         if self.parsed.len() > PARSED_HELD {
             self.parsed.clear();
         }
-        if self.looked_up.0 != Some(incoming.before) || self.looked_up.1.len() > PARSED_HELD {
-            self.looked_up = (Some(incoming.before), HashMap::new());
+        if self.looked_up.0 != incoming.before || self.looked_up.1.len() > PARSED_HELD {
+            self.looked_up = (incoming.before, HashMap::new());
         }
         let events = Events {
             room_id: incoming.pdu.room_id.clone(),
@@ -153,17 +154,17 @@ impl Events<'_> {
         if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_auth) {
             return rejected(AuthStep::AuthEvents, rule);
         }
+        let before = incoming.before?;
         // The rules read only the keys the auth-events selection names: where the state before
         // holds the auth events themselves, step 5 would read what step 4 read.
-        if !self.state_holds_auth_events(pdu, rules, &auth, incoming.before) {
-            let from_before =
-                |ty: &StateEventType, key: &str| self.in_state(incoming.before, ty, key);
+        if !self.state_holds_auth_events(pdu, rules, &auth, before) {
+            let from_before = |ty: &StateEventType, key: &str| self.in_state(before, ty, key);
             if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_before) {
                 return rejected(AuthStep::StateBefore, rule);
             }
         }
         // When the event extends the current state, step 6 asks what step 5 asked.
-        let current = incoming.current.filter(|c| *c != incoming.before)?;
+        let current = incoming.current.filter(|c| *c != before)?;
         let from_current = |ty: &StateEventType, key: &str| self.in_state(current, ty, key);
         if let Err(rule) = check_state_dependent_auth_rules(rules, pdu, from_current) {
             return rejected(AuthStep::CurrentState, rule);

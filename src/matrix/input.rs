@@ -1,7 +1,8 @@
 //! Receiving one event: the checks that need the store, then its NIDs, record, JSON, the state
 //! before and after it, and its room's bookkeeping, all within the caller's write batch.
 
-use crate::engine::resolve::Combined;
+use crate::engine::block::StateEntry;
+use crate::engine::resolve::{Combined, StateMap};
 use crate::error::{Error, Problem, Result};
 use crate::matrix::auth::{Authorizer, Incoming, rules_for};
 use crate::matrix::event::Pdu;
@@ -12,6 +13,91 @@ use crate::store::membership::Membership;
 use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
 use crate::store::{EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
 
+/// How an event reaches the store: the three kinds of input federation delivers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InputKind {
+    /// An event known only with its auth events: the auth chain of a join, say, or an event
+    /// fetched to authorize another. It is checked against its own auth events only, has no
+    /// state, is not in its room's timeline and is never a forward extremity. Its room need not
+    /// be stored yet.
+    Outlier,
+    /// A new event at the room's edge (the default). Its state before comes from its prev
+    /// events, or, when supplied, from a list of event IDs (the join, or a gap's `/state_ids`),
+    /// in which case its prev events may be unknown. It moves the room's current state and
+    /// forward extremities.
+    #[default]
+    New,
+    /// An event older than the room's known history (backfill). Its state before is supplied,
+    /// or comes from its prev events when the store holds them. It never moves the room's
+    /// current state or forward extremities.
+    Backfill,
+}
+
+impl InputKind {
+    /// `outlier`, `new` or `backfill`, as JSON-lines envelopes spell them.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Outlier => "outlier",
+            InputKind::New => "new",
+            InputKind::Backfill => "backfill",
+        }
+    }
+}
+
+impl std::str::FromStr for InputKind {
+    type Err = Problem;
+    fn from_str(s: &str) -> std::result::Result<Self, Problem> {
+        match s {
+            "outlier" => Ok(InputKind::Outlier),
+            "new" => Ok(InputKind::New),
+            "backfill" => Ok(InputKind::Backfill),
+            other => Err(Problem::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+/// What is missing for an event to be stored: the store did not change, and the caller can
+/// fetch these and try again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// Prev events the store does not hold in the room's timeline (unknown, or outliers), and
+    /// no state was supplied: fetch them, or the state before the event (`/state_ids`).
+    PrevEvents(Vec<String>),
+    /// Auth events the store does not hold: fetch them (`/event_auth`) and store them, as
+    /// outliers say.
+    AuthEvents(Vec<String>),
+    /// Events of the supplied state that the store does not hold: store them first.
+    StateEvents(Vec<String>),
+}
+
+impl Missing {
+    /// The event IDs missing.
+    pub fn ids(&self) -> &[String] {
+        match self {
+            Missing::PrevEvents(ids) | Missing::AuthEvents(ids) | Missing::StateEvents(ids) => ids,
+        }
+    }
+
+    /// The bad-line problem JSON-lines ingest reports for it: the first ID missing.
+    pub(crate) fn problem(&self) -> Problem {
+        let first = self.ids().first().cloned().unwrap_or_default();
+        match self {
+            Missing::PrevEvents(_) => Problem::UnknownPrevEvent(first),
+            Missing::AuthEvents(_) => Problem::UnknownAuthEvent(first),
+            Missing::StateEvents(_) => Problem::UnknownStateEvent(first),
+        }
+    }
+}
+
+/// One event to receive.
+pub(crate) struct Request<'a> {
+    pub(crate) kind: InputKind,
+    pub(crate) json: &'a [u8],
+    pub(crate) state_before: Option<Vec<&'a str>>,
+}
+
 /// Why an event was not stored.
 pub(crate) enum Failure {
     /// Found before the event wrote anything: the batch can go on without it.
@@ -21,7 +107,7 @@ pub(crate) enum Failure {
         /// What is wrong.
         problem: Problem,
     },
-    /// Found after the event wrote: the batch must be redone without it.
+    /// Found after the event wrote (state resolution refused): the batch is redone without it.
     Late {
         /// The event's ID.
         event_id: String,
@@ -38,139 +124,354 @@ impl From<Error> for Failure {
     }
 }
 
+/// What receiving an event did.
+pub(crate) enum Verdict {
+    /// Stored (or found stored already).
+    Stored(Outcome),
+    /// Not stored: something it needs is missing, and nothing changed.
+    Missing {
+        /// The event's ID.
+        event_id: String,
+        /// What it needs.
+        missing: Missing,
+    },
+}
+
 /// What one stored event adds to the report.
 pub(crate) struct Outcome {
+    /// The event.
+    pub(crate) event: EventNid,
     /// Whether it was a state event.
     pub(crate) state: bool,
-    /// Whether it created its room.
+    /// Whether it gave its room a timeline (its create event, or a join over federation).
     pub(crate) new_room: bool,
     /// Why it was rejected or soft-failed; `None` when accepted.
     pub(crate) rejection: Option<Rejection>,
     /// Whether it was stored already, with the same JSON, and nothing was written.
     pub(crate) already_stored: bool,
-}
-
-impl Outcome {
-    fn already_stored() -> Self {
-        Outcome {
-            state: false,
-            new_room: false,
-            rejection: None,
-            already_stored: true,
-        }
-    }
+    /// Whether it is (still) an outlier.
+    pub(crate) outlier: bool,
+    /// The state before it; `None` for an outlier.
+    pub(crate) state_before: Option<SnapshotNid>,
+    /// The room's current state before and after it, when it moved.
+    pub(crate) current: Option<(SnapshotNid, SnapshotNid)>,
 }
 
 /// The checks that need the store but write nothing.
 struct Checked {
     room: Option<(RoomNid, RoomRecord)>,
+    version: Option<String>,
     prevs: Vec<EventNid>,
+    supplied: Option<StateMap>,
 }
 
-fn check(w: &mut Writer<'_>, p: &Parsed<'_>, trusted: bool) -> Result<Result<Checked, Problem>> {
+/// Why a checked event goes no further.
+enum Refusal {
+    Missing(Missing),
+    Bad(Problem),
+}
+
+impl From<Problem> for Refusal {
+    fn from(p: Problem) -> Self {
+        Refusal::Bad(p)
+    }
+}
+
+type Checking<T> = Result<Result<T, Refusal>>;
+
+/// A stored event's NID and record, unless the store does not hold it.
+fn stored(w: &mut Writer<'_>, id: &str) -> Result<Option<(EventNid, EventRecord)>> {
+    let Some(nid) = w.lookup_nid(EVENT, id)?.and_then(EventNid::new) else {
+        return Ok(None);
+    };
+    Ok(w.event(nid)?.map(|r| (nid, r)))
+}
+
+fn check(
+    w: &mut Writer<'_>,
+    p: &Parsed<'_>,
+    req: &Request<'_>,
+    trusted: bool,
+) -> Checking<Checked> {
     let room_nid = w.lookup_nid(ROOM, &p.room_id)?.and_then(RoomNid::new);
     let room = match room_nid {
         Some(nid) => w.room(nid)?.map(|r| (nid, r)),
         None => None,
     };
-    if p.prev_events.is_empty() {
-        return Ok(match (p.is_create(), room) {
-            (false, _) => Err(Problem::NoPrevEvents),
-            (true, Some(_)) => Err(Problem::RoomExists),
-            (true, None) => Ok(Checked {
-                room: None,
-                prevs: Vec::new(),
-            }),
-        });
-    }
-    let mut prevs = Vec::with_capacity(p.prev_events.len());
-    for r in &p.prev_events {
-        let id = r.id();
-        let Some(nid) = w.lookup_nid(EVENT, id)?.and_then(EventNid::new) else {
-            return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
-        };
-        let Some(prev_room) = w.event_room(nid)? else {
-            return Ok(Err(Problem::UnknownPrevEvent(id.to_owned())));
-        };
-        if Some(prev_room) != room_nid {
-            return Ok(Err(Problem::PrevEventInOtherRoom(id.to_owned())));
-        }
-        if !prevs.contains(&nid) {
-            prevs.push(nid);
-        }
-    }
+    let prevs = match req.kind {
+        InputKind::Outlier => Vec::new(),
+        _ => match check_prevs(w, p, req, room_nid, room.is_some())? {
+            Ok(prevs) => prevs,
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+    };
     // A known auth event must be of this room: state resolution follows them, and a purge of
     // another room would leave them dangling. Authorization needs every one of them; a trusted
     // import may name auth events it does not hold (they are interned for later).
+    let mut missing = Vec::new();
     for r in &p.auth_events {
-        let id = r.id();
-        let room_of = match w.lookup_nid(EVENT, id)?.and_then(EventNid::new) {
-            Some(nid) => w.event_room(nid)?,
-            None => None,
-        };
-        match room_of {
-            Some(auth_room) if Some(auth_room) != room_nid => {
-                return Ok(Err(Problem::AuthEventInOtherRoom(id.to_owned())));
+        match stored(w, r.id())? {
+            Some((_, record)) if Some(record.room) != room_nid => {
+                return Ok(Err(Problem::AuthEventInOtherRoom(r.id().to_owned()).into()));
             }
-            None if !trusted => return Ok(Err(Problem::UnknownAuthEvent(id.to_owned()))),
-            _ => {}
+            Some(_) => {}
+            None if !trusted => missing.push(r.id().to_owned()),
+            None => {}
         }
     }
-    match room {
-        Some(room) => Ok(Ok(Checked {
-            room: Some(room),
-            prevs,
-        })),
-        // A prev event in this room implies the room exists; a record missing means damage.
-        None => Err(Error::corrupt(
-            "rooms",
-            &*p.room_id,
-            "room has events but no record",
-        )),
+    let version = match &room {
+        Some((_, record)) => Some(record.version.clone()),
+        None => match version_from_create(w, p)? {
+            Ok(version) => version,
+            Err(implied) if !trusted => {
+                missing.push(implied);
+                None
+            }
+            Err(_) => None,
+        },
+    };
+    if !missing.is_empty() {
+        return Ok(Err(Refusal::Missing(Missing::AuthEvents(missing))));
     }
+    let supplied = match &req.state_before {
+        Some(ids) => match supplied_state(w, ids, room_nid)? {
+            Ok(state) => Some(state),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        None => None,
+    };
+    match (req.kind, &room) {
+        (InputKind::Backfill, None) => return Ok(Err(Problem::BackfillWithoutRoom.into())),
+        (InputKind::New, None) if version.is_none() => {
+            return Ok(Err(Problem::NoCreateEvent.into()));
+        }
+        (InputKind::New, None) if !p.is_create() && supplied.is_none() => {
+            // Known prev events in this room imply its record: its absence means damage.
+            return Err(Error::corrupt(
+                "rooms",
+                &*p.room_id,
+                "room has events but no record",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Ok(Checked {
+        room,
+        version,
+        prevs,
+        supplied,
+    }))
 }
 
-/// Receives one event's JSON: parses it, checks it against the store, authorizes it (unless
-/// `auth` is `None`: a trusted import), and stores it.
+/// The prev events the room's timeline holds. Those it does not hold (unknown, or outliers)
+/// are missing, unless the state before the event is supplied.
+fn check_prevs(
+    w: &mut Writer<'_>,
+    p: &Parsed<'_>,
+    req: &Request<'_>,
+    room_nid: Option<RoomNid>,
+    room_exists: bool,
+) -> Checking<Vec<EventNid>> {
+    if p.prev_events.is_empty() {
+        return Ok(match (p.is_create(), req.kind, room_exists) {
+            (false, _, _) => Err(Problem::NoPrevEvents.into()),
+            (true, InputKind::New, true) => Err(Problem::RoomExists.into()),
+            (true, _, _) => Ok(Vec::new()),
+        });
+    }
+    let mut prevs = Vec::with_capacity(p.prev_events.len());
+    let mut missing = Vec::new();
+    for r in &p.prev_events {
+        let id = r.id();
+        match stored(w, id)? {
+            Some((_, record)) if Some(record.room) != room_nid => {
+                return Ok(Err(Problem::PrevEventInOtherRoom(id.to_owned()).into()));
+            }
+            Some((nid, record)) if !w.is_outlier(record.room, nid)? => {
+                if !prevs.contains(&nid) {
+                    prevs.push(nid);
+                }
+            }
+            _ => missing.push(id.to_owned()),
+        }
+    }
+    if !missing.is_empty() && req.state_before.is_none() {
+        return Ok(Err(Refusal::Missing(Missing::PrevEvents(missing))));
+    }
+    Ok(Ok(prevs))
+}
+
+/// The room version of a room the store has no timeline for, from its create event: the event
+/// itself, one of its auth events, or in room version 12 the create event its room ID names.
+/// `Ok(None)`: none of those is a create event. `Err(id)`: the create event the room ID names
+/// is not stored.
+fn version_from_create(
+    w: &mut Writer<'_>,
+    p: &Parsed<'_>,
+) -> Result<std::result::Result<Option<String>, String>> {
+    if p.is_create() {
+        return Ok(Ok(Some(declared_version(&p.content))));
+    }
+    // A room ID without a server name is a create event's reference hash (room version 12 on).
+    let implied = (!p.room_id.contains(':'))
+        .then(|| p.room_id.strip_prefix('!').map(|hash| format!("${hash}")))
+        .flatten();
+    let candidates = p.auth_events.iter().map(|r| r.id().to_owned());
+    for id in candidates.chain(implied.clone()) {
+        let Some((nid, record)) = stored(w, &id)? else {
+            continue;
+        };
+        if record.event_type != TypeNid::CREATE || record.state_key != Some(StateKeyNid::EMPTY) {
+            continue;
+        }
+        let Some(json) = w.event_json_text(nid)? else {
+            continue;
+        };
+        if let Ok(create) = parse(json.as_bytes()) {
+            return Ok(Ok(Some(declared_version(&create.content))));
+        }
+    }
+    Ok(match implied {
+        Some(id) => Err(id),
+        None => Ok(None),
+    })
+}
+
+fn declared_version(content: &crate::matrix::pdu::Content<'_>) -> String {
+    content
+        .room_version
+        .as_ref()
+        .and_then(Loose::text)
+        .unwrap_or("1")
+        .to_owned()
+}
+
+/// The supplied state before an event, as a state map of stored state events of its room.
+fn supplied_state(w: &mut Writer<'_>, ids: &[&str], room: Option<RoomNid>) -> Checking<StateMap> {
+    let mut entries = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for &id in ids {
+        let Some((nid, record)) = stored(w, id)? else {
+            missing.push(id.to_owned());
+            continue;
+        };
+        let bad = |reason| {
+            Ok(Err(Refusal::Bad(Problem::BadStateEvent {
+                event_id: id.to_owned(),
+                reason,
+            })))
+        };
+        if Some(record.room) != room {
+            return bad("is of another room");
+        }
+        let Some(key) = record.state_key else {
+            return bad("is not a state event");
+        };
+        if record.rejected {
+            return bad("was rejected");
+        }
+        entries.push(StateEntry {
+            key: StateKey::new(record.event_type, key),
+            event: nid,
+        });
+    }
+    if !missing.is_empty() {
+        return Ok(Err(Refusal::Missing(Missing::StateEvents(missing))));
+    }
+    entries.sort_unstable_by_key(|e| e.key);
+    if let Some(pair) = entries.windows(2).find(|p| p[0].key == p[1].key) {
+        let event_id = w.string(EVENT, pair[1].event.get())?;
+        return Ok(Err(Refusal::Bad(Problem::BadStateEvent {
+            event_id,
+            reason: "repeats a (type, state key) given before",
+        })));
+    }
+    Ok(Ok(StateMap::from_entries(entries)))
+}
+
+/// Receives one event: parses it, checks it against the store, authorizes it (unless `auth`
+/// is `None`: a trusted import), and stores it. A missing prev, auth or state event stores
+/// nothing.
 pub(crate) fn receive<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
     auth: Option<&mut Authorizer>,
-    bytes: &[u8],
-) -> Result<Outcome, Failure> {
+    req: &Request<'_>,
+) -> Result<Verdict, Failure> {
     let parsed =
-        parse(bytes).map_err(|(event_id, problem)| Failure::Early { event_id, problem })?;
+        parse(req.json).map_err(|(event_id, problem)| Failure::Early { event_id, problem })?;
     let early = |problem| Failure::Early {
         event_id: Some(parsed.event_id.to_string()),
         problem,
     };
-    if let Some(nid) = w
-        .lookup_nid(EVENT, &parsed.event_id)?
-        .and_then(EventNid::new)
-        && w.event_room(nid)?.is_some()
-    {
-        // The same event again (an import re-run after a kill, say) is a no-op; the same ID
-        // with other content is refused.
-        return match w.event_json_text(nid)? {
-            Some(stored) if stored.as_bytes() == bytes => Ok(Outcome::already_stored()),
-            _ => Err(early(Problem::DuplicateEvent)),
-        };
+    if req.state_before.is_some() && (req.kind == InputKind::Outlier || parsed.is_create()) {
+        return Err(early(Problem::StateNotTaken));
     }
-    let checked = check(w, &parsed, auth.is_none())?.map_err(early)?;
+    let mut upgrade = None;
+    if let Some((nid, record)) = stored(w, &parsed.event_id)? {
+        // The same event again (an import re-run after a kill, say) is a no-op, unless an
+        // outlier now arrives in the timeline; the same ID with other content is refused.
+        if w.event_json_text(nid)?.as_deref().map(str::as_bytes) != Some(req.json) {
+            return Err(early(Problem::DuplicateEvent));
+        }
+        let outlier = w.is_outlier(record.room, nid)?;
+        if !outlier || req.kind == InputKind::Outlier {
+            return Ok(Verdict::Stored(already_stored(nid, &record, outlier)));
+        }
+        upgrade = Some(nid);
+    }
+    let checked = match check(w, &parsed, req, auth.is_none())? {
+        Ok(checked) => checked,
+        Err(Refusal::Missing(missing)) => {
+            return Ok(Verdict::Missing {
+                event_id: parsed.event_id.into_owned(),
+                missing,
+            });
+        }
+        Err(Refusal::Bad(problem)) => return Err(early(problem)),
+    };
     let judge = match auth {
         Some(authorizer) => {
             // The rules read the event through ruma's types, which check the IDs' grammar.
-            let pdu: Pdu = serde_json::from_slice(bytes)
+            let pdu: Pdu = serde_json::from_slice(req.json)
                 .map_err(|e| early(Problem::NotAnEvent(e.to_string())))?;
             Some((authorizer, pdu))
         }
         None => None,
     };
-    store_event(w, resolver, judge, &parsed, checked, bytes)
+    let event = Arriving {
+        p: &parsed,
+        json: req.json,
+        kind: req.kind,
+        upgrade,
+    };
+    store_event(w, resolver, judge, &event, checked).map(Verdict::Stored)
+}
+
+fn already_stored(event: EventNid, record: &EventRecord, outlier: bool) -> Outcome {
+    Outcome {
+        event,
+        state: record.state_key.is_some(),
+        new_room: false,
+        rejection: None,
+        already_stored: true,
+        outlier,
+        state_before: (!outlier).then_some(record.state_before),
+        current: None,
+    }
 }
 
 fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T> {
     make(raw).ok_or_else(|| Error::corrupt("meta", what, "zero NID"))
+}
+
+/// An event past its checks, on its way into the store.
+struct Arriving<'a> {
+    p: &'a Parsed<'a>,
+    json: &'a [u8],
+    kind: InputKind,
+    /// The NID of the outlier it upgrades.
+    upgrade: Option<EventNid>,
 }
 
 /// Writes one checked event: its NIDs, record, JSON, and its room's bookkeeping.
@@ -178,11 +479,14 @@ fn store_event<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
     judge: Option<(&mut Authorizer, Pdu)>,
-    p: &Parsed<'_>,
+    a: &Arriving<'_>,
     checked: Checked,
-    json: &[u8],
 ) -> Result<Outcome, Failure> {
-    let [event] = intern_one(w, EVENT, &p.event_id, EventNid::new)?;
+    let p = a.p;
+    let event = match a.upgrade {
+        Some(nid) => nid,
+        None => intern_one(w, EVENT, &p.event_id, EventNid::new)?[0],
+    };
     let [event_type] = intern_one(w, TYPE, &p.event_type, TypeNid::new)?;
     let state_key = match &p.state_key {
         Some(k) => Some(intern_one(w, STATE_KEY, k, StateKeyNid::new)?[0]),
@@ -194,54 +498,11 @@ fn store_event<R: StateResolver>(
         .into_iter()
         .map(|n| nid(n, EventNid::new, "next_event_nid"))
         .collect::<Result<Vec<_>>>()?;
-    let new_room = checked.room.is_none();
-    let (room, mut room_record) = match checked.room {
-        Some(r) => r,
-        None => {
-            let [room] = intern_one(w, ROOM, &p.room_id, RoomNid::new)?;
-            let version = p
-                .content
-                .room_version
-                .as_ref()
-                .and_then(Loose::text)
-                .unwrap_or("1")
-                .to_owned();
-            let record = RoomRecord {
-                version,
-                current_state: SnapshotNid::EMPTY,
-                latest_events: Vec::new(),
-                event_count: 0,
-            };
-            (room, record)
-        }
+    let [room] = match &checked.room {
+        Some((room, _)) => [*room],
+        None => intern_one(w, ROOM, &p.room_id, RoomNid::new)?,
     };
-    let ctx = Context {
-        room,
-        version: &room_record.version,
-        event_id: &p.event_id,
-    };
-    // A merge of exactly the room's forward extremities was already combined into its current
-    // state when the last of them arrived.
-    let same_set =
-        |a: &[EventNid], b: &[EventNid]| a.len() == b.len() && a.iter().all(|e| b.contains(e));
-    let before = if checked.prevs.len() > 1 && same_set(&checked.prevs, &room_record.latest_events)
-    {
-        room_record.current_state
-    } else {
-        state_of_all(w, resolver, &ctx, &checked.prevs)?
-    };
-    let rejection = match judge {
-        Some((authorizer, pdu)) => {
-            let current = (!p.is_create()).then_some(room_record.current_state);
-            let event = Judged {
-                pdu: &pdu,
-                auth_nids: &auth_events,
-                version: &room_record.version,
-            };
-            authorize(w, authorizer, &event, before, current)?
-        }
-        None => None,
-    };
+    let version = checked.version.clone().unwrap_or_else(|| "1".to_owned());
     let membership = match (
         event_type,
         p.content.membership.as_ref().and_then(Loose::text),
@@ -249,57 +510,156 @@ fn store_event<R: StateResolver>(
         (TypeNid::MEMBER, Some(m)) => m.parse::<Membership>().ok(),
         _ => None,
     };
-    let record = EventRecord {
+    let mut record = EventRecord {
         room,
         event_type,
         state_key,
-        state_before: before,
-        rejected: rejection.as_ref().is_some_and(|r| !r.soft_failed),
+        state_before: SnapshotNid::EMPTY,
+        rejected: false,
         prev_events: checked.prevs.clone(),
         auth_events,
         membership,
     };
-    w.put_event(event, &record)?;
-    w.put_event_json(event, json)?;
-    w.add_room_event(room, room_record.event_count, event)?;
-    room_record.event_count += 1;
-    if let Some(rejection) = rejection {
-        // Rejected and soft-failed events move neither the current state nor the extremities.
-        w.put_rejection(event, &rejection)?;
-        w.put_room(room, &room_record)?;
+    if a.kind == InputKind::Outlier {
+        let rejection = match judge {
+            Some((authorizer, pdu)) => {
+                let judged = Judged {
+                    pdu: &pdu,
+                    auth_nids: &record.auth_events,
+                    version: &version,
+                };
+                authorize(w, authorizer, &judged, None, None)?
+            }
+            None => None,
+        };
+        record.rejected = rejection.is_some();
+        w.put_event(event, &record)?;
+        w.put_event_json(event, a.json)?;
+        w.set_outlier(room, event, true)?;
+        if let Some(rejection) = &rejection {
+            w.put_rejection(event, rejection)?;
+        }
         return Ok(Outcome {
+            event,
             state: state_key.is_some(),
-            new_room,
-            rejection: Some(rejection),
+            new_room: false,
+            rejection,
             already_stored: false,
+            outlier: true,
+            state_before: None,
+            current: None,
         });
     }
-    room_record
-        .latest_events
-        .retain(|e| !checked.prevs.contains(e));
-    room_record.latest_events.push(event);
-    let latest = room_record.latest_events.clone();
-    let current = state_of_all(w, resolver, &ctx, &latest)?;
-    if room_record.current_state == before && latest.as_slice() == [event] {
-        // The common, linear case: the new current state is the old one plus this event, so
-        // only this event's own key can change a membership.
-        if let Some(key) = record.sets().filter(|k| k.ty == TypeNid::MEMBER) {
-            w.set_membership(room, key.key, record.membership)?;
+    let new_room = checked.room.is_none();
+    let mut room_record = match checked.room {
+        Some((_, r)) => r,
+        None => RoomRecord {
+            version,
+            current_state: SnapshotNid::EMPTY,
+            latest_events: Vec::new(),
+            event_count: 0,
+        },
+    };
+    let ctx = Context {
+        room,
+        version: &room_record.version,
+        event_id: &p.event_id,
+    };
+    let before = match &checked.supplied {
+        Some(state) => w.snapshot_from_state(state)?,
+        None => state_before(w, resolver, &ctx, &checked.prevs, &room_record)?,
+    };
+    record.state_before = before;
+    let rejection = match judge {
+        Some((authorizer, pdu)) => {
+            // Only a new event is judged against the room's current state (step 6): a backfilled
+            // one is older than it, and a room's first event has none.
+            let current =
+                (a.kind == InputKind::New && !new_room).then_some(room_record.current_state);
+            let judged = Judged {
+                pdu: &pdu,
+                auth_nids: &record.auth_events,
+                version: &room_record.version,
+            };
+            authorize(w, authorizer, &judged, Some(before), current)?
         }
-    } else {
-        update_membership(w, room, room_record.current_state, current)?;
+        None => None,
+    };
+    record.rejected = rejection.as_ref().is_some_and(|r| !r.soft_failed);
+    w.put_event(event, &record)?;
+    match a.upgrade {
+        Some(_) => w.set_outlier(room, event, false)?,
+        None => w.put_event_json(event, a.json)?,
     }
-    room_record.current_state = current;
+    w.add_room_event(room, room_record.event_count, event)?;
+    room_record.event_count += 1;
+    match &rejection {
+        // Rejected and soft-failed events move neither the current state nor the extremities.
+        Some(rejection) => w.put_rejection(event, rejection)?,
+        None if a.upgrade.is_some() => w.clear_rejection(event)?,
+        None => {}
+    }
+    let old_current = room_record.current_state;
+    let moves = a.kind == InputKind::New && rejection.is_none();
+    if moves {
+        // The resolver may read this event: the new current state is settled after it is
+        // written.
+        let mut latest = room_record.latest_events.clone();
+        latest.retain(|e| !checked.prevs.contains(e));
+        latest.push(event);
+        let mut afters = Vec::with_capacity(latest.len());
+        for e in &latest {
+            afters.push(w.state_after_snapshot(*e)?);
+        }
+        let current = state_of_afters(w, resolver, &ctx, afters)?;
+        let linear = old_current == before && latest.as_slice() == [event];
+        room_record.latest_events = latest;
+        if linear {
+            // The common case: the new current state is the old one plus this event, so only
+            // this event's own key can change a membership.
+            if let Some(key) = record.sets().filter(|k| k.ty == TypeNid::MEMBER) {
+                w.set_membership(room, key.key, record.membership)?;
+            }
+        } else {
+            update_membership(w, room, old_current, current)?;
+        }
+        room_record.current_state = current;
+    }
     w.put_room(room, &room_record)?;
     Ok(Outcome {
+        event,
         state: state_key.is_some(),
         new_room,
-        rejection: None,
+        rejection,
         already_stored: false,
+        outlier: false,
+        state_before: Some(before),
+        current: moves.then_some((old_current, room_record.current_state)),
     })
 }
 
-/// Steps 4 to 6 for one event, under its room version's rules.
+/// The state before an event from its prev events.
+fn state_before<R: StateResolver>(
+    w: &mut Writer<'_>,
+    resolver: &mut R,
+    ctx: &Context<'_>,
+    prevs: &[EventNid],
+    room: &RoomRecord,
+) -> Result<SnapshotNid, Failure> {
+    // A merge of exactly the room's forward extremities was already combined into its current
+    // state when the last of them arrived.
+    let same_set =
+        |a: &[EventNid], b: &[EventNid]| a.len() == b.len() && a.iter().all(|e| b.contains(e));
+    if prevs.len() > 1 && same_set(prevs, &room.latest_events) {
+        return Ok(room.current_state);
+    }
+    let mut afters = Vec::with_capacity(prevs.len());
+    for e in prevs {
+        afters.push(w.state_after_snapshot(*e)?);
+    }
+    state_of_afters(w, resolver, ctx, afters)
+}
+
 /// The event being authorized, as the checks read it.
 struct Judged<'a> {
     pdu: &'a Pdu,
@@ -311,7 +671,7 @@ fn authorize(
     w: &mut Writer<'_>,
     authorizer: &mut Authorizer,
     event: &Judged<'_>,
-    before: SnapshotNid,
+    before: Option<SnapshotNid>,
     current: Option<SnapshotNid>,
 ) -> Result<Option<Rejection>> {
     let rules = match rules_for(event.version) {
@@ -351,21 +711,20 @@ struct Context<'a> {
     event_id: &'a str,
 }
 
-/// The state after all of `events` together: empty for none, the state after the one event, or
-/// the combination of the states after several, with conflicts settled by the resolver.
-fn state_of_all<R: StateResolver>(
+/// The combination of several states (the states after some events): empty for none, the one
+/// state, or their combination with conflicts settled by the resolver.
+fn state_of_afters<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
     ctx: &Context<'_>,
-    events: &[EventNid],
+    mut afters: Vec<SnapshotNid>,
 ) -> Result<SnapshotNid, Failure> {
-    let mut afters = Vec::with_capacity(events.len());
-    for e in events {
-        let s = w.state_after_snapshot(*e)?;
-        if !afters.contains(&s) {
-            afters.push(s);
-        }
-    }
+    let mut seen = Vec::with_capacity(afters.len());
+    afters.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
     match afters.as_slice() {
         [] => return Ok(SnapshotNid::EMPTY),
         [one] => return Ok(*one),

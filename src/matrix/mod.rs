@@ -9,5 +9,7 @@ pub(crate) mod auth;
 pub(crate) mod event;
 pub(crate) mod input;
 pub(crate) mod pdu;
+pub mod query;
 pub mod resolver;
+pub mod roomserver;
 pub(crate) mod stateres;

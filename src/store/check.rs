@@ -74,6 +74,7 @@ pub(crate) fn check<T: Tables>(tx: &T) -> Result<CheckReport> {
     check_events(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_outcomes(tx, &mut report)?;
+    check_outliers(tx, &mut report)?;
     check_refs(tx, &tally, &mut report)?;
     Ok(report)
 }
@@ -111,6 +112,36 @@ fn check_outcomes<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<()> {
                     }
                 ),
             ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every outlier row names a stored event of its room, with no state before it.
+fn check_outliers<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<()> {
+    let events = tx.open(tables::EVENTS)?;
+    for row in tx.open(tables::OUTLIERS)?.range::<(u64, u64)>(..)? {
+        let (key, _) = row?;
+        report.rows += 1;
+        let (room, event) = key.value();
+        let shown = format!("({room}, {event})");
+        let Some(bytes) = events.get(event)? else {
+            report.problem("outliers", shown, "no event record");
+            continue;
+        };
+        match codec::decode::<EventRecord>("events", event, bytes.value()) {
+            Ok(r) if r.room.get() != room => report.problem(
+                "outliers",
+                shown,
+                format!("the event is of room {}", r.room),
+            ),
+            Ok(r) if r.state_before != crate::nid::SnapshotNid::EMPTY => report.problem(
+                "outliers",
+                shown,
+                format!("an outlier with state before it ({})", r.state_before),
+            ),
+            // A record that does not decode is reported by the walk over events.
             _ => {}
         }
     }

@@ -5,6 +5,7 @@
 //! JSON or rules. It imports [`crate::engine`], [`crate::nid`] and [`crate::error`], never
 //! [`crate::matrix`] or [`crate::ingest`].
 
+mod auth_chain;
 pub mod check;
 pub(crate) mod codec;
 pub mod intern;
@@ -27,4 +28,5 @@ pub use write::{WriteCounts, WriteTxn};
 
 // What the Matrix layer may use beyond the public API: the batch writer and the interning kinds.
 pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
+pub(crate) use open::Serials;
 pub(crate) use writer::Writer;

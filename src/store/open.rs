@@ -13,6 +13,7 @@ use crate::store::writer::NEXT_SNAPSHOT;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A room-state store in one redb file (or in memory).
 ///
@@ -48,6 +49,7 @@ use std::sync::Arc;
 /// ```
 pub struct Store {
     db: Database,
+    serials: Arc<Serials>,
     policy: Arc<dyn WritePolicy>,
     two_phase_commit: bool,
     block_cache: Arc<BlockCache>,
@@ -59,6 +61,16 @@ impl std::fmt::Debug for Store {
             .field("policy", &self.policy.name())
             .finish_non_exhaustive()
     }
+}
+
+/// Which write transactions of a store began and committed, so that caches of what a
+/// transaction wrote (the Matrix layer's parsed events) can tell whether it still stands.
+#[derive(Debug, Default)]
+pub(crate) struct Serials {
+    /// The serial of the last transaction begun; they count from 1.
+    pub(crate) begun: AtomicU64,
+    /// The serial of the last transaction committed.
+    pub(crate) committed: AtomicU64,
 }
 
 /// Options for opening a [`Store`].
@@ -233,8 +245,9 @@ impl Store {
                 .map(|v| v.value());
             match found {
                 Some(tables::SCHEMA_VERSION) => tx.abort()?,
-                Some(tables::SCHEMA_WITHOUT_OUTCOMES) => {
+                Some(tables::SCHEMA_WITHOUT_OUTCOMES | tables::SCHEMA_WITHOUT_OUTLIERS) => {
                     tx.open_table(tables::OUTCOMES)?;
+                    tx.open_table(tables::OUTLIERS)?;
                     tx.open_table(tables::META)?
                         .insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
                     tx.commit()?;
@@ -257,6 +270,7 @@ impl Store {
             }
             Ok(Store {
                 db,
+                serials: Arc::default(),
                 policy: Arc::clone(&options.policy),
                 two_phase_commit: options.two_phase_commit,
                 block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
@@ -290,11 +304,14 @@ impl Store {
         crate::error::guard(|| {
             let mut tx = self.db.begin_write()?;
             tx.set_two_phase_commit(self.two_phase_commit);
+            let serial = self.serials.begun.fetch_add(1, Ordering::Relaxed) + 1;
             Ok(WriteTxn {
                 tx,
+                serial,
+                serials: Arc::clone(&self.serials),
                 policy: Arc::clone(&self.policy),
                 counts: WriteCounts::default(),
-                poisoned: false,
+                poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
             })
         })
@@ -357,6 +374,7 @@ pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(tables::MEMBERSHIP)?;
     tx.open_table(tables::USER_ROOMS)?;
     tx.open_table(tables::ROOM_EVENTS)?;
+    tx.open_table(tables::OUTLIERS)?;
     tx.open_table(tables::BLOCKS)?;
     tx.open_table(tables::SNAPSHOT_HASHES)?;
     tx.open_table(tables::SNAPSHOT_REFS)?;

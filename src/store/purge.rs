@@ -31,9 +31,23 @@ const CHUNK: usize = 4096;
 
 impl Writer<'_> {
     pub(crate) fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
-        let record = self.room(room)?.ok_or(Error::UnknownRoom(room))?;
+        let record = self.room(room)?;
         let mut purged = Purged::default();
         let r = room.get();
+        // A room joined over federation may hold only outliers, and no record yet.
+        loop {
+            let chunk = take_outliers(self.outliers()?, r)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for event in chunk {
+                self.purge_event(event)?;
+                purged.events += 1;
+            }
+        }
+        if record.is_none() && purged.events == 0 {
+            return Err(Error::UnknownRoom(room));
+        }
         loop {
             let chunk = take_chunk(self.room_events()?, r)?;
             if chunk.is_empty() {
@@ -54,8 +68,10 @@ impl Writer<'_> {
                 purged.memberships += 1;
             }
         }
-        self.rooms()?.remove(r)?;
-        self.count_snapshot_ref(record.current_state, -1)?;
+        if let Some(record) = record {
+            self.rooms()?.remove(r)?;
+            self.count_snapshot_ref(record.current_state, -1)?;
+        }
         self.clear_cache();
         purged.collected = self.collect_garbage()?;
         Ok(purged)
@@ -74,6 +90,19 @@ impl Writer<'_> {
         self.forget(intern::EVENT, event)?;
         Ok(())
     }
+}
+
+/// Removes up to [`CHUNK`] of a room's outlier rows and returns their events.
+fn take_outliers(table: &mut redb::Table<'_, (u64, u64), ()>, room: u64) -> Result<Vec<u64>> {
+    let keys: Vec<(u64, u64)> = table
+        .range((room, 0)..=(room, u64::MAX))?
+        .take(CHUNK)
+        .map(|row| Ok(row?.0.value()))
+        .collect::<Result<_>>()?;
+    for key in &keys {
+        table.remove(key)?;
+    }
+    Ok(keys.into_iter().map(|(_, event)| event).collect())
 }
 
 /// Removes up to [`CHUNK`] rows keyed `(room, _)` and returns each as (the key's second half,

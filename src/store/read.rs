@@ -229,16 +229,82 @@ pub trait StoreRead: sealed::Sealed {
         })
     }
 
-    /// The state before an event.
+    /// The state before an event. An outlier has none: [`Error::Outlier`].
     fn state_before(&self, event: EventNid) -> Result<StateMap> {
-        crate::error::guard(|| self.flatten(self.expect_event(event)?.state_before))
+        crate::error::guard(|| self.flatten(self.expect_with_state(event)?.state_before))
+    }
+
+    /// An event's record, when the event has state: neither unknown nor an outlier.
+    #[doc(hidden)]
+    fn expect_with_state(&self, event: EventNid) -> Result<EventRecord> {
+        let record = self.expect_event(event)?;
+        if self.outlier_in(record.room, event)? {
+            return Err(Error::Outlier(event));
+        }
+        Ok(record)
+    }
+
+    /// Whether a stored event is an outlier: stored with its JSON and auth events, but no state,
+    /// and outside its room's timeline. `false` for an event the store does not hold.
+    fn is_outlier(&self, event: EventNid) -> Result<bool> {
+        crate::error::guard(|| match self.event(event)? {
+            Some(record) => self.outlier_in(record.room, event),
+            None => Ok(false),
+        })
+    }
+
+    #[doc(hidden)]
+    fn outlier_in(&self, room: RoomNid, event: EventNid) -> Result<bool> {
+        let table = self.txn().open(tables::OUTLIERS)?;
+        Ok(table.get((room.get(), event.get()))?.is_some())
+    }
+
+    /// A room's outliers, by NID.
+    fn outliers(&self, room: RoomNid) -> Result<Vec<EventNid>> {
+        crate::error::guard(|| {
+            let table = self.txn().open(tables::OUTLIERS)?;
+            let r = room.get();
+            table
+                .range((r, 0)..=(r, u64::MAX))?
+                .map(|row| {
+                    let (key, _) = row?;
+                    let (_, event) = key.value();
+                    EventNid::new(event)
+                        .ok_or_else(|| Error::corrupt("outliers", format!("({r}, 0)"), "zero NID"))
+                })
+                .collect()
+        })
+    }
+
+    /// The auth chain of `events` (the answer to federation's `/event_auth`, and with the state
+    /// IDs of `/state_ids` or `send_join`): every stored event reachable from them through
+    /// `auth_events`, each once, each after its own auth events. The given events themselves
+    /// are in it only when another of them names them.
+    fn auth_chain(&self, events: &[EventNid]) -> Result<Vec<EventNid>> {
+        crate::error::guard(|| crate::store::auth_chain::auth_chain(self.txn(), events))
+    }
+
+    /// The servers with a member joined to a room in its current state, sorted: who to send
+    /// the room's new events to.
+    fn joined_servers(&self, room: RoomNid) -> Result<Vec<String>> {
+        crate::error::guard(|| {
+            let mut servers = std::collections::BTreeSet::new();
+            for (user, _) in self.members(room, Some(Membership::Join))? {
+                let user = self.state_key(user)?;
+                // A user ID is `@localpart:server`; the server name may hold a port's colon.
+                if let Some((_, server)) = user.split_once(':') {
+                    servers.insert(server.to_owned());
+                }
+            }
+            Ok(servers.into_iter().collect())
+        })
     }
 
     /// The state after an event: the state before it, plus its own entry when it is a state
     /// event that was not rejected.
     fn state_after(&self, event: EventNid) -> Result<StateMap> {
         crate::error::guard(|| {
-            let record = self.expect_event(event)?;
+            let record = self.expect_with_state(event)?;
             let before = self.flatten(record.state_before)?;
             Ok(match record.sets() {
                 Some(key) => {
@@ -369,7 +435,7 @@ pub trait StoreRead: sealed::Sealed {
         after: bool,
     ) -> Result<Option<Membership>> {
         crate::error::guard(|| {
-            let record = self.expect_event(event)?;
+            let record = self.expect_with_state(event)?;
             if after && record.sets() == Some(StateKey::new(TypeNid::MEMBER, user)) {
                 return Ok(record.membership);
             }

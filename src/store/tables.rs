@@ -65,9 +65,15 @@ pub(crate) const ROOM_EVENTS: TableDefinition<(u64, u64), u64> =
 /// accepted event has no row.
 pub(crate) const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
 
+/// (room NID, event NID) for every outlier: an event stored with its JSON and auth events but
+/// no state, outside its room's timeline. Its record's state before is the empty snapshot.
+pub(crate) const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("outliers");
+
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
-/// Version 2 lacks [`OUTCOMES`]; opening such a store adds the table and moves it to 3.
-pub(crate) const SCHEMA_VERSION: u64 = 3;
-/// The earlier schema that opening upgrades in place.
+/// Version 2 lacks [`OUTCOMES`] and [`OUTLIERS`], version 3 lacks [`OUTLIERS`]; opening such a
+/// store adds the tables (empty) and moves it to 4.
+pub(crate) const SCHEMA_VERSION: u64 = 4;
+/// The earlier schemas that opening upgrades in place.
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
+pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";

@@ -7,6 +7,7 @@ use crate::engine::resolve::StateMap;
 use crate::engine::snapshot::BlockRef;
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
+use crate::store::Serials;
 use crate::store::intern;
 use crate::store::purge::Purged;
 use crate::store::read::StoreRead;
@@ -15,15 +16,19 @@ use crate::store::refs::Collected;
 use crate::store::writer::Writer;
 use redb::Durability;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// The one write transaction. Dropping it without [`commit`](WriteTxn::commit) aborts it: none of
 /// its writes become visible.
 pub struct WriteTxn {
     pub(super) tx: redb::WriteTransaction,
+    pub(super) serial: u64,
+    pub(super) serials: Arc<Serials>,
     pub(super) policy: Arc<dyn WritePolicy>,
     pub(super) counts: WriteCounts,
-    /// A write failed inside redb (see [`WriteTxn::guarded`]).
-    pub(super) poisoned: bool,
+    /// Why the transaction may hold half an operation and must not commit: a write failed
+    /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
+    pub(super) poisoned: Option<String>,
     pub(super) block_cache: Arc<BlockCache>,
 }
 
@@ -220,8 +225,8 @@ impl WriteTxn {
         })
     }
 
-    /// Deletes a room and everything only it used: its events (records, JSON and event IDs),
-    /// its membership rows, its room record, and the snapshots and blocks no other room shares.
+    /// Deletes a room and everything only it used: its events and outliers (records, JSON and
+    /// event IDs), its membership rows, its room record, and the snapshots and blocks no other room shares.
     /// The space returns to the file system at the next [`Store::compact`](crate::Store::compact).
     pub fn purge_room(&mut self, room: RoomNid) -> Result<Purged> {
         self.guarded(|this| this.writer().purge_room(room))
@@ -240,19 +245,37 @@ impl WriteTxn {
     fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let result = crate::error::guard(|| f(self));
         if let Err(Error::Damaged(_)) = &result {
-            self.poisoned = true;
+            self.poison("an earlier write of this transaction failed inside redb".into());
         }
         result
     }
 
     /// Makes every write of this transaction visible and (by default) durable, all at once.
     pub fn commit(self) -> Result<()> {
-        if self.poisoned {
-            return Err(Error::Damaged(
-                "an earlier write of this transaction failed inside redb; it cannot commit".into(),
-            ));
+        if let Some(why) = self.poisoned {
+            return Err(Error::Poisoned(why));
         }
-        crate::error::guard(|| Ok(self.tx.commit()?))
+        let (serial, serials) = (self.serial, Arc::clone(&self.serials));
+        crate::error::guard(|| Ok(self.tx.commit()?))?;
+        serials.committed.store(serial, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Marks the transaction as holding half an operation: [`commit`](Self::commit) refuses.
+    pub(crate) fn poison(&mut self, why: String) {
+        self.poisoned.get_or_insert(why);
+    }
+
+    /// Whether what transaction `serial` of the same store wrote is visible to this one: it is
+    /// this transaction, or the last one committed before it.
+    pub(crate) fn sees_writes_of(&self, serials: &Arc<Serials>, serial: u64) -> bool {
+        Arc::ptr_eq(serials, &self.serials)
+            && (serial == self.serial || serial == self.serials.committed.load(Ordering::Relaxed))
+    }
+
+    /// This transaction's store and serial, for [`sees_writes_of`](Self::sees_writes_of).
+    pub(crate) fn serial(&self) -> (Arc<Serials>, u64) {
+        (Arc::clone(&self.serials), self.serial)
     }
 
     /// Discards every write of this transaction.

@@ -71,6 +71,7 @@ pub(crate) struct Writer<'t> {
     membership: Option<Table<'t, (u64, u64), u8>>,
     user_rooms: Option<Table<'t, (u64, u64), ()>>,
     room_events: Option<Table<'t, (u64, u64), u64>>,
+    outliers: Option<Table<'t, (u64, u64), ()>>,
     snapshot_refs: Option<Table<'t, u64, u64>>,
     block_refs: Option<Table<'t, u128, u64>>,
     unreferenced_snapshots: Option<Table<'t, u64, ()>>,
@@ -132,6 +133,7 @@ impl<'t> Writer<'t> {
             membership: None,
             user_rooms: None,
             room_events: None,
+            outliers: None,
             snapshot_refs: None,
             block_refs: None,
             unreferenced_snapshots: None,
@@ -151,6 +153,7 @@ impl<'t> Writer<'t> {
     table!(membership, tables::MEMBERSHIP, (u64, u64), u8);
     table!(user_rooms, tables::USER_ROOMS, (u64, u64), ());
     table!(room_events, tables::ROOM_EVENTS, (u64, u64), u64);
+    table!(outliers, tables::OUTLIERS, (u64, u64), ());
     table!(snapshot_refs, tables::SNAPSHOT_REFS, u64, u64);
     table!(block_refs, tables::BLOCK_REFS, u128, u64);
     table!(
@@ -491,11 +494,6 @@ impl<'t> Writer<'t> {
         Ok(self.event_ref(event)?.cloned())
     }
 
-    /// The room of a stored event, without copying its record out of the cache.
-    pub fn event_room(&mut self, event: EventNid) -> Result<Option<RoomNid>> {
-        Ok(self.event_ref(event)?.map(|r| r.room))
-    }
-
     fn event_ref(&mut self, event: EventNid) -> Result<Option<&EventRecord>> {
         if !self.cache.events.contains_key(&event) {
             let record: Option<EventRecord> = {
@@ -589,6 +587,12 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
+    /// Forgets why an event was rejected: it has been received again, and accepted.
+    pub fn clear_rejection(&mut self, event: EventNid) -> Result<()> {
+        self.outcomes()?.remove(event.get())?;
+        Ok(())
+    }
+
     pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
         self.event_json()?.insert(event.get(), json)?;
         Ok(())
@@ -601,6 +605,22 @@ impl<'t> Writer<'t> {
                 .map_err(|e| Error::corrupt("event_json", event, e))
         })
         .transpose()
+    }
+
+    /// Marks a stored event of `room` as an outlier (`true`) or as part of the room's timeline.
+    pub fn set_outlier(&mut self, room: RoomNid, event: EventNid, outlier: bool) -> Result<()> {
+        let key = (room.get(), event.get());
+        if outlier {
+            self.outliers()?.insert(key, ())?;
+        } else {
+            self.outliers()?.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a stored event of `room` is an outlier.
+    pub fn is_outlier(&mut self, room: RoomNid, event: EventNid) -> Result<bool> {
+        Ok(self.outliers()?.get((room.get(), event.get()))?.is_some())
     }
 
     pub fn add_room_event(&mut self, room: RoomNid, seq: u64, event: EventNid) -> Result<()> {

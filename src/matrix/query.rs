@@ -1,0 +1,132 @@
+//! The questions other servers and a homeserver's own clients ask of a room, answered from a
+//! read (or write) transaction: the state after a set of events, `/state_ids`, a user's
+//! membership at an event. The auth chain and the joined servers are the store's own reads
+//! ([`StoreRead::auth_chain`], [`StoreRead::joined_servers`]).
+
+use crate::engine::resolve::{StateMap, combine_maps};
+use crate::error::{Error, Result};
+use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
+use crate::nid::{EventNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::store::StoreRead;
+use crate::store::membership::Membership;
+use crate::store::record::EventRecord;
+
+/// The state after `events` together (Dendrite's `QueryStateAfterEvents`, what a server needs
+/// to send an event whose prev events are these): the state after the one event, or the
+/// states after several combined, with their conflicts settled by `resolver`.
+///
+/// `Error::StateResolution` when the resolver leaves a conflict unsettled;
+/// [`Error::Outlier`] when one of the events has no state.
+pub fn state_after_events<T: StoreRead>(
+    rx: &T,
+    resolver: &mut impl StateResolver,
+    events: &[EventNid],
+) -> Result<StateMap> {
+    let Some(&first) = events.first() else {
+        return Ok(StateMap::default());
+    };
+    let mut states = Vec::with_capacity(events.len());
+    for e in events {
+        let state = rx.state_after(*e)?;
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    if let [one] = states.as_slice() {
+        return Ok(one.clone());
+    }
+    let combined = combine_maps(&states);
+    if combined.conflicted.is_empty() {
+        return Ok(combined.unconflicted);
+    }
+    let record = rx.expect_event(first)?;
+    let room_version = rx
+        .room(record.room)?
+        .ok_or(Error::UnknownRoom(record.room))?
+        .version;
+    let event_id = rx.event_id(first)?;
+    let request = ResolveRequest {
+        room: record.room,
+        room_version: &room_version,
+        event_id: &event_id,
+        states: &states,
+        combined: &combined,
+    };
+    resolver
+        .resolve(&request, &mut ReadSource(rx))?
+        .ok_or_else(|| {
+            Error::StateResolution(format!(
+                "{} conflicted key(s) left unsettled by the resolver",
+                combined.conflicted.len()
+            ))
+        })
+}
+
+/// The answer to `/state_ids` for an event: the event IDs of the state before it, and of that
+/// state's auth chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateIds {
+    /// The state before the event, sorted by (type, state key).
+    pub pdu_ids: Vec<EventNid>,
+    /// Every event reachable from the state through `auth_events`, auth events first.
+    pub auth_chain_ids: Vec<EventNid>,
+}
+
+/// The state before `event` and its auth chain (`/state_ids`; `send_join` answers the same for
+/// the state before the join, with the events' JSON).
+pub fn state_ids<T: StoreRead>(rx: &T, event: EventNid) -> Result<StateIds> {
+    let state = rx.state_before(event)?;
+    let pdu_ids: Vec<EventNid> = state.entries().iter().map(|e| e.event).collect();
+    let auth_chain_ids = rx.auth_chain(&pdu_ids)?;
+    Ok(StateIds {
+        pdu_ids,
+        auth_chain_ids,
+    })
+}
+
+/// A user's membership at an event: in the state before it, or after it with `after`.
+/// `None` when the state holds no membership for the user (or the store does not know them).
+pub fn membership_at<T: StoreRead>(
+    rx: &T,
+    event: EventNid,
+    user_id: &str,
+    after: bool,
+) -> Result<Option<Membership>> {
+    match rx.state_key_nid(user_id)? {
+        Some(user) => rx.membership_at(event, user, after),
+        None => Ok(None),
+    }
+}
+
+/// A read transaction as a resolver's source.
+struct ReadSource<'a, T>(&'a T);
+
+impl<T: StoreRead> StateSource for ReadSource<'_, T> {
+    fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
+        self.0.event(event)
+    }
+    fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
+        self.0.lookup(snapshot, key)
+    }
+    fn event_id(&mut self, event: EventNid) -> Result<String> {
+        self.0.event_id(event)
+    }
+    fn event_json(&mut self, event: EventNid) -> Result<Option<String>> {
+        self.0.event_json(event)
+    }
+    fn event_nid(&mut self, event_id: &str) -> Result<Option<EventNid>> {
+        self.0.event_nid(event_id)
+    }
+    fn event_type(&mut self, ty: TypeNid) -> Result<String> {
+        self.0.event_type(ty)
+    }
+    fn state_key(&mut self, key: StateKeyNid) -> Result<String> {
+        self.0.state_key(key)
+    }
+    fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>> {
+        self.0.state_key_nid(state_key)
+    }
+    fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>> {
+        self.0.type_nid(event_type)
+    }
+}
