@@ -56,6 +56,8 @@ pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 pub use engine::source::{BlockSource, Resolver, SnapshotSource};
 pub use error::{Error, Result, StringKind};
+pub use matrix::roomserver::{InputEvent, InputKind, InputOutcome, Missing, Received, RoomServer};
+pub use matrix::stateres::MatrixResolver;
 pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 pub use policy::{Conduit, Dendrite, Full, Layer, Plan, Synapse, Tiered, WritePolicy};

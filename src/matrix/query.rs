@@ -1,7 +1,7 @@
 //! The questions other servers and a homeserver's own clients ask of a room, answered from a
 //! read (or write) transaction: the state after a set of events, `/state_ids`, a user's
-//! membership at an event. The auth chain and the joined servers are the store's own reads
-//! ([`StoreRead::auth_chain`], [`StoreRead::joined_servers`]).
+//! membership at an event, the auth chain of events. The joined servers are the store's own
+//! read ([`StoreRead::joined_servers`]).
 
 use crate::engine::resolve::{StateMap, combine_maps};
 use crate::error::{Error, Result};
@@ -72,12 +72,57 @@ pub struct StateIds {
     pub auth_chain_ids: Vec<EventNid>,
 }
 
+/// The auth chain of `events` (federation's `/event_auth`, and the `auth_chain` of a
+/// `send_join` answer): every stored event reachable from them through `auth_events`, each once,
+/// each after its own auth events. In room versions whose room ID names the create event (12
+/// on), events leave it out of `auth_events`; it is in their auth chain all the same, first.
+pub fn auth_chain<T: StoreRead>(rx: &T, events: &[EventNid]) -> Result<Vec<EventNid>> {
+    let mut chain = rx.auth_chain(events)?;
+    let mut implied = Vec::new();
+    for &event in events {
+        let Some(create) = implied_create(rx, event)? else {
+            continue;
+        };
+        if create != event && !implied.contains(&create) && !chain.contains(&create) {
+            implied.push(create);
+        }
+    }
+    if !implied.is_empty() {
+        implied.append(&mut chain);
+        chain = implied;
+    }
+    Ok(chain)
+}
+
+/// The create event an event's room ID names, when the room's ID is its create event's hash.
+fn implied_create<T: StoreRead>(rx: &T, event: EventNid) -> Result<Option<EventNid>> {
+    let record = rx.expect_event(event)?;
+    let room_id = rx.room_id(record.room)?;
+    if room_id.contains(':') {
+        return Ok(None);
+    }
+    let Some(create) = room_id
+        .strip_prefix('!')
+        .map(|hash| rx.event_nid(&format!("${hash}")))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let is_create = rx.event(create)?.is_some_and(|r| {
+        r.event_type == TypeNid::CREATE
+            && r.state_key == Some(StateKeyNid::EMPTY)
+            && r.room == record.room
+    });
+    Ok(is_create.then_some(create))
+}
+
 /// The state before `event` and its auth chain (`/state_ids`; `send_join` answers the same for
 /// the state before the join, with the events' JSON).
 pub fn state_ids<T: StoreRead>(rx: &T, event: EventNid) -> Result<StateIds> {
     let state = rx.state_before(event)?;
     let pdu_ids: Vec<EventNid> = state.entries().iter().map(|e| e.event).collect();
-    let auth_chain_ids = rx.auth_chain(&pdu_ids)?;
+    let auth_chain_ids = auth_chain(rx, &pdu_ids)?;
     Ok(StateIds {
         pdu_ids,
         auth_chain_ids,
