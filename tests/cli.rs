@@ -1196,3 +1196,130 @@ fn a_bad_line_says_what_was_kept_and_a_rerun_finishes() {
     let stored = format!("events        {}", lines.len() - 4);
     assert!(run.stdout.contains(&stored), "{}", run.stdout);
 }
+
+/// A join as federation delivers it, written as envelope lines: the `state-ids` answer of the
+/// full store as outliers (auth chain first), the joining event with its state, then the rest of
+/// the history as bare PDUs. The joined store then answers like the full one.
+#[test]
+fn a_join_through_envelope_lines_and_the_federation_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (path, lines) = gen_hq(d);
+    roomstate(d, &["--db", "full.redb", "ingest", path_str(&path)], None).ok();
+    let k = lines.len() / 2;
+    let k_id = event_id(&lines[k]);
+    let answer = roomstate(
+        d,
+        &["--db", "full.redb", "state-ids", "--event", &k_id],
+        None,
+    )
+    .ok()
+    .json();
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (pdu_ids, chain) = (list(&answer["pdu_ids"]), list(&answer["auth_chain_ids"]));
+    assert!(!pdu_ids.is_empty() && !chain.is_empty());
+    let by_id: BTreeMap<String, &String> = lines.iter().map(|l| (event_id(l), l)).collect();
+    let mut input = String::new();
+    let mut outliers = chain.clone();
+    outliers.extend(pdu_ids.iter().filter(|id| !chain.contains(id)).cloned());
+    for id in &outliers {
+        input += &format!("{{\"kind\":\"outlier\",\"event\":{}}}\n", by_id[id]);
+    }
+    let state = serde_json::to_string(&pdu_ids).unwrap();
+    input += &format!(
+        "{{\"kind\":\"new\",\"event\":{},\"state_before\":{state}}}\n",
+        lines[k]
+    );
+    for line in &lines[k + 1..] {
+        input += line;
+        input += "\n";
+    }
+    roomstate(
+        d,
+        &["--db", "join.redb", "ingest", "-"],
+        Some(input.into_bytes()),
+    )
+    .ok();
+
+    // Outliers print without a state; the rest as before.
+    let states = roomstate(d, &["--db", "join.redb", "states", "--room", HQ_ROOM], None).ok();
+    let printed: Vec<Value> = states
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outlier_lines: Vec<&Value> = printed
+        .iter()
+        .filter(|v| v["outcome"] == "outlier")
+        .collect();
+    assert_eq!(
+        outlier_lines.len(),
+        outliers.len(),
+        "none of them came again as new"
+    );
+    assert!(
+        outlier_lines
+            .iter()
+            .all(|v| v.get("state_before").is_none())
+    );
+    assert_eq!(printed.len(), outliers.len() + lines.len() - k);
+    for line in lines[k..].iter().step_by(97).chain(lines.last()) {
+        let id = event_id(line);
+        let state = |db: &str| {
+            printed_state(
+                &roomstate(d, &["--db", db, "state", "--event", &id], None)
+                    .ok()
+                    .json(),
+            )
+        };
+        assert_eq!(state("join.redb"), state("full.redb"), "{id}");
+    }
+    // Lists of event IDs compare as sets: their order follows each store's NIDs.
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Array(a) if a.iter().all(Value::is_string) => {
+                let mut a = a;
+                a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+                Value::Array(a)
+            }
+            Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, sorted(v))).collect()),
+            other => other,
+        }
+    }
+    let same = |args: &[&str]| {
+        let run = |db: &str| {
+            let mut all = vec!["--db", db];
+            all.extend_from_slice(args);
+            sorted(roomstate(d, &all, None).ok().json())
+        };
+        let joined = run("join.redb");
+        assert_eq!(joined, run("full.redb"), "{args:?}");
+        joined
+    };
+    let servers = same(&["servers", "--room", HQ_ROOM]);
+    assert!(!servers.as_array().unwrap().is_empty());
+    let last = event_id(lines.last().unwrap());
+    same(&["state-after", &last]);
+    same(&["state-ids", "--event", &last]);
+    same(&["auth-chain", &last]);
+    let sender: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let sender = sender["sender"].as_str().unwrap();
+    let m = same(&["membership", "--user", sender, "--event", &last]);
+    assert_eq!(m["membership"], "join");
+    roomstate(d, &["--db", "join.redb", "check"], None).ok();
+
+    // A kind that is not one, and state with an outlier: bad lines that say so.
+    let bad = format!("{{\"kind\":\"sideways\",\"event\":{}}}\n", lines[k]);
+    roomstate(
+        d,
+        &["--db", "join.redb", "ingest", "-"],
+        Some(bad.into_bytes()),
+    )
+    .fails(1, "error: -: line 1: unknown kind \"sideways\"");
+}

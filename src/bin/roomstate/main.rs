@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod failure;
+mod federation;
 mod maintain;
 mod names;
 mod plot;
@@ -118,6 +119,44 @@ enum Command {
         /// The user ID.
         #[arg(long)]
         user: String,
+    },
+    /// Print the auth chain of events as a JSON list, auth events first (federation's
+    /// `/event_auth`, and a `send_join` answer's `auth_chain`).
+    AuthChain {
+        /// The events.
+        #[arg(required = true)]
+        events: Vec<String>,
+    },
+    /// Print the state before an event and its auth chain, as event IDs (`/state_ids`).
+    StateIds {
+        /// The event.
+        #[arg(long)]
+        event: String,
+    },
+    /// Print the state after a set of events together, resolved where they disagree: the
+    /// state an event with these prev events starts from.
+    StateAfter {
+        /// The events.
+        #[arg(required = true)]
+        events: Vec<String>,
+    },
+    /// List the servers with members joined to a room.
+    Servers {
+        /// The room.
+        #[arg(long)]
+        room: String,
+    },
+    /// Print a user's membership at an event: in the state before it, or after it.
+    Membership {
+        /// The user ID.
+        #[arg(long)]
+        user: String,
+        /// The event.
+        #[arg(long)]
+        event: String,
+        /// After the event rather than before it.
+        #[arg(long)]
+        after: bool,
     },
     /// Print an event's stored JSON.
     Event {
@@ -376,6 +415,13 @@ fn run_query(rx: &roomstate::ReadTxn, command: Command, out: &mut impl Write) ->
         Command::Diff { a, b } => query::diff(rx, &a, &b, out),
         Command::Members { room, membership } => query::members(rx, &room, membership, out),
         Command::Rooms { user } => query::rooms(rx, &user, out),
+        Command::AuthChain { events } => federation::auth_chain(rx, &events, out),
+        Command::StateIds { event } => federation::state_ids(rx, &event, out),
+        Command::StateAfter { events } => federation::state_after(rx, &events, out),
+        Command::Servers { room } => federation::servers(rx, &room, out),
+        Command::Membership { user, event, after } => {
+            federation::membership(rx, &user, &event, after, out)
+        }
         Command::Event { id, outcome } => query::event(rx, &id, outcome, out),
         Command::Stats { json } => query::stats(rx, json, out),
         Command::Check => query::check(rx, out),

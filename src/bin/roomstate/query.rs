@@ -41,6 +41,16 @@ pub fn state_of_room(rx: &ReadTxn, id: &str, out: &mut impl Write) -> CliResult 
 pub fn states(rx: &ReadTxn, id: &str, out: &mut impl Write) -> CliResult {
     let room = room_nid(rx, id)?;
     let mut names = Names::default();
+    // Outliers first: they have no state, and no place in the timeline.
+    for event in rx.outliers(room)? {
+        let event_id =
+            serde_json::to_string(&names.event_id(rx, event)?).map_err(std::io::Error::from)?;
+        writeln!(
+            out,
+            "{{\"event_id\":{event_id},{}}}",
+            outcome_fields(rx, event)?
+        )?;
+    }
     let mut last: Option<(SnapshotNid, String)> = None;
     for event in rx.room_events(room)? {
         let before = rx.expect_event(event)?.state_before;
@@ -142,7 +152,11 @@ fn outcome_fields(rx: &ReadTxn, event: EventNid) -> CliResult<String> {
     let outcome = rx
         .event_outcome(event)?
         .ok_or(roomstate::Error::UnknownEvent(event))?;
-    let mut fields = format!("\"outcome\":\"{}\"", outcome.name());
+    let name = match &outcome {
+        roomstate::EventOutcome::Accepted if rx.is_outlier(event)? => "outlier",
+        other => other.name(),
+    };
+    let mut fields = format!("\"outcome\":\"{name}\"");
     if let Some(why) = outcome.rejection() {
         let reason = serde_json::to_string(&why.to_string()).map_err(std::io::Error::from)?;
         fields.push_str(&format!(",\"reason\":{reason}"));
