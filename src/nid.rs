@@ -203,3 +203,6 @@ impl std::hash::Hasher for NidHasher {
 
 /// A `HashSet` of NIDs with [`NidHasher`].
 pub type NidSet<T> = std::collections::HashSet<T, std::hash::BuildHasherDefault<NidHasher>>;
+
+/// A `HashMap` keyed by NIDs, with [`NidHasher`].
+pub type NidMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<NidHasher>>;

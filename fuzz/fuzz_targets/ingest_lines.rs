@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
     .expect("bad lines are skipped");
     assert_eq!(
-        report.events + report.bad_lines + blank_lines(text),
+        report.events + report.duplicates + report.bad_lines + blank_lines(text),
         report.lines
     );
     let check = store.read().expect("read").check().expect("check runs");

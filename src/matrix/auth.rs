@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::matrix::event::{FirstError, Pdu};
 use crate::matrix::resolver::StateSource;
 use crate::nid::TypeNid;
-use crate::nid::{EventNid, SnapshotNid, StateKey};
+use crate::nid::{EventNid, NidMap, SnapshotNid, StateKey};
 use crate::store::record::EventRecord;
 use crate::store::record::{AuthStep, Rejection};
 use ruma_common::room_version_rules::AuthorizationRules;
@@ -32,7 +32,6 @@ use ruma_state_res::{
 };
 use serde_json::value::RawValue;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Parsed events are dropped wholesale past this many, which bounds the cache at a few tens of
@@ -52,10 +51,13 @@ pub(crate) fn rules_for(version: &str) -> std::result::Result<AuthorizationRules
 /// [`rolled_back`](Self::rolled_back) when the writes it read are undone.
 #[derive(Debug, Default)]
 pub(crate) struct Authorizer {
-    parsed: HashMap<EventNid, Arc<Pdu>>,
+    parsed: NidMap<EventNid, Arc<Pdu>>,
     /// Lookups in the last state asked about: consecutive events mostly share their state
     /// before (the messages after a state event), and its create event and power levels.
-    looked_up: (Option<SnapshotNid>, HashMap<StateKey, Option<EventNid>>),
+    looked_up: (Option<SnapshotNid>, NidMap<StateKey, Option<EventNid>>),
+    /// The room versions of rooms without a timeline yet, by create event: every outlier of a
+    /// join asks.
+    pub(crate) versions: NidMap<EventNid, String>,
 }
 
 /// The event being received, and where to judge it from.
@@ -78,6 +80,7 @@ impl Authorizer {
     pub(crate) fn rolled_back(&mut self) {
         self.parsed.clear();
         self.looked_up.1.clear();
+        self.versions.clear();
     }
 
     /// `None` when the event passes every check; otherwise the first step it fails and the
@@ -91,7 +94,7 @@ impl Authorizer {
             self.parsed.clear();
         }
         if self.looked_up.0 != incoming.before || self.looked_up.1.len() > PARSED_HELD {
-            self.looked_up = (incoming.before, HashMap::new());
+            self.looked_up = (incoming.before, NidMap::default());
         }
         let events = Events {
             room_id: incoming.pdu.room_id.clone(),
@@ -119,11 +122,11 @@ struct Events<'a> {
     /// The incoming event's room, which every event the rules fetch belongs to.
     room_id: Option<OwnedRoomId>,
     /// Lookups in the incoming event's state before.
-    looked_up: RefCell<&'a mut HashMap<StateKey, Option<EventNid>>>,
+    looked_up: RefCell<&'a mut NidMap<StateKey, Option<EventNid>>>,
     /// The incoming event's auth events, already interned: found without a B-tree lookup.
     known: Vec<(&'a str, EventNid)>,
     source: RefCell<&'a mut dyn StateSource>,
-    parsed: RefCell<&'a mut HashMap<EventNid, Arc<Pdu>>>,
+    parsed: RefCell<&'a mut NidMap<EventNid, Arc<Pdu>>>,
     error: FirstError,
 }
 

@@ -8,7 +8,7 @@ use crate::matrix::auth::{Authorizer, Incoming, rules_for};
 use crate::matrix::event::Pdu;
 use crate::matrix::pdu::{EventRef, Loose, Parsed, parse};
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
-use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::nid::{EventNid, NidMap, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
 use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
 use crate::store::{EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
@@ -191,8 +191,9 @@ fn check(
     w: &mut Writer<'_>,
     p: &Parsed<'_>,
     req: &Request<'_>,
-    trusted: bool,
+    auth: Option<&mut Authorizer>,
 ) -> Checking<Checked> {
+    let trusted = auth.is_none();
     let room_nid = w.lookup_nid(ROOM, &p.room_id)?.and_then(RoomNid::new);
     let room = match room_nid {
         Some(nid) => w.room(nid)?.map(|r| (nid, r)),
@@ -221,7 +222,7 @@ fn check(
     }
     let version = match &room {
         Some((_, record)) => Some(record.version.clone()),
-        None => match version_from_create(w, p)? {
+        None => match version_from_create(w, p, auth.map(|a| &mut a.versions))? {
             Ok(version) => version,
             Err(implied) if !trusted => {
                 missing.push(implied);
@@ -308,6 +309,7 @@ fn check_prevs(
 fn version_from_create(
     w: &mut Writer<'_>,
     p: &Parsed<'_>,
+    mut known: Option<&mut NidMap<EventNid, String>>,
 ) -> Result<std::result::Result<Option<String>, String>> {
     if p.is_create() {
         return Ok(Ok(Some(declared_version(&p.content))));
@@ -324,11 +326,18 @@ fn version_from_create(
         if record.event_type != TypeNid::CREATE || record.state_key != Some(StateKeyNid::EMPTY) {
             continue;
         }
+        if let Some(version) = known.as_deref().and_then(|k| k.get(&nid)) {
+            return Ok(Ok(Some(version.clone())));
+        }
         let Some(json) = w.event_json_text(nid)? else {
             continue;
         };
         if let Ok(create) = parse(json.as_bytes()) {
-            return Ok(Ok(Some(declared_version(&create.content))));
+            let version = declared_version(&create.content);
+            if let Some(known) = known.as_deref_mut() {
+                known.insert(nid, version.clone());
+            }
+            return Ok(Ok(Some(version)));
         }
     }
     Ok(match implied {
@@ -420,7 +429,8 @@ pub(crate) fn receive<R: StateResolver>(
         }
         upgrade = Some(nid);
     }
-    let checked = match check(w, &parsed, req, auth.is_none())? {
+    let mut auth = auth;
+    let checked = match check(w, &parsed, req, auth.as_deref_mut())? {
         Ok(checked) => checked,
         Err(Refusal::Missing(missing)) => {
             return Ok(Verdict::Missing {

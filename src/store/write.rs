@@ -88,7 +88,13 @@ macro_rules! get_or_create {
 
 impl WriteTxn {
     pub(crate) fn writer(&mut self) -> Writer<'_> {
-        Writer::new(&self.tx, &*self.policy, &mut self.counts, &self.block_cache)
+        Writer::new(
+            &self.tx,
+            &mut self.poisoned,
+            &*self.policy,
+            &mut self.counts,
+            &self.block_cache,
+        )
     }
 
     get_or_create!(
@@ -261,8 +267,7 @@ impl WriteTxn {
         Ok(())
     }
 
-    /// Marks the transaction as holding half an operation: [`commit`](Self::commit) refuses.
-    pub(crate) fn poison(&mut self, why: String) {
+    fn poison(&mut self, why: String) {
         self.poisoned.get_or_insert(why);
     }
 

@@ -12,6 +12,7 @@ use crate::engine::{
     MAX_CHAIN, all_blocks, load, load_refs, lookup_lazily, snapshot_chain, snapshot_chain_and_len,
 };
 use crate::error::{Error, Result};
+use crate::nid::NidMap;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::store::WriteCounts;
 use crate::store::codec;
@@ -55,6 +56,8 @@ fn layout(
 
 pub(crate) struct Writer<'t> {
     tx: &'t WriteTransaction,
+    /// The transaction's reason not to commit, set through [`Writer::poison`].
+    poisoned: &'t mut Option<String>,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
     block_cache: &'t BlockCache,
@@ -84,9 +87,9 @@ pub(crate) struct Writer<'t> {
 #[derive(Default)]
 struct Cache {
     nids: [HashMap<Box<str>, u64>; 4],
-    events: HashMap<EventNid, EventRecord>,
-    afters: HashMap<EventNid, SnapshotNid>,
-    rooms: HashMap<RoomNid, RoomRecord>,
+    events: NidMap<EventNid, EventRecord>,
+    afters: NidMap<EventNid, SnapshotNid>,
+    rooms: NidMap<RoomNid, RoomRecord>,
 }
 
 fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
@@ -111,12 +114,14 @@ macro_rules! table {
 impl<'t> Writer<'t> {
     pub fn new(
         tx: &'t WriteTransaction,
+        poisoned: &'t mut Option<String>,
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
         block_cache: &'t BlockCache,
     ) -> Self {
         Writer {
             tx,
+            poisoned,
             policy,
             counts,
             block_cache,
@@ -163,6 +168,11 @@ impl<'t> Writer<'t> {
         ()
     );
     table!(unreferenced_blocks, tables::UNREFERENCED_BLOCKS, u128, ());
+
+    /// Marks the transaction as holding half an operation: its commit refuses, saying `why`.
+    pub(crate) fn poison(&mut self, why: String) {
+        self.poisoned.get_or_insert(why);
+    }
 
     /// The NIDs of `strings`, interning the new ones.
     pub fn intern(&mut self, kind: Kind, strings: &[&str]) -> Result<Vec<u64>> {

@@ -395,7 +395,7 @@ fn median(times: &mut [u64]) -> u64 {
 }
 
 /// The process's peak resident set (VmHWM), or 0 where /proc does not say.
-fn peak_rss() -> u64 {
+pub fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod failure;
 mod federation;
+mod join;
 mod maintain;
 mod names;
 mod plot;
@@ -189,9 +190,10 @@ enum Command {
         /// Print one JSON object per policy.
         #[arg(long)]
         json: bool,
-        /// The history's shape.
+        /// The history's shape: hq, many or forky; or `join`, the cost of joining the `hq` room
+        /// over federation (its state and auth chain as outliers, then the join).
         #[arg(long, default_value = "hq")]
-        workload: Workload,
+        workload: String,
         /// `small` (seconds, for CI) or `full` (hq at 100,000 members and 200,000 state events).
         #[arg(long, value_enum, default_value_t = Scale::Small)]
         scale: Scale,
@@ -201,6 +203,9 @@ enum Command {
         /// Measure one policy in this process (used by the bench itself).
         #[arg(long, hide = true, value_name = "POLICY")]
         one: Option<String>,
+        /// Receive this `send_join` answer as the joining server (used by the join bench).
+        #[arg(long, hide = true, value_name = "FILE")]
+        join_input: Option<PathBuf>,
     },
     /// Write a synthetic history as JSON lines to standard output.
     Gen {
@@ -354,12 +359,20 @@ fn run(cli: Cli) -> CliResult {
             scale,
             plot,
             one,
+            join_input,
         } => {
             let scale = match scale {
                 Scale::Tiny => bench::Scale::Tiny,
                 Scale::Small => bench::Scale::Small,
                 Scale::Full => bench::Scale::Full,
             };
+            if let Some(answer) = join_input {
+                return join::receive(&answer);
+            }
+            if workload == "join" {
+                return join::run(scale, json);
+            }
+            let workload: Workload = workload.parse().map_err(Failure::User)?;
             match one {
                 Some(policy) => bench::run_one(&policy, workload, scale),
                 None => bench::run(workload, scale, json, plot.as_deref()),
