@@ -951,6 +951,40 @@ fn bench_reports_every_policy_as_json() {
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
 }
 
+/// The join bench at its smallest: every figure present, and the outliers the state and its
+/// auth chain, each once.
+#[test]
+fn bench_join_reports_the_joining_servers_figures() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomstate"))
+        .args(["bench", "--workload", "join", "--scale", "tiny", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |k: &str| {
+        figures[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {figures}"))
+    };
+    assert!(n("state_entries") > 50.0);
+    assert!(n("outliers") >= n("state_entries"));
+    assert!(n("outliers") <= n("state_entries") + n("auth_chain_events"));
+    for k in [
+        "outliers_ms",
+        "join_ms",
+        "total_ms",
+        "peak_rss_bytes",
+        "state_ids_ms",
+        "auth_chain_ms",
+    ] {
+        assert!(n(k) > 0.0, "{k} in {figures}");
+    }
+}
+
 #[test]
 fn purge_then_compact_empties_the_store_and_check_stays_clean() {
     let dir = tempfile::tempdir().unwrap();

@@ -621,3 +621,88 @@ fn the_current_state_deltas_add_up_to_the_current_state() {
         assert_eq!(model, expected, "{workload:?}");
     }
 }
+
+/// Envelope lines through JSON-lines ingest take the same path as the typed API: a room version
+/// 12 join (the create event, without a room ID, among the outliers), then the rest as bare PDUs.
+#[test]
+fn a_version_12_join_as_envelope_lines() {
+    let events = history(Workload::Hq, RoomVersion::V12);
+    let full = ingest_whole(&events);
+    let k = events.len() / 2;
+    let state = state_before_ids(&full.store, &events[k].event_id);
+    let order = {
+        let rx = full.store.read().unwrap();
+        let nids: Vec<EventNid> = state
+            .iter()
+            .map(|id| rx.event_nid(id).unwrap().unwrap())
+            .collect();
+        let mut order: Vec<String> = query::auth_chain(&rx, &nids)
+            .unwrap()
+            .iter()
+            .map(|n| rx.event_id(*n).unwrap())
+            .collect();
+        order.extend(
+            state
+                .iter()
+                .filter(|id| !order.contains(id))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        order
+    };
+    assert!(
+        !full.json[&events[0].event_id].contains("room_id"),
+        "a v12 create has none"
+    );
+    let mut text = String::new();
+    for id in &order {
+        text += &format!("{{\"kind\":\"outlier\",\"event\":{}}}\n", full.json[id]);
+    }
+    text += &format!(
+        "{{\"event\":{},\"kind\":\"new\",\"state_before\":{}}}\n",
+        full.json[&events[k].event_id],
+        serde_json::to_string(&state).unwrap()
+    );
+    for e in &events[k + 1..] {
+        text += &full.json[&e.event_id];
+        text += "\n";
+    }
+    let store = Store::in_memory().unwrap();
+    let report = roomstate::ingest::ingest(
+        &store,
+        text.as_bytes(),
+        roomstate::ingest::IngestOptions::default(),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    assert_eq!(report.events as usize, order.len() + events.len() - k);
+    assert_eq!(report.accepted(), report.events);
+    for e in &events[k..] {
+        assert_eq!(
+            state_before_ids(&store, &e.event_id),
+            state_before_ids(&full.store, &e.event_id)
+        );
+    }
+    let room = &events[0].room_id;
+    assert_eq!(room_view(&store, room), room_view(&full.store, room));
+}
+
+/// A room known only by outliers (a join that never finished) purges like any other.
+#[test]
+fn a_room_of_outliers_alone_purges() {
+    let events = history(Workload::Hq, RoomVersion::V10);
+    let full = ingest_whole(&events);
+    let mut joiner = Joiner::new(&full);
+    let state = state_before_ids(&full.store, &events[40].event_id);
+    joiner.store_outliers(&state);
+    let mut tx = joiner.store.write().unwrap();
+    let room = tx.room_nid(&events[0].room_id).unwrap().unwrap();
+    assert!(tx.room(room).unwrap().is_none(), "no timeline yet");
+    let purged = tx.purge_room(room).unwrap();
+    assert!(purged.events as usize >= state.len());
+    tx.commit().unwrap();
+    let rx = joiner.store.read().unwrap();
+    assert!(rx.outliers(room).unwrap().is_empty());
+    assert!(rx.event_nid(&events[0].event_id).unwrap().is_none());
+    assert!(rx.check().unwrap().is_clean());
+}
