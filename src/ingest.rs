@@ -1,8 +1,11 @@
 //! Streaming ingest of Matrix events, one JSON object per line, in the federation (PDU) shape.
 //!
-//! Each event's state before it comes from its `prev_events`: nothing for the create event, the
-//! state after the one prev event, or the combination of the states after several, whose
-//! conflicts go to a [`StateResolver`]. Events are committed in batches; a batch that fails
+//! A line is a bare PDU, received as a new event, or an envelope naming how the event arrives,
+//! `{"kind":"outlier"|"new"|"backfill","event":{…PDU…},"state_before":["$id",…]}` (see
+//! [`crate::RoomServer`], which receives events the same way one at a time). A new event's state
+//! before it comes from its `prev_events`: nothing for the create event, the state after the one
+//! prev event, or the combination of the states after several, whose conflicts go to a
+//! [`StateResolver`]. Events are committed in batches; a batch that fails
 //! leaves the store exactly as it was. `../docs/design.md` describes the rules in full.
 //!
 //! ```
