@@ -443,9 +443,21 @@ fn receive_pending<R: StateResolver>(
         Body::Json(bytes) => bytes,
         Body::TooLarge(n) => return Err(Failed::Early(pending.bad(None, Problem::TooLarge(*n)))),
     };
-    let envelope = read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))?;
-    let request = request_of(&envelope, bytes);
-    let verdict = receive(w, resolver, auth, &request).map_err(|failure| match failure {
+    // Most lines are bare PDUs: an envelope is looked for only in a line that has no event ID
+    // of its own, which stored nothing.
+    let mut auth = auth;
+    let bare = request_of(&None, bytes);
+    let verdict = match receive(w, resolver, auth.as_deref_mut(), &bare) {
+        Err(Failure::Early {
+            event_id: None,
+            problem: Problem::MissingField("event_id"),
+        }) => match read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))? {
+            Some(envelope) => receive(w, resolver, auth, &request_of(&Some(envelope), bytes)),
+            None => receive(w, resolver, auth, &bare),
+        },
+        other => other,
+    };
+    let verdict = verdict.map_err(|failure| match failure {
         Failure::Early { event_id, problem } => Failed::Early(pending.bad(event_id, problem)),
         Failure::Late { event_id, problem } => Failed::Late(pending.bad(Some(event_id), problem)),
         Failure::Store(e) => Failed::Store(e),
