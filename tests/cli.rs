@@ -1348,7 +1348,14 @@ fn a_join_through_envelope_lines_and_the_federation_queries() {
     assert_eq!(m["membership"], "join");
     roomstate(d, &["--db", "join.redb", "check"], None).ok();
 
-    // A kind that is not one, and state with an outlier: bad lines that say so.
+    // An outlier has no state to print.
+    let outlier = &outliers[0];
+    roomstate(d, &["--db", "join.redb", "state", "--event", outlier], None).fails(
+        1,
+        &format!("error: event {outlier} is an outlier: the store holds no state for it"),
+    );
+
+    // A kind that is not one: a bad line that says so.
     let bad = format!("{{\"kind\":\"sideways\",\"event\":{}}}\n", lines[k]);
     roomstate(
         d,

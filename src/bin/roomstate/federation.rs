@@ -2,7 +2,7 @@
 //! the state after a set of events, joined servers, a user's membership at an event.
 
 use crate::failure::CliResult;
-use crate::names::{Names, event_nid, room_nid};
+use crate::names::{Names, event_nid, event_with_state, room_nid};
 use roomstate::matrix::query;
 use roomstate::{EventNid, MatrixResolver, ReadTxn, StoreRead};
 use serde_json::{Value, json};
@@ -18,6 +18,10 @@ fn nids(rx: &ReadTxn, ids: &[String]) -> CliResult<Vec<EventNid>> {
     ids.iter().map(|id| event_nid(rx, id)).collect()
 }
 
+fn nids_with_state(rx: &ReadTxn, ids: &[String]) -> CliResult<Vec<EventNid>> {
+    ids.iter().map(|id| event_with_state(rx, id)).collect()
+}
+
 fn names(rx: &ReadTxn, names: &mut Names, nids: &[EventNid]) -> CliResult<Vec<String>> {
     nids.iter().map(|n| names.event_id(rx, *n)).collect()
 }
@@ -30,7 +34,7 @@ pub fn auth_chain(rx: &ReadTxn, events: &[String], out: &mut impl Write) -> CliR
 
 /// The state before an event and its auth chain (`/state_ids`).
 pub fn state_ids(rx: &ReadTxn, event: &str, out: &mut impl Write) -> CliResult {
-    let answer = query::state_ids(rx, event_nid(rx, event)?)?;
+    let answer = query::state_ids(rx, event_with_state(rx, event)?)?;
     let mut n = Names::default();
     let doc = json!({
         "pdu_ids": names(rx, &mut n, &answer.pdu_ids)?,
@@ -41,7 +45,11 @@ pub fn state_ids(rx: &ReadTxn, event: &str, out: &mut impl Write) -> CliResult {
 
 /// The state after a set of events together, resolved where they disagree.
 pub fn state_after(rx: &ReadTxn, events: &[String], out: &mut impl Write) -> CliResult {
-    let state = query::state_after_events(rx, &mut MatrixResolver::default(), &nids(rx, events)?)?;
+    let state = query::state_after_events(
+        rx,
+        &mut MatrixResolver::default(),
+        &nids_with_state(rx, events)?,
+    )?;
     let named = Names::default().state(rx, &state)?;
     let list: Vec<Value> = named
         .iter()
@@ -63,7 +71,7 @@ pub fn membership(
     after: bool,
     out: &mut impl Write,
 ) -> CliResult {
-    let m = query::membership_at(rx, event_nid(rx, event)?, user, after)?;
+    let m = query::membership_at(rx, event_with_state(rx, event)?, user, after)?;
     let doc = json!({
         "user_id": user,
         "event_id": event,

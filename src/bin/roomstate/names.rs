@@ -71,6 +71,17 @@ pub fn event_nid(rx: &ReadTxn, id: &str) -> CliResult<EventNid> {
         .ok_or_else(|| Failure::User(format!("unknown event {id}")))
 }
 
+/// The NID of an event that has state (not an outlier), or a user error naming it.
+pub fn event_with_state(rx: &ReadTxn, id: &str) -> CliResult<EventNid> {
+    let nid = event_nid(rx, id)?;
+    if rx.is_outlier(nid)? {
+        return Err(Failure::User(format!(
+            "event {id} is an outlier: the store holds no state for it"
+        )));
+    }
+    Ok(nid)
+}
+
 /// The NID of a room ID, or a user error naming it.
 pub fn room_nid(rx: &ReadTxn, id: &str) -> CliResult<roomstate::RoomNid> {
     rx.room_nid(id)?

@@ -1,7 +1,7 @@
 //! The read-only subcommands: state, states, diff, members, rooms, event, stats.
 
 use crate::failure::{CliResult, Failure};
-use crate::names::{Named, Names, event_nid, room_nid};
+use crate::names::{Named, Names, event_nid, event_with_state, room_nid};
 use roomstate::{EventNid, Membership, ReadTxn, SnapshotNid, StateMap, StoreRead};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -19,7 +19,7 @@ fn print_state(rx: &ReadTxn, state: &StateMap, out: &mut impl Write) -> CliResul
 }
 
 pub fn state_of_event(rx: &ReadTxn, id: &str, after: bool, out: &mut impl Write) -> CliResult {
-    let event = event_nid(rx, id)?;
+    let event = event_with_state(rx, id)?;
     let state = if after {
         rx.state_after(event)?
     } else {
@@ -79,8 +79,9 @@ pub fn states(rx: &ReadTxn, id: &str, out: &mut impl Write) -> CliResult {
 }
 
 pub fn diff(rx: &ReadTxn, a: &str, b: &str, out: &mut impl Write) -> CliResult {
-    let before =
-        |id| -> CliResult<SnapshotNid> { Ok(rx.expect_event(event_nid(rx, id)?)?.state_before) };
+    let before = |id| -> CliResult<SnapshotNid> {
+        Ok(rx.expect_event(event_with_state(rx, id)?)?.state_before)
+    };
     let d = rx.diff(before(a)?, before(b)?)?;
     let mut names = Names::default();
     let mut list = |entries: &[roomstate::StateEntry]| -> CliResult<Vec<Value>> {
