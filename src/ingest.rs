@@ -110,6 +110,9 @@ pub struct IngestReport {
     /// Of the events stored, those that failed only the check given the room's current state:
     /// stored with their state, moving neither the current state nor the extremities.
     pub soft_failed: u64,
+    /// Of the events stored, those stored as outliers (envelope lines of kind `outlier`): no
+    /// state, outside their rooms' timelines. Accepted ones count as accepted too.
+    pub outliers: u64,
     /// Events already stored with the same JSON, skipped: an import re-run after a kill
     /// counts here what the first run committed.
     pub duplicates: u64,
@@ -220,6 +223,7 @@ struct BatchTally {
     state_events: u64,
     rejected: u64,
     soft_failed: u64,
+    outliers: u64,
     duplicates: u64,
     rooms: u64,
 }
@@ -232,6 +236,7 @@ impl BatchTally {
         }
         self.events += 1;
         self.state_events += u64::from(outcome.state);
+        self.outliers += u64::from(outcome.outlier);
         self.rooms += u64::from(outcome.new_room);
         match &outcome.rejection {
             Some(r) if r.soft_failed => self.soft_failed += 1,
@@ -416,6 +421,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             self.report.state_events += tally.state_events;
             self.report.rejected += tally.rejected;
             self.report.soft_failed += tally.soft_failed;
+            self.report.outliers += tally.outliers;
             self.report.duplicates += tally.duplicates;
             self.report.rooms += tally.rooms;
             self.report.batches += 1;

@@ -676,6 +676,7 @@ fn a_version_12_join_as_envelope_lines() {
     )
     .unwrap();
     assert_eq!(report.events as usize, order.len() + events.len() - k);
+    assert_eq!(report.outliers as usize, order.len());
     assert_eq!(report.accepted(), report.events);
     for e in &events[k..] {
         assert_eq!(

@@ -582,6 +582,7 @@ fn summary(store: &Store, report: &IngestReport) -> CliResult {
     println!("accepted      {}", report.accepted());
     println!("rejected      {}", report.rejected);
     println!("soft-failed   {}", report.soft_failed);
+    println!("outliers      {}", report.outliers);
     println!("duplicates    {}", report.duplicates);
     println!("rooms         {}", report.rooms);
     println!("snapshots     {}", rows("snapshots"));
