@@ -454,12 +454,14 @@ fn receive_pending<R: StateResolver>(
     let mut auth = auth;
     let bare = request_of(&None, bytes);
     let verdict = match receive(w, resolver, auth.as_deref_mut(), &bare) {
-        Err(Failure::Early {
-            event_id: None,
-            problem: Problem::MissingField("event_id"),
-        }) => match read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))? {
+        Err(
+            no_id @ Failure::Early {
+                event_id: None,
+                problem: Problem::MissingField("event_id"),
+            },
+        ) => match read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))? {
             Some(envelope) => receive(w, resolver, auth, &request_of(&Some(envelope), bytes)),
-            None => receive(w, resolver, auth, &bare),
+            None => Err(no_id),
         },
         other => other,
     };

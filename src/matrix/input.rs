@@ -210,10 +210,14 @@ fn check(
     // another room would leave them dangling. Authorization needs every one of them; a trusted
     // import may name auth events it does not hold (they are interned for later).
     let mut missing = Vec::new();
+    let mut create_among_auth = None;
     for r in &p.auth_events {
         match stored(w, r.id())? {
             Some((_, record)) if Some(record.room) != room_nid => {
                 return Ok(Err(Problem::AuthEventInOtherRoom(r.id().to_owned()).into()));
+            }
+            Some((nid, record)) if is_create(&record) => {
+                create_among_auth.get_or_insert(nid);
             }
             Some(_) => {}
             None if !trusted => missing.push(r.id().to_owned()),
@@ -222,14 +226,16 @@ fn check(
     }
     let version = match &room {
         Some((_, record)) => Some(record.version.clone()),
-        None => match version_from_create(w, p, auth.map(|a| &mut a.versions))? {
-            Ok(version) => version,
-            Err(implied) if !trusted => {
-                missing.push(implied);
-                None
+        None => {
+            match version_from_create(w, p, create_among_auth, auth.map(|a| &mut a.versions))? {
+                Ok(version) => version,
+                Err(implied) if !trusted => {
+                    missing.push(implied);
+                    None
+                }
+                Err(_) => None,
             }
-            Err(_) => None,
-        },
+        }
     };
     if !missing.is_empty() {
         return Ok(Err(Refusal::Missing(Missing::AuthEvents(missing))));
@@ -309,6 +315,7 @@ fn check_prevs(
 fn version_from_create(
     w: &mut Writer<'_>,
     p: &Parsed<'_>,
+    create_among_auth: Option<EventNid>,
     mut known: Option<&mut NidMap<EventNid, String>>,
 ) -> Result<std::result::Result<Option<String>, String>> {
     if p.is_create() {
@@ -318,14 +325,13 @@ fn version_from_create(
     let implied = (!p.room_id.contains(':'))
         .then(|| p.room_id.strip_prefix('!').map(|hash| format!("${hash}")))
         .flatten();
-    let candidates = p.auth_events.iter().map(|r| r.id().to_owned());
-    for id in candidates.chain(implied.clone()) {
-        let Some((nid, record)) = stored(w, &id)? else {
-            continue;
-        };
-        if record.event_type != TypeNid::CREATE || record.state_key != Some(StateKeyNid::EMPTY) {
-            continue;
-        }
+    let implied_create = match &implied {
+        Some(id) => stored(w, id)?
+            .filter(|(_, r)| is_create(r))
+            .map(|(nid, _)| nid),
+        None => None,
+    };
+    for nid in create_among_auth.into_iter().chain(implied_create) {
         if let Some(version) = known.as_deref().and_then(|k| k.get(&nid)) {
             return Ok(Ok(Some(version.clone())));
         }
@@ -344,6 +350,11 @@ fn version_from_create(
         Some(id) => Err(id),
         None => Ok(None),
     })
+}
+
+/// Whether a stored event is a room's create event.
+pub(crate) fn is_create(record: &EventRecord) -> bool {
+    record.event_type == TypeNid::CREATE && record.state_key == Some(StateKeyNid::EMPTY)
 }
 
 fn declared_version(content: &crate::matrix::pdu::Content<'_>) -> String {

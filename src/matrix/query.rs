@@ -109,11 +109,9 @@ fn implied_create<T: StoreRead>(rx: &T, event: EventNid) -> Result<Option<EventN
     else {
         return Ok(None);
     };
-    let is_create = rx.event(create)?.is_some_and(|r| {
-        r.event_type == TypeNid::CREATE
-            && r.state_key == Some(StateKeyNid::EMPTY)
-            && r.room == record.room
-    });
+    let is_create = rx
+        .event(create)?
+        .is_some_and(|r| crate::matrix::input::is_create(&r) && r.room == record.room);
     Ok(is_create.then_some(create))
 }
 
