@@ -239,6 +239,9 @@ pub enum Problem {
     TooLarge(usize),
     /// A required field is absent.
     MissingField(&'static str),
+    /// The event declares no `event_id`, and its reference hash cannot be taken: its room
+    /// version names events otherwise (1 and 2), is unknown, or the JSON is not canonical.
+    EventIdNotDerived(String),
     /// A field is over the spec's 255-byte limit, or empty where it must not be.
     BadField {
         /// The field.
@@ -298,6 +301,9 @@ impl fmt::Display for Problem {
             Problem::NotAnEvent(e) => write!(f, "not an event: {e}"),
             Problem::TooLarge(n) => write!(f, "line of {n} bytes exceeds {MAX_EVENT_BYTES}"),
             Problem::MissingField(field) => write!(f, "missing field `{field}`"),
+            Problem::EventIdNotDerived(why) => {
+                write!(f, "no `event_id`, and none can be derived: {why}")
+            }
             Problem::BadField { field, reason } => write!(f, "field `{field}` is {reason}"),
             Problem::UnknownPrevEvent(id) => write!(f, "unknown prev event {id}"),
             Problem::PrevEventInOtherRoom(id) => write!(f, "prev event {id} is in another room"),

@@ -449,8 +449,8 @@ fn receive_pending<R: StateResolver>(
         Body::Json(bytes) => bytes,
         Body::TooLarge(n) => return Err(Failed::Early(pending.bad(None, Problem::TooLarge(*n)))),
     };
-    // Most lines are bare PDUs: an envelope is looked for only in a line that has no event ID
-    // of its own, which stored nothing.
+    // Most lines are bare PDUs: an envelope is looked for only in a line with neither an event
+    // ID nor a type of its own, which stored nothing.
     let mut auth = auth;
     let bare = request_of(&None, bytes);
     let verdict = match receive(w, resolver, auth.as_deref_mut(), &bare) {
@@ -471,10 +471,10 @@ fn receive_pending<R: StateResolver>(
         Failure::Store(e) => Failed::Store(e),
     })?;
     match verdict {
-        Verdict::Stored(outcome) => Ok(outcome),
-        Verdict::Missing { event_id, missing } => Err(Failed::Early(
-            pending.bad(Some(event_id), missing.problem()),
-        )),
+        Verdict::Stored { outcome, .. } => Ok(outcome),
+        Verdict::Missing { event_id, missing } => {
+            Err(Failed::Early(pending.bad(event_id, missing.problem())))
+        }
     }
 }
 

@@ -975,14 +975,24 @@ fn stop_missing_fields() {
         "event_id": "$x", "room_id": "!r:x", "type": "m.room.message",
         "prev_events": ["$c"], "content": {}
     });
-    for field in ["event_id", "room_id", "type", "prev_events"] {
+    for field in ["room_id", "type", "prev_events"] {
         let mut v = full.clone();
         v.as_object_mut().unwrap().remove(field);
         let bad = stop_case(&prefix(), &[good_join(), v.to_string()], Refuse);
         assert_eq!(bad.problem, Problem::MissingField(field), "{bad}");
-        let expected_id = (field != "event_id").then(|| "$x".to_owned());
-        assert_eq!(bad.event_id, expected_id, "{field}");
+        assert_eq!(bad.event_id.as_deref(), Some("$x"), "{field}");
     }
+    // Without `event_id`, an event of a version 10 room is named by its reference hash...
+    let mut v = full.clone();
+    v.as_object_mut().unwrap().remove("event_id");
+    let bad = stop_case(&prefix(), &[good_join(), v.to_string()], Refuse);
+    let id = bad.event_id.clone().unwrap_or_default();
+    assert!(id.starts_with('$') && id.len() == 44, "{bad}");
+    // ...and without a type as well, it is no event at all.
+    v.as_object_mut().unwrap().remove("type");
+    let bad = stop_case(&prefix(), &[good_join(), v.to_string()], Refuse);
+    assert_eq!(bad.problem, Problem::MissingField("event_id"), "{bad}");
+    assert_eq!(bad.event_id, None);
     // `null` is as good as absent.
     let mut v = full.clone();
     v["prev_events"] = Value::Null;
@@ -1272,22 +1282,22 @@ fn stop_needs_state_resolution_under_refuse() {
 fn skip_mode_stores_good_events_and_lists_every_bad_line() {
     let long = "k".repeat(256);
     let input: Vec<String> = vec![
-        create("$c", "!r:x"),                                               // 1
-        "not json at all".to_owned(),                                       // 2
-        member("$m", "!r:x", "@a:x", "join", &["$c"]),                      // 3
-        String::new(),                                                      // 4 (blank)
-        r#"{"room_id":"!r:x","type":"t","prev_events":["$c"]}"#.to_owned(), // 5
-        message("$u", "!r:x", &["$ghost"]),                                 // 6
-        member("$m", "!r:x", "@b:x", "join", &["$c"]),                      // 7 duplicate
-        line("$k", "!r:x", "t", Some(&long), &["$m"], json!({})),           // 8
-        create("$oc", "!o:x"),                                              // 9
-        message("$x", "!o:x", &["$oc", "$m"]),                              // 10 other room
-        message("$n", "!r:x", &[]),                                         // 11 no prevs
-        create("$c2", "!r:x"),                                              // 12 room exists
-        "   ".to_owned(),                                                   // 13 (blank)
-        topic("$t", "!r:x", &["$m"]),                                       // 14
-        message("$after-ghost", "!r:x", &["$u"]),                           // 15 cascade
-        member("$m2", "!r:x", "@b:x", "join", &["$t"]),                     // 16
+        create("$c", "!r:x"),                                     // 1
+        "not json at all".to_owned(),                             // 2
+        member("$m", "!r:x", "@a:x", "join", &["$c"]),            // 3
+        String::new(),                                            // 4 (blank)
+        r#"{"room_id":"!r:x","prev_events":["$c"]}"#.to_owned(),  // 5
+        message("$u", "!r:x", &["$ghost"]),                       // 6
+        member("$m", "!r:x", "@b:x", "join", &["$c"]),            // 7 duplicate
+        line("$k", "!r:x", "t", Some(&long), &["$m"], json!({})), // 8
+        create("$oc", "!o:x"),                                    // 9
+        message("$x", "!o:x", &["$oc", "$m"]),                    // 10 other room
+        message("$n", "!r:x", &[]),                               // 11 no prevs
+        create("$c2", "!r:x"),                                    // 12 room exists
+        "   ".to_owned(),                                         // 13 (blank)
+        topic("$t", "!r:x", &["$m"]),                             // 14
+        message("$after-ghost", "!r:x", &["$u"]),                 // 15 cascade
+        member("$m2", "!r:x", "@b:x", "join", &["$t"]),           // 16
     ];
     let store = Store::in_memory().unwrap();
     let report = ingest(

@@ -16,7 +16,7 @@
 //! the join rules, the sender's membership), so parsed events are kept for the whole batch.
 
 use crate::error::Result;
-use crate::matrix::event::{FirstError, Pdu};
+use crate::matrix::event::{FirstError, Pdu, PduJson};
 use crate::matrix::resolver::StateSource;
 use crate::nid::TypeNid;
 use crate::nid::{EventNid, NidMap, SnapshotNid, StateKey};
@@ -357,7 +357,10 @@ impl Events<'_> {
             return Ok(None);
         };
         // An event imported as trusted may lack what the rules read: to them it is missing.
-        let Ok(mut pdu) = serde_json::from_str::<Pdu>(&json) else {
+        let Ok(fields) = serde_json::from_str::<PduJson>(&json) else {
+            return Ok(None);
+        };
+        let Some(mut pdu) = fields.named(|| Ok(EventId::parse(source.event_id(nid)?).ok()))? else {
             return Ok(None);
         };
         pdu.rejected = record.rejected;

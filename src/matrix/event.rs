@@ -52,23 +52,69 @@ pub(crate) fn event_refs<'de, D: serde::Deserializer<'de>>(
 }
 
 /// The fields of an event that state resolution reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(crate) struct Pdu {
     pub(crate) event_id: OwnedEventId,
     pub(crate) room_id: Option<OwnedRoomId>,
     pub(crate) sender: OwnedUserId,
     pub(crate) origin_server_ts: MilliSecondsSinceUnixEpoch,
-    #[serde(rename = "type")]
     pub(crate) event_type: TimelineEventType,
     pub(crate) content: Box<RawValue>,
     pub(crate) state_key: Option<String>,
-    #[serde(deserialize_with = "event_refs", default)]
     pub(crate) prev_events: Vec<OwnedEventId>,
-    #[serde(deserialize_with = "event_refs", default)]
     pub(crate) auth_events: Vec<OwnedEventId>,
     pub(crate) redacts: Option<OwnedEventId>,
-    #[serde(skip)]
     pub(crate) rejected: bool,
+}
+
+/// A [`Pdu`] as its JSON has it: room versions 3 on leave `event_id` out, since the ID is the
+/// event's reference hash, which the store keeps.
+#[derive(Deserialize)]
+pub(crate) struct PduJson {
+    #[serde(default)]
+    event_id: Option<OwnedEventId>,
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    event_type: TimelineEventType,
+    content: Box<RawValue>,
+    state_key: Option<String>,
+    #[serde(deserialize_with = "event_refs", default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(deserialize_with = "event_refs", default)]
+    auth_events: Vec<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+}
+
+impl PduJson {
+    /// The event under the ID its JSON declares, or else the one `known` gives (`None`: the
+    /// event is unknown to the rules).
+    pub(crate) fn named(
+        self,
+        known: impl FnOnce() -> Result<Option<OwnedEventId>>,
+    ) -> Result<Option<Pdu>> {
+        let event_id = match self.event_id {
+            Some(id) => id,
+            None => match known()? {
+                Some(id) => id,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Pdu {
+            event_id,
+            room_id: self.room_id,
+            sender: self.sender,
+            origin_server_ts: self.origin_server_ts,
+            event_type: self.event_type,
+            content: self.content,
+            state_key: self.state_key,
+            prev_events: self.prev_events,
+            auth_events: self.auth_events,
+            redacts: self.redacts,
+            rejected: false,
+        }))
+    }
 }
 
 impl ruma_state_res::Event for Pdu {

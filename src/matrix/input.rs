@@ -5,13 +5,15 @@ use crate::engine::block::StateEntry;
 use crate::engine::resolve::{Combined, StateMap};
 use crate::error::{Error, Problem, Result};
 use crate::matrix::auth::{Authorizer, Incoming, rules_for};
-use crate::matrix::event::Pdu;
-use crate::matrix::pdu::{EventRef, Loose, Parsed, parse};
+use crate::matrix::event::{Pdu, PduJson};
+use crate::matrix::pdu::{EventRef, Fields, Loose, Parsed, fields};
+use crate::matrix::reference;
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
 use crate::nid::{EventNid, NidMap, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
 use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
 use crate::store::{EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
+use ruma_common::OwnedEventId;
 
 /// How an event reaches the store: the three kinds of input federation delivers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -127,11 +129,17 @@ impl From<Error> for Failure {
 /// What receiving an event did.
 pub(crate) enum Verdict {
     /// Stored (or found stored already).
-    Stored(Outcome),
+    Stored {
+        /// The event's ID: declared, or derived from its reference hash.
+        event_id: String,
+        /// What it adds to the report.
+        outcome: Outcome,
+    },
     /// Not stored: something it needs is missing, and nothing changed.
     Missing {
-        /// The event's ID.
-        event_id: String,
+        /// The event's ID; `None` when it is the reference hash and the room version it needs
+        /// is what is missing.
+        event_id: Option<String>,
         /// What it needs.
         missing: Missing,
     },
@@ -226,8 +234,10 @@ fn check(
     }
     let version = match &room {
         Some((_, record)) => Some(record.version.clone()),
+        None if p.is_create() => Some(p.content_version().to_owned()),
         None => {
-            match version_from_create(w, p, create_among_auth, auth.map(|a| &mut a.versions))? {
+            let known = auth.map(|a| &mut a.versions);
+            match version_from_create(w, &p.room_id, create_among_auth, known)? {
                 Ok(version) => version,
                 Err(implied) if !trusted => {
                     missing.push(implied);
@@ -308,22 +318,19 @@ fn check_prevs(
     Ok(Ok(prevs))
 }
 
-/// The room version of a room the store has no timeline for, from its create event: the event
-/// itself, one of its auth events, or in room version 12 the create event its room ID names.
-/// `Ok(None)`: none of those is a create event. `Err(id)`: the create event the room ID names
+/// The room version of a room the store has no timeline for, from its create event: one of the
+/// event's auth events, or in room version 12 the create event its room ID names.
+/// `Ok(None)`: neither is a stored create event. `Err(id)`: the create event the room ID names
 /// is not stored.
 fn version_from_create(
     w: &mut Writer<'_>,
-    p: &Parsed<'_>,
+    room_id: &str,
     create_among_auth: Option<EventNid>,
     mut known: Option<&mut NidMap<EventNid, String>>,
 ) -> Result<std::result::Result<Option<String>, String>> {
-    if p.is_create() {
-        return Ok(Ok(Some(declared_version(&p.content))));
-    }
     // A room ID without a server name is a create event's reference hash (room version 12 on).
-    let implied = (!p.room_id.contains(':'))
-        .then(|| p.room_id.strip_prefix('!').map(|hash| format!("${hash}")))
+    let implied = (!room_id.contains(':'))
+        .then(|| room_id.strip_prefix('!').map(|hash| format!("${hash}")))
         .flatten();
     let implied_create = match &implied {
         Some(id) => stored(w, id)?
@@ -338,8 +345,9 @@ fn version_from_create(
         let Some(json) = w.event_json_text(nid)? else {
             continue;
         };
-        if let Ok(create) = parse(json.as_bytes()) {
-            let version = declared_version(&create.content);
+        // The create event may be named by its reference hash rather than its JSON.
+        if let Ok(create) = fields(json.as_bytes()) {
+            let version = create.declared_version().to_owned();
             if let Some(known) = known.as_deref_mut() {
                 known.insert(nid, version.clone());
             }
@@ -352,18 +360,50 @@ fn version_from_create(
     })
 }
 
+/// The ID of an event whose JSON declares none: its reference hash under its room's version,
+/// which comes from the event itself (a create event), its room's record, or its room's create
+/// event (among its stored auth events, or named by a version 12 room ID).
+fn derived_id(
+    w: &mut Writer<'_>,
+    f: &Fields<'_>,
+    json: &[u8],
+    known: Option<&mut NidMap<EventNid, String>>,
+) -> Checking<String> {
+    let version = if f.is_create() {
+        f.declared_version().to_owned()
+    } else {
+        let Some(room_id) = f.room_id() else {
+            return Ok(Err(Problem::MissingField("room_id").into()));
+        };
+        let room = w.lookup_nid(ROOM, room_id)?.and_then(RoomNid::new);
+        match room.map(|nid| w.room(nid)).transpose()?.flatten() {
+            Some(record) => record.version,
+            None => {
+                let mut create_among_auth = None;
+                for id in f.auth_ids() {
+                    if let Some((nid, record)) = stored(w, id)?
+                        && is_create(&record)
+                    {
+                        create_among_auth = Some(nid);
+                        break;
+                    }
+                }
+                match version_from_create(w, room_id, create_among_auth, known)? {
+                    Ok(Some(version)) => version,
+                    Ok(None) => return Ok(Err(Problem::NoCreateEvent.into())),
+                    Err(create) => {
+                        return Ok(Err(Refusal::Missing(Missing::AuthEvents(vec![create]))));
+                    }
+                }
+            }
+        }
+    };
+    Ok(reference::event_id(json, &version).map_err(Refusal::Bad))
+}
+
 /// Whether a stored event is a room's create event.
 pub(crate) fn is_create(record: &EventRecord) -> bool {
     record.event_type == TypeNid::CREATE && record.state_key == Some(StateKeyNid::EMPTY)
-}
-
-fn declared_version(content: &crate::matrix::pdu::Content<'_>) -> String {
-    content
-        .room_version
-        .as_ref()
-        .and_then(Loose::text)
-        .unwrap_or("1")
-        .to_owned()
 }
 
 /// The supplied state before an event, as a state map of stored state events of its room.
@@ -418,8 +458,28 @@ pub(crate) fn receive<R: StateResolver>(
     auth: Option<&mut Authorizer>,
     req: &Request<'_>,
 ) -> Result<Verdict, Failure> {
-    let parsed =
-        parse(req.json).map_err(|(event_id, problem)| Failure::Early { event_id, problem })?;
+    let bad = |(event_id, problem)| Failure::Early { event_id, problem };
+    let fields = fields(req.json).map_err(bad)?;
+    let mut auth = auth;
+    let derived = match fields.declared_id() {
+        Some(_) => None,
+        // Without a type, it is no PDU at all (an envelope, say): what is missing is its ID.
+        None if !fields.has_type() => return Err(bad((None, Problem::MissingField("event_id")))),
+        None => {
+            let known = auth.as_deref_mut().map(|a| &mut a.versions);
+            match derived_id(w, &fields, req.json, known)? {
+                Ok(id) => Some(id),
+                Err(Refusal::Missing(missing)) => {
+                    return Ok(Verdict::Missing {
+                        event_id: None,
+                        missing,
+                    });
+                }
+                Err(Refusal::Bad(problem)) => return Err(bad((None, problem))),
+            }
+        }
+    };
+    let parsed = fields.named(derived).map_err(bad)?;
     let early = |problem| Failure::Early {
         event_id: Some(parsed.event_id.to_string()),
         problem,
@@ -436,16 +496,18 @@ pub(crate) fn receive<R: StateResolver>(
         }
         let outlier = w.is_outlier(record.room, nid)?;
         if !outlier || req.kind == InputKind::Outlier {
-            return Ok(Verdict::Stored(already_stored(nid, &record, outlier)));
+            return Ok(Verdict::Stored {
+                event_id: parsed.event_id.into_owned(),
+                outcome: already_stored(nid, &record, outlier),
+            });
         }
         upgrade = Some(nid);
     }
-    let mut auth = auth;
     let checked = match check(w, &parsed, req, auth.as_deref_mut())? {
         Ok(checked) => checked,
         Err(Refusal::Missing(missing)) => {
             return Ok(Verdict::Missing {
-                event_id: parsed.event_id.into_owned(),
+                event_id: Some(parsed.event_id.into_owned()),
                 missing,
             });
         }
@@ -454,8 +516,15 @@ pub(crate) fn receive<R: StateResolver>(
     let judge = match auth {
         Some(authorizer) => {
             // The rules read the event through ruma's types, which check the IDs' grammar.
-            let pdu: Pdu = serde_json::from_slice(req.json)
+            let json = serde_json::from_slice::<PduJson>(req.json)
                 .map_err(|e| early(Problem::NotAnEvent(e.to_string())))?;
+            let id = OwnedEventId::try_from(&*parsed.event_id).ok();
+            let pdu = json.named(|| Ok(id))?.ok_or_else(|| {
+                early(Problem::BadField {
+                    field: "event_id",
+                    reason: "not an event ID",
+                })
+            })?;
             Some((authorizer, pdu))
         }
         None => None,
@@ -466,7 +535,11 @@ pub(crate) fn receive<R: StateResolver>(
         kind: req.kind,
         upgrade,
     };
-    store_event(w, resolver, judge, &event, checked).map(Verdict::Stored)
+    let outcome = store_event(w, resolver, judge, &event, checked)?;
+    Ok(Verdict::Stored {
+        event_id: parsed.event_id.into_owned(),
+        outcome,
+    })
 }
 
 fn already_stored(event: EventNid, record: &EventRecord, outlier: bool) -> Outcome {

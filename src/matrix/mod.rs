@@ -10,6 +10,7 @@ pub(crate) mod event;
 pub(crate) mod input;
 pub(crate) mod pdu;
 pub mod query;
+pub(crate) mod reference;
 pub mod resolver;
 pub mod roomserver;
 pub(crate) mod stateres;

@@ -51,8 +51,20 @@ pub(crate) struct Content<'a> {
     pub(crate) room_version: Option<Loose<'a>>,
 }
 
+impl Content<'_> {
+    /// The room version a create event's content declares (`1` when it declares none).
+    fn version(&self) -> &str {
+        self.room_version
+            .as_ref()
+            .and_then(Loose::text)
+            .unwrap_or("1")
+    }
+}
+
+/// A PDU's fields as the JSON has them, before its ID is settled: room versions 3 on leave
+/// `event_id` out, since the ID is the event's reference hash.
 #[derive(Deserialize)]
-struct Pdu<'a> {
+pub(crate) struct Fields<'a> {
     #[serde(borrow, default)]
     event_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -86,61 +98,104 @@ impl Parsed<'_> {
     pub(crate) fn is_create(&self) -> bool {
         self.event_type == "m.room.create" && self.state_key.as_deref() == Some("")
     }
+
+    /// The room version a create event declares.
+    pub(crate) fn content_version(&self) -> &str {
+        self.content.version()
+    }
 }
 
-pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, (Option<String>, Problem)> {
+/// Parses an event's fields, all of them optional.
+pub(crate) fn fields(bytes: &[u8]) -> Result<Fields<'_>, (Option<String>, Problem)> {
     // serde_json skips the strings of ignored fields without checking their UTF-8, and the line
     // is stored as the event's JSON text: check it whole.
     let text = std::str::from_utf8(bytes)
         .map_err(|e| (None, Problem::NotJson(format!("not UTF-8: {e}"))))?;
-    let pdu: Pdu<'_> = serde_json::from_str(text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         let problem = match e.classify() {
             serde_json::error::Category::Data => Problem::NotAnEvent(e.to_string()),
             _ => Problem::NotJson(e.to_string()),
         };
         (None, problem)
-    })?;
-    let id = pdu.event_id.as_deref().map(str::to_owned);
-    let fail = |p| (id.clone(), p);
-    let missing = |field| fail(Problem::MissingField(field));
-    let event_id = pdu.event_id.ok_or_else(|| missing("event_id"))?;
-    let event_type = pdu.event_type.ok_or_else(|| missing("type"))?;
-    let room_id = match pdu.room_id {
-        Some(id) => id,
-        None => room_of_create(&event_id, &event_type, pdu.content.as_ref())
-            .ok_or_else(|| missing("room_id"))?,
-    };
-    let prev_events = pdu.prev_events.ok_or_else(|| missing("prev_events"))?;
-    let auth_events = pdu.auth_events.unwrap_or_default();
-    let checks = [
-        ("event_id", Some(&*event_id), false),
-        ("room_id", Some(&*room_id), false),
-        ("type", Some(&*event_type), true),
-        ("state_key", pdu.state_key.as_deref(), true),
-        ("sender", pdu.sender.as_deref(), true),
-    ];
-    let refs = prev_events
-        .iter()
-        .map(|r| ("prev_events", Some(r.id()), false))
-        .chain(
-            auth_events
-                .iter()
-                .map(|r| ("auth_events", Some(r.id()), false)),
-        );
-    for (field, value, may_be_empty) in checks.into_iter().chain(refs) {
-        if let Some(v) = value {
-            check_field(field, v, may_be_empty).map_err(fail)?;
-        }
-    }
-    Ok(Parsed {
-        event_id,
-        room_id,
-        event_type,
-        state_key: pdu.state_key,
-        prev_events,
-        auth_events,
-        content: pdu.content.unwrap_or_default(),
     })
+}
+
+impl<'a> Fields<'a> {
+    /// The `event_id` the JSON gives, if any.
+    pub(crate) fn declared_id(&self) -> Option<&str> {
+        self.event_id.as_deref()
+    }
+
+    /// Whether the JSON has a `type`: without one it is no PDU at all.
+    pub(crate) fn has_type(&self) -> bool {
+        self.event_type.is_some()
+    }
+
+    pub(crate) fn is_create(&self) -> bool {
+        self.event_type.as_deref() == Some("m.room.create") && self.state_key.as_deref() == Some("")
+    }
+
+    pub(crate) fn room_id(&self) -> Option<&str> {
+        self.room_id.as_deref()
+    }
+
+    pub(crate) fn auth_ids(&self) -> impl Iterator<Item = &str> {
+        self.auth_events.iter().flatten().map(EventRef::id)
+    }
+
+    /// The room version a create event declares (`1` when it declares none).
+    pub(crate) fn declared_version(&self) -> &str {
+        self.content.as_ref().map_or("1", Content::version)
+    }
+
+    /// The event, checked, under the ID its JSON declares or else under `derived`.
+    pub(crate) fn named(
+        self,
+        derived: Option<String>,
+    ) -> Result<Parsed<'a>, (Option<String>, Problem)> {
+        let event_id = self.event_id.or(derived.map(Cow::Owned));
+        let id = event_id.as_deref().map(str::to_owned);
+        let fail = |p| (id.clone(), p);
+        let missing = |field| fail(Problem::MissingField(field));
+        let event_id = event_id.ok_or_else(|| missing("event_id"))?;
+        let event_type = self.event_type.ok_or_else(|| missing("type"))?;
+        let room_id = match self.room_id {
+            Some(id) => id,
+            None => room_of_create(&event_id, &event_type, self.content.as_ref())
+                .ok_or_else(|| missing("room_id"))?,
+        };
+        let prev_events = self.prev_events.ok_or_else(|| missing("prev_events"))?;
+        let auth_events = self.auth_events.unwrap_or_default();
+        let checks = [
+            ("event_id", Some(&*event_id), false),
+            ("room_id", Some(&*room_id), false),
+            ("type", Some(&*event_type), true),
+            ("state_key", self.state_key.as_deref(), true),
+            ("sender", self.sender.as_deref(), true),
+        ];
+        let refs = prev_events
+            .iter()
+            .map(|r| ("prev_events", Some(r.id()), false))
+            .chain(
+                auth_events
+                    .iter()
+                    .map(|r| ("auth_events", Some(r.id()), false)),
+            );
+        for (field, value, may_be_empty) in checks.into_iter().chain(refs) {
+            if let Some(v) = value {
+                check_field(field, v, may_be_empty).map_err(fail)?;
+            }
+        }
+        Ok(Parsed {
+            event_id,
+            room_id,
+            event_type,
+            state_key: self.state_key,
+            prev_events,
+            auth_events,
+            content: self.content.unwrap_or_default(),
+        })
+    }
 }
 
 /// The room ID a create event without one names: in room versions whose room ID is the create

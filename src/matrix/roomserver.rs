@@ -142,6 +142,10 @@ impl InputOutcome {
 pub struct Received {
     /// What became of it.
     pub outcome: InputOutcome,
+    /// Its ID: as its JSON declares it, or else (room versions 3 on) its reference hash.
+    /// `None` only when the hash needs the room's version and the room's create event is
+    /// missing.
+    pub event_id: Option<String>,
     /// Its NID, when it is stored.
     pub event: Option<EventNid>,
     /// Whether it is stored as an outlier.
@@ -160,9 +164,10 @@ pub struct Received {
 }
 
 impl Received {
-    fn missing(outcome: InputOutcome) -> Self {
+    fn missing(event_id: Option<String>, outcome: InputOutcome) -> Self {
         Received {
             outcome,
+            event_id,
             event: None,
             outlier: false,
             state_before: None,
@@ -309,22 +314,25 @@ impl<R: StateResolver> Batch<'_, R> {
                 }
                 return Err(e);
             }
-            Ok(Ok(Verdict::Stored(outcome))) => outcome,
-            Ok(Ok(Verdict::Missing { missing, .. })) => {
-                return Ok(Received::missing(match missing {
-                    Missing::PrevEvents(ids) => InputOutcome::MissingPrevEvents(ids),
-                    Missing::AuthEvents(ids) => InputOutcome::MissingAuthEvents(ids),
-                    Missing::StateEvents(ids) => InputOutcome::MissingStateEvents(ids),
-                }));
+            Ok(Ok(Verdict::Stored { event_id, outcome })) => (event_id, outcome),
+            Ok(Ok(Verdict::Missing { event_id, missing })) => {
+                return Ok(Received::missing(
+                    event_id,
+                    match missing {
+                        Missing::PrevEvents(ids) => InputOutcome::MissingPrevEvents(ids),
+                        Missing::AuthEvents(ids) => InputOutcome::MissingAuthEvents(ids),
+                        Missing::StateEvents(ids) => InputOutcome::MissingStateEvents(ids),
+                    },
+                ));
             }
         };
-        crate::error::guard(|| received(w, &outcome))
+        crate::error::guard(|| received(w, outcome.0, &outcome.1))
     }
 }
 
 /// What a stored event's outcome tells the caller: its states, and what it changed in its
 /// room's current state.
-fn received(w: &mut Writer<'_>, outcome: &Outcome) -> Result<Received> {
+fn received(w: &mut Writer<'_>, event_id: String, outcome: &Outcome) -> Result<Received> {
     let state_after = match outcome.state_before {
         Some(_) => Some(w.state_after_snapshot(outcome.event)?),
         None => None,
@@ -348,6 +356,7 @@ fn received(w: &mut Writer<'_>, outcome: &Outcome) -> Result<Received> {
     };
     Ok(Received {
         outcome: result,
+        event_id: Some(event_id),
         event: Some(outcome.event),
         outlier: outcome.outlier,
         state_before: outcome.state_before,

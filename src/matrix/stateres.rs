@@ -19,7 +19,7 @@
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
-use crate::matrix::event::{FirstError, Pdu};
+use crate::matrix::event::{FirstError, Pdu, PduJson};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
@@ -507,7 +507,10 @@ impl<'s> Pdus<'s> {
         if record.room != self.room {
             return Ok(None);
         }
-        let Ok(mut pdu) = serde_json::from_str::<Pdu>(&json) else {
+        let Ok(fields) = serde_json::from_str::<PduJson>(&json) else {
+            return Ok(None);
+        };
+        let Some(mut pdu) = fields.named(|| Ok(Some(id.to_owned())))? else {
             return Ok(None);
         };
         pdu.rejected = record.rejected;
