@@ -122,6 +122,11 @@ pub enum Error {
     /// An outlier has no state: the state before or after it was asked for.
     #[error("event NID {0} is an outlier: the store holds no state for it")]
     Outlier(EventNid),
+    /// The path is not a store of this crate: a directory, a file that is not a redb database,
+    /// or another program's redb database (other tables, none of ours; its tables are left as
+    /// they were). Says which.
+    #[error("not a roomstate store: {0}")]
+    ForeignFile(String),
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -167,6 +172,7 @@ impl Error {
                 | Error::BadLine(_)
                 | Error::BadEvent { .. }
                 | Error::Outlier(_)
+                | Error::ForeignFile(_)
         )
     }
 

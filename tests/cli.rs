@@ -7,7 +7,7 @@ use common::{NamedState, StringNames};
 use roomstate::{Membership, Store, StoreRead};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -588,6 +588,41 @@ fn user_errors_exit_1_with_one_line() {
     }
     assert!(!missing.exists(), "a query created the store file");
 
+    // What is no store: a directory, a text file, an empty file (for a query), another
+    // program's redb file. Each is refused in one line and left as it was.
+    let text = d.join("notes.txt");
+    std::fs::write(&text, "notes\n").unwrap();
+    let empty = d.join("empty.redb");
+    std::fs::write(&empty, "").unwrap();
+    let other = d.join("other.redb");
+    let table: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("theirs");
+    let db_other = redb::Database::create(&other).unwrap();
+    let tx = db_other.begin_write().unwrap();
+    tx.open_table(table).unwrap().insert(1, 2).unwrap();
+    tx.commit().unwrap();
+    drop(db_other);
+    for (path, says) in [
+        (d, "not a roomstate store: a directory"),
+        (&*text, "not a roomstate store: not a redb database"),
+        (&*empty, "an empty file"),
+        (
+            &*other,
+            "not a roomstate store: a redb database with other tables (theirs)",
+        ),
+    ] {
+        let run = roomstate(d, &["--db", path_str(path), "check"], None).fails(1, "error:");
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        let run = roomstate(
+            d,
+            &["--db", path_str(path), "ingest", "-"],
+            Some(Vec::new()),
+        );
+        if path != &*empty {
+            run.fails(1, "error:");
+        }
+    }
+    assert_eq!(std::fs::read(&text).unwrap(), b"notes\n");
+
     // Unknown IDs.
     let run = roomstate(d, &["--db", db, "event", "$nope"], None).fails(1, "error:");
     assert!(run.stderr.contains("$nope"), "{}", run.stderr);
@@ -805,13 +840,16 @@ fn skip_bad_lines_and_resolver_choice() {
 fn store_failures_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let junk = d.join("junk.redb");
-    std::fs::write(
-        &junk,
-        b"this is not a redb file, not at all, not even close.\n",
-    )
-    .unwrap();
-    roomstate(d, &["--db", path_str(&junk), "stats"], None).fails(2, "store failure:");
+    // A store redb cannot read: one of the damaged files of docs/design.md's redb report.
+    let gz =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redb-4.6.0-get-panics.redb.gz");
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let damaged = d.join("damaged.redb");
+    std::fs::write(&damaged, bytes).unwrap();
+    roomstate(d, &["--db", path_str(&damaged), "stats"], None).fails(2, "store failure:");
 }
 
 #[test]

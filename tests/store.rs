@@ -531,3 +531,43 @@ fn upgrade_from(old: u64) {
         .map(|v| v.value());
     assert_eq!(schema, Some(4));
 }
+
+#[test]
+fn files_that_are_not_stores_are_refused_and_left_alone() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = |e: roomstate::Result<Store>| match e {
+        Err(roomstate::Error::ForeignFile(what)) => what,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(foreign(Store::open(dir.path())), "a directory");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database at all\n").unwrap();
+    assert!(foreign(Store::open(&text)).starts_with("not a redb database"));
+    assert_eq!(std::fs::read(&text).unwrap(), b"not a database at all\n");
+    // Another program's redb file: its table is left as it was.
+    let other = dir.path().join("other.redb");
+    let table: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(table)
+            .unwrap()
+            .insert(1, b"theirs".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(foreign(Store::open(&other)).contains("other tables (t)"));
+    let db = redb::Database::open(&other).unwrap();
+    let rx = db.begin_read().unwrap();
+    assert_eq!(rx.list_tables().unwrap().count(), 1);
+    let t = rx.open_table(table).unwrap();
+    assert_eq!(
+        redb::ReadableTable::get(&t, 1).unwrap().unwrap().value(),
+        b"theirs"
+    );
+    // An empty file is a new store.
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(Store::open(&empty).is_ok());
+}

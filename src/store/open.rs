@@ -177,11 +177,21 @@ impl StoreBuilder {
                 }
                 self.create_file(path)?;
             }
+            Ok(m) if m.is_dir() => return Err(Error::ForeignFile("a directory".to_owned())),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_file(path)?,
             Err(e) => return Err(e.into()),
         }
-        let db = self.redb().open(path)?;
+        let db = self.redb().open(path).map_err(|e| match e {
+            // A file of something else altogether, unlike a damaged store, does not even start
+            // as redb's files do.
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData && !starts_as_redb(path) =>
+            {
+                Error::ForeignFile(format!("not a redb database ({io})"))
+            }
+            other => other.into(),
+        })?;
         Store::init(db, &self)
     }
 
@@ -254,6 +264,7 @@ impl Store {
                 }
                 Some(other) => return Err(Error::UnsupportedSchema(other)),
                 None => {
+                    refuse_foreign(&tx)?;
                     create_tables(&tx)?;
                     intern::seed_well_known(&tx)?;
                     let empty = encode_snapshot(&SnapshotRecord::default());
@@ -330,6 +341,30 @@ impl Store {
     pub fn compact(&mut self) -> Result<bool> {
         crate::error::guard(|| Ok(self.db.compact()?))
     }
+}
+
+/// A file without our schema is new only if it holds no tables (opening `META` above created
+/// it, in this transaction, which is then dropped): another program's redb file is left alone.
+fn refuse_foreign(tx: &redb::WriteTransaction) -> Result<()> {
+    use redb::{MultimapTableHandle, TableHandle};
+    let mut names: Vec<String> = tx.list_tables()?.map(|t| t.name().to_owned()).collect();
+    names.extend(tx.list_multimap_tables()?.map(|t| t.name().to_owned()));
+    names.retain(|n| n != tables::META.name());
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    Err(Error::ForeignFile(format!(
+        "a redb database with other tables ({})",
+        names.join(", ")
+    )))
+}
+
+/// Whether the file begins with the first bytes of redb's magic number.
+fn starts_as_redb(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path).is_ok_and(|mut f| f.read_exact(&mut head).is_ok()) && &head == b"redb"
 }
 
 /// Makes the new directory entry of `path` durable. Only Unix can open a directory to sync

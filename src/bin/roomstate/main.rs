@@ -177,7 +177,8 @@ enum Command {
     },
     /// Delete whatever nothing references any more, then rewrite the file to return free space.
     Compact,
-    /// Walk every table and report damage; exits 2 if anything is wrong.
+    /// Verify redb's checksum of every page (repairing what redb can, as it does after a
+    /// crash), then decode every table's rows and report damage; exits 2 if anything is wrong.
     Check,
     /// Counts and sizes per table, and deduplication figures.
     Stats {
@@ -403,6 +404,15 @@ fn run(cli: Cli) -> CliResult {
             };
             write_history(events, std::io::stdout().lock(), outcomes)
         }
+        Command::Check => {
+            let mut store = open_existing(&db)?;
+            let pages = query::page_damage(store.verify_file());
+            let rx = store.read()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            query::check(&rx, pages, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
         query => {
             let store = open_existing(&db)?;
             let rx = store.read()?;
@@ -437,7 +447,6 @@ fn run_query(rx: &roomstate::ReadTxn, command: Command, out: &mut impl Write) ->
         }
         Command::Event { id, outcome } => query::event(rx, &id, outcome, out),
         Command::Stats { json } => query::stats(rx, json, out),
-        Command::Check => query::check(rx, out),
         _ => Err(Failure::User("nothing to do".into())),
     }
 }
@@ -450,9 +459,11 @@ fn db_path(db: &Option<PathBuf>) -> &Path {
 /// to create one.
 fn open_existing(db: &Option<PathBuf>) -> CliResult<Store> {
     let path = db_path(db);
-    if !path.exists() {
+    let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+    if !path.exists() || empty {
+        let what = if empty { "an empty file" } else { "no store" };
         return Err(Failure::User(format!(
-            "no store at {} (use --db PATH, or ingest first)",
+            "{what} at {} (use --db PATH, or ingest first)",
             path.display()
         )));
     }

@@ -264,24 +264,39 @@ pub fn stats(rx: &ReadTxn, as_json: bool, out: &mut impl Write) -> CliResult {
     Ok(())
 }
 
-pub fn check(rx: &ReadTxn, out: &mut impl Write) -> CliResult {
+/// What redb's page checksums said, as a problem line; `None` when the file was sound.
+pub fn page_damage(verified: roomstate::Result<bool>) -> Option<String> {
+    match verified {
+        Ok(true) => None,
+        Ok(false) => Some(
+            "redb's page checksums found damage: the file was repaired, back to its last intact \
+             commit"
+                .to_owned(),
+        ),
+        Err(e) => Some(format!("redb's page checksums found damage: {e}")),
+    }
+}
+
+pub fn check(rx: &ReadTxn, pages: Option<String>, out: &mut impl Write) -> CliResult {
     let report = rx.check()?;
-    for p in &report.problems {
+    let mut problems: Vec<String> = pages.into_iter().collect();
+    problems.extend(report.problems.iter().map(ToString::to_string));
+    for p in &problems {
         writeln!(out, "{p}")?;
     }
     writeln!(
         out,
         "checked {} rows: {} problem(s)",
         report.rows,
-        report.problems.len()
+        problems.len()
     )?;
-    if report.is_clean() {
+    if problems.is_empty() {
         Ok(())
     } else {
         out.flush()?;
         Err(Failure::Store(format!(
             "the store has {} problem(s)",
-            report.problems.len()
+            problems.len()
         )))
     }
 }
