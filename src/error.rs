@@ -127,6 +127,13 @@ pub enum Error {
     /// they were). Says which.
     #[error("not a roomstate store: {0}")]
     ForeignFile(String),
+    /// The store's file is already open, in another process or through another [`crate::Store`]
+    /// in this one. redb takes a file whole, so the second opener fails at once rather than
+    /// waiting: share one `Store` within a process, and run one command on a file at a time.
+    #[error(
+        "the store is open in another process (or another handle in this one); try again when it is done"
+    )]
+    InUse,
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -173,6 +180,7 @@ impl Error {
                 | Error::BadEvent { .. }
                 | Error::Outlier(_)
                 | Error::ForeignFile(_)
+                | Error::InUse
         )
     }
 
@@ -195,6 +203,7 @@ macro_rules! from_redb {
             fn from(e: $ty) -> Self {
                 match e.into() {
                     redb::Error::PreviousIo => Error::ReopenRequired,
+                    redb::Error::DatabaseAlreadyOpen => Error::InUse,
                     other => Error::Storage(other),
                 }
             }

@@ -1078,7 +1078,10 @@ fn purge_then_compact_empties_the_store_and_check_stays_clean() {
         &["--db", "s.redb", "purge", "--room", "!hq:server0.test"],
         None,
     )
-    .fails(1, "error: no room record");
+    .fails(
+        1,
+        "error: room !hq:server0.test has no events: nothing to purge",
+    );
     roomstate(
         d,
         &["--db", "s.redb", "purge", "--room", "!nowhere:x"],

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, rows};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 use std::io::Read;
@@ -38,52 +38,6 @@ fn run(mut command: Command) -> Vec<u8> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{command:?}: {stderr}");
     out.stdout
-}
-
-/// Every row of every table, hashed in key order: two stores with the same rows answer every
-/// read alike. (The table layouts are `docs/format.md`'s.)
-fn rows(db: &Path) -> u64 {
-    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-    let db = redb::Database::open(db).unwrap();
-    let rx = db.begin_read().unwrap();
-    let mut hasher = DefaultHasher::new();
-    macro_rules! hash_table {
-        ($name:expr, $k:ty, $v:ty) => {{
-            let def: TableDefinition<$k, $v> = TableDefinition::new($name);
-            let table = rx.open_table(def).unwrap();
-            hasher.write(format!("{}: {} rows", $name, table.len().unwrap()).as_bytes());
-            for row in table.iter().unwrap() {
-                let (k, v) = row.unwrap();
-                hasher.write(format!("{:?}={:?};", k.value(), v.value()).as_bytes());
-            }
-        }};
-    }
-    for name in ["meta", "room_ids", "event_types", "state_keys", "event_ids"] {
-        hash_table!(name, &[u8], u64);
-    }
-    for name in [
-        "room_ids_rev",
-        "event_types_rev",
-        "state_keys_rev",
-        "event_ids_rev",
-    ] {
-        hash_table!(name, u64, &[u8]);
-    }
-    for name in ["snapshots", "events", "rooms", "event_json", "outcomes"] {
-        hash_table!(name, u64, &[u8]);
-    }
-    hash_table!("blocks", u128, &[u8]);
-    hash_table!("snapshot_hashes", u128, u64);
-    hash_table!("block_refs", u128, u64);
-    hash_table!("snapshot_refs", u64, u64);
-    hash_table!("unreferenced_snapshots", u64, ());
-    hash_table!("unreferenced_blocks", u128, ());
-    hash_table!("membership", (u64, u64), u8);
-    hash_table!("room_events", (u64, u64), u64);
-    for name in ["user_rooms", "outliers"] {
-        hash_table!(name, (u64, u64), ());
-    }
-    hasher.finish()
 }
 
 /// `check` passing, every row, and (up to a size) the room's `states` output, hashed as it

@@ -1,6 +1,6 @@
 //! The subcommands that delete: purge and compact.
 
-use crate::failure::CliResult;
+use crate::failure::{CliResult, Failure};
 use crate::names::room_nid;
 use roomstate::Store;
 use std::path::Path;
@@ -8,7 +8,16 @@ use std::path::Path;
 pub fn purge(store: &Store, id: &str) -> CliResult {
     let room = room_nid(&store.read()?, id)?;
     let mut tx = store.write()?;
-    let purged = tx.purge_room(room)?;
+    let purged = match tx.purge_room(room) {
+        // The room's ID outlives it, so a second purge (say, after a kill that came once the
+        // first had committed) finds the ID and no room.
+        Err(roomstate::Error::UnknownRoom(_)) => {
+            return Err(Failure::User(format!(
+                "room {id} has no events: nothing to purge"
+            )));
+        }
+        other => other?,
+    };
     tx.commit()?;
     println!(
         "purged {id}: {} events, {} memberships, {} snapshots and {} blocks no other room used",
