@@ -134,6 +134,11 @@ pub enum Error {
         "the store is open in another process (or another handle in this one); try again when it is done"
     )]
     InUse,
+    /// The store's file may not be opened for writing (a read-only file, or one of another
+    /// user's). The store opens read-write even to be read, so nothing is done; the file is
+    /// left as it was.
+    #[error("{0}: permission denied; the store opens its file read-write, even to read it")]
+    NotWritable(String),
     /// The file was written by a version of this crate with another schema.
     #[error("unsupported schema version {0}")]
     UnsupportedSchema(u64),
@@ -181,6 +186,7 @@ impl Error {
                 | Error::Outlier(_)
                 | Error::ForeignFile(_)
                 | Error::InUse
+                | Error::NotWritable(_)
         )
     }
 

@@ -1,5 +1,5 @@
-//! What disks and users do to a store, through the CLI: a disk that fills, two writers on one
-//! file, and kills during `purge` and `compact`. Each keeps the store's last commit, leaves
+//! What disks and users do to a store, through the CLI: a disk that fills, a read-only file, two
+//! writers on one file, and kills during `purge` and `compact`. Each keeps the store's last commit, leaves
 //! `check` clean, and gives a clear error. (Kills during `ingest` are `tests/resume.rs`; files
 //! that are not stores, `tests/cli.rs` and `tests/store.rs`.)
 
@@ -116,6 +116,39 @@ fn a_second_writer_fails_at_once_and_clearly() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
+    succeeds(roomstate(&db, &["check"]));
+}
+
+#[test]
+fn a_read_only_file_is_refused_and_left_as_it_was() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let history = history(dir.path());
+    let db = dir.path().join("s.redb");
+    succeeds(roomstate(&db, &["ingest", history.to_str().unwrap()]));
+    let bytes = std::fs::read(&db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Root writes to any file, so a root test runs the CLI as nobody.
+    let as_root = std::fs::metadata(&db).unwrap().uid() == 0;
+    for args in [
+        &["stats"][..],
+        &["ingest", history.to_str().unwrap()],
+        &["compact"],
+    ] {
+        let mut command = roomstate(&db, args);
+        if as_root {
+            command.uid(65534).gid(65534);
+        }
+        let out = output(command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("s.redb: permission denied"), "{stderr}");
+    }
+    assert!(std::fs::read(&db).unwrap() == bytes, "the file changed");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     succeeds(roomstate(&db, &["check"]));
 }
 

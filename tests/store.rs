@@ -533,6 +533,16 @@ fn upgrade_from(old: u64) {
 }
 
 #[test]
+fn a_file_already_open_is_in_use_until_its_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let first = Store::open(&path).unwrap();
+    assert!(matches!(Store::open(&path), Err(roomstate::Error::InUse)));
+    drop(first);
+    Store::open(&path).unwrap();
+}
+
+#[test]
 fn files_that_are_not_stores_are_refused_and_left_alone() {
     use redb::{ReadableDatabase, TableDefinition};
     let dir = tempfile::tempdir().unwrap();

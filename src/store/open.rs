@@ -163,6 +163,12 @@ impl StoreBuilder {
     /// A new file is built under a temporary name beside `path` and linked into place only
     /// once its tables are committed, so a crash while creating never leaves a half-written
     /// file at `path`. An empty file at `path` is treated as missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InUse`] when the file is open already, in this process or another;
+    /// [`Error::NotWritable`] when it may not be opened for writing; [`Error::ForeignFile`] when
+    /// it is not a store of this crate. None of them touches the file.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
         crate::error::guard(|| self.open_path(path.as_ref()))
     }
@@ -189,6 +195,11 @@ impl StoreBuilder {
                 if io.kind() == std::io::ErrorKind::InvalidData && !starts_as_redb(path) =>
             {
                 Error::ForeignFile(format!("not a redb database ({io})"))
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Error::NotWritable(path.display().to_string())
             }
             other => other.into(),
         })?;
