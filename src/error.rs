@@ -235,14 +235,18 @@ from_redb!(
 /// own code would surface the same way, but none are expected: the fuzz targets and tests look
 /// for them with the guard's help, since they treat any error on valid input as a failure.
 pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned());
-        Err(Error::Damaged(message))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| Err(damaged(p)))
+}
+
+/// The [`Error::Damaged`] for a panic's payload: caught by [`guard`], or by joining a thread of
+/// our own that read the store.
+pub(crate) fn damaged(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    Error::Damaged(message)
 }
 
 /// The spec's limit on an event's size, which also bounds the memory one line may take.

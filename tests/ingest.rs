@@ -2094,3 +2094,62 @@ fn the_same_event_id_with_other_content_is_refused() {
             .contains("other content")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The input: an error part-way, and a stop that must end an endless input.
+
+/// Gives `lines` and then fails, or goes on forever with `then` when it is given.
+struct Scripted {
+    text: std::io::Cursor<Vec<u8>>,
+    then: Option<Vec<u8>>,
+}
+
+impl std::io::Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.text.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        match &self.then {
+            Some(again) => {
+                self.text = std::io::Cursor::new(again.clone());
+                self.text.read(buf)
+            }
+            None => Err(std::io::Error::other("the disk went away")),
+        }
+    }
+}
+
+fn scripted(lines: &[String], then: Option<&str>) -> std::io::BufReader<Scripted> {
+    std::io::BufReader::new(Scripted {
+        text: std::io::Cursor::new(joined(lines).into_bytes()),
+        then: then.map(|t| t.as_bytes().to_vec()),
+    })
+}
+
+#[test]
+fn an_input_error_keeps_the_committed_batches_and_is_returned() {
+    let store = Store::in_memory().unwrap();
+    let lines = prefix();
+    let mut ingester = Ingester::new(&store, options(1, OnBadLine::Stop), TrivialMerge);
+    let err = ingester.read_from(scripted(&lines, None)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io(e) if e.to_string() == "the disk went away"),
+        "{err}"
+    );
+    assert_eq!(ingester.report().events, 2);
+    assert!(stored(&store, "$c") && stored(&store, "$oc"));
+}
+
+#[test]
+fn a_stop_at_a_bad_line_ends_an_endless_input() {
+    // Were the input read ahead of the writer, it would be read forever.
+    let store = Store::in_memory().unwrap();
+    let endless = scripted(&prefix(), Some("not json\n"));
+    let err = ingest(&store, endless, options(1, OnBadLine::Stop), TrivialMerge).unwrap_err();
+    let Error::BadLine(bad) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(bad.line, 3);
+    assert!(stored(&store, "$c") && stored(&store, "$oc"));
+}

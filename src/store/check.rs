@@ -49,6 +49,11 @@ impl CheckReport {
         self.problems.is_empty()
     }
 
+    fn append(&mut self, part: &mut CheckReport) {
+        self.rows += part.rows;
+        self.problems.append(&mut part.problems);
+    }
+
     fn problem(&mut self, table: &'static str, key: impl fmt::Display, what: impl fmt::Display) {
         self.problems.push(Problem {
             table,
@@ -59,24 +64,56 @@ impl CheckReport {
 }
 
 /// The walk itself: interning, blocks, snapshots, events, rooms.
-pub(crate) fn check<T: Tables>(tx: &T) -> Result<CheckReport> {
+pub(crate) fn check<T: Tables + Sync>(tx: &T) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let mut interned: [HashSet<u64>; 4] = Default::default();
-    for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY, intern::EVENT] {
-        interned[kind.index] = check_interning(tx, kind, &mut report)?;
-    }
-    let blocks = check_blocks(tx, &interned, &mut report)?;
-    let mut tally = RefTally {
-        blocks: blocks.keys().map(|&h| (h, 0)).collect(),
-        snapshots: HashMap::new(),
-    };
-    let snapshots = check_snapshots(tx, &blocks, &mut tally, &mut report)?;
-    check_events(tx, &interned, &snapshots, &mut tally, &mut report)?;
+    let interned = check_interning(tx, &mut report)?;
+    // The events do not need the blocks and snapshots until their state-before NIDs are
+    // looked up, so the two walks run side by side.
+    let ((mut stored, mut tally, snapshots), (mut events, befores)) = both(
+        T::SHARES_TABLES,
+        || {
+            let mut part = CheckReport::default();
+            let blocks = check_blocks(tx, &interned, &mut part)?;
+            let mut tally = RefTally {
+                blocks: blocks.keys().map(|&h| (h, 0)).collect(),
+                snapshots: HashMap::new(),
+            };
+            let snapshots = check_snapshots(tx, &blocks, &mut tally, &mut part)?;
+            Ok((part, tally, snapshots))
+        },
+        || {
+            let mut part = CheckReport::default();
+            let befores = check_events(tx, &interned, &mut part)?;
+            Ok((part, befores))
+        },
+    )?;
+    report.append(&mut stored);
+    check_states_before(&befores, &snapshots, &mut tally, &mut events);
+    report.append(&mut events);
     check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_outcomes(tx, &mut report)?;
     check_outliers(tx, &mut report)?;
     check_refs(tx, &tally, &mut report)?;
     Ok(report)
+}
+
+/// Runs `a` and `b`, `a` on a thread of its own when `parallel`, and returns both results or
+/// the first error. A panic in `a` (redb on a damaged page) is [`crate::Error::Damaged`].
+fn both<A: Send, B>(
+    parallel: bool,
+    a: impl FnOnce() -> Result<A> + Send,
+    b: impl FnOnce() -> Result<B>,
+) -> Result<(A, B)> {
+    if !parallel {
+        return Ok((a()?, b()?));
+    }
+    crossbeam::thread::scope(|scope| {
+        let a = scope.spawn(|_| a());
+        let b = b();
+        let a = a.join().map_err(crate::error::damaged)?;
+        Ok((a?, b?))
+    })
+    .map_err(crate::error::damaged)?
 }
 
 /// Every rejection row decodes and belongs to a stored event, and a rejected event's record
@@ -162,15 +199,38 @@ impl RefTally {
     }
 }
 
-/// Both directions agree; returns the NIDs that resolve.
-fn check_interning<T: Tables>(
+/// Both directions of every kind agree; returns each kind's NIDs that resolve. The event IDs
+/// are most of the rows, so their forward walk runs beside the rest.
+fn check_interning<T: Tables + Sync>(
     tx: &T,
-    kind: Kind,
     report: &mut CheckReport,
-) -> Result<HashSet<u64>> {
+) -> Result<[HashSet<u64>; 4]> {
+    let mut interned: [HashSet<u64>; 4] = Default::default();
+    let (mut forward_events, mut reverse_events) = both(
+        T::SHARES_TABLES,
+        || {
+            let mut part = CheckReport::default();
+            check_forward(tx, intern::EVENT, &mut part).map(|()| part)
+        },
+        || {
+            for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY] {
+                check_forward(tx, kind, report)?;
+                interned[kind.index] = check_reverse(tx, kind, report)?;
+            }
+            let mut part = CheckReport::default();
+            interned[intern::EVENT.index] = check_reverse(tx, intern::EVENT, &mut part)?;
+            Ok(part)
+        },
+    )?;
+    report.append(&mut forward_events);
+    report.append(&mut reverse_events);
+    Ok(interned)
+}
+
+/// Every string maps to a NID that maps back to it.
+fn check_forward<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<()> {
     let forward = tx.open(kind.forward)?;
     let reverse = tx.open(kind.reverse)?;
-    let mut nids = HashSet::new();
     for row in forward.range::<&[u8]>(..)? {
         let (s, nid) = row?;
         report.rows += 1;
@@ -188,6 +248,14 @@ fn check_interning<T: Tables>(
             ),
         }
     }
+    Ok(())
+}
+
+/// Every NID maps to a string that maps back to it; returns the NIDs.
+fn check_reverse<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<HashSet<u64>> {
+    let forward = tx.open(kind.forward)?;
+    let reverse = tx.open(kind.reverse)?;
+    let mut nids = HashSet::new();
     for row in reverse.range::<u64>(..)? {
         let (nid, s) = row?;
         report.rows += 1;
@@ -327,7 +395,10 @@ fn check_snapshots<T: Tables>(
         }
     }
     let mut resolved = HashSet::new();
-    for (&nid, record) in &records {
+    // In NID order, so that a report reads the same every time.
+    let mut nids: Vec<u64> = records.keys().copied().collect();
+    nids.sort_unstable();
+    for (nid, record) in nids.into_iter().filter_map(|n| Some((n, records.get(&n)?))) {
         let mut depth = 0;
         let mut parent = record.parent;
         while let Some(p) = parent {
@@ -351,13 +422,14 @@ fn check_snapshots<T: Tables>(
     Ok(resolved)
 }
 
+/// Every event record decodes and names interned NIDs; returns each event's state-before
+/// snapshot, for [`check_states_before`].
 fn check_events<T: Tables>(
     tx: &T,
     interned: &[HashSet<u64>; 4],
-    snapshots: &HashSet<u64>,
-    tally: &mut RefTally,
     report: &mut CheckReport,
-) -> Result<()> {
+) -> Result<Vec<(u64, u64)>> {
+    let mut befores = Vec::new();
     for row in tx.open(tables::EVENTS)?.range::<u64>(..)? {
         let (nid, bytes) = row?;
         report.rows += 1;
@@ -387,19 +459,33 @@ fn check_events<T: Tables>(
                 report.problem("events", nid, format!("unknown {} NID {n}", kind.nid));
             }
         }
-        tally.snapshot(record.state_before.get());
-        if !snapshots.contains(&record.state_before.get()) {
+        befores.push((nid, record.state_before.get()));
+    }
+    Ok(befores)
+}
+
+/// Each event's state before it is a snapshot whose chain resolves. `report` holds the events'
+/// other problems; it comes out in event order, as one walk would have found them.
+fn check_states_before(
+    befores: &[(u64, u64)],
+    snapshots: &HashSet<u64>,
+    tally: &mut RefTally,
+    report: &mut CheckReport,
+) {
+    for &(nid, before) in befores {
+        tally.snapshot(before);
+        if !snapshots.contains(&before) {
             report.problem(
                 "events",
                 nid,
-                format!(
-                    "state before is missing or broken snapshot {}",
-                    record.state_before
-                ),
+                format!("state before is missing or broken snapshot {before}"),
             );
         }
     }
-    Ok(())
+    // Stable, so an event's own problems keep their order.
+    report
+        .problems
+        .sort_by_key(|p| p.key.parse::<u64>().unwrap_or(u64::MAX));
 }
 
 fn check_rooms<T: Tables>(
@@ -446,7 +532,8 @@ fn check_rooms<T: Tables>(
         }
         if let [only] = record.latest_events.as_slice()
             && snapshots.contains(&record.current_state.get())
-            && let Some(mismatch) = current_state_mismatch(tx, record.current_state, *only)?
+            && let Some(mismatch) =
+                current_state_mismatch(tx, &events, record.current_state, *only)?
         {
             report.problem("rooms", nid, mismatch);
         }
@@ -491,7 +578,7 @@ struct Counted {
 }
 
 impl Counted {
-    fn check<K: CountKey + std::hash::Hash + Eq, D: fmt::Display>(
+    fn check<K: CountKey + std::hash::Hash + Ord, D: fmt::Display>(
         &self,
         refs: &impl ReadableTable<K, u64>,
         unreferenced: &impl ReadableTable<K, ()>,
@@ -499,7 +586,10 @@ impl Counted {
         show: impl Fn(K) -> D,
         report: &mut CheckReport,
     ) -> Result<()> {
-        for (&key, &expected) in counted {
+        // In key order: a report reads the same every time, and the lookups walk the table.
+        let mut counted_keys: Vec<(K, u64)> = counted.iter().map(|(&k, &n)| (k, n)).collect();
+        counted_keys.sort_unstable_by_key(|&(k, _)| k);
+        for (key, expected) in counted_keys {
             let stored = refs.get(key)?.map_or(0, |v| v.value());
             let listed = unreferenced.get(key)?.is_some();
             count_problem(self.refs, show(key), expected, stored, listed, report);
@@ -552,10 +642,11 @@ fn count_problem(
 /// it is their resolved combination, which only the resolver can recompute.)
 fn current_state_mismatch<T: Tables>(
     tx: &T,
+    // Open already: a write transaction lends each table out once.
+    events: &impl ReadableTable<u64, &'static [u8]>,
     current: crate::nid::SnapshotNid,
     extremity: crate::nid::EventNid,
 ) -> Result<Option<String>> {
-    let events = tx.open(tables::EVENTS)?;
     let Some(bytes) = events.get(extremity.get())? else {
         return Ok(None);
     };

@@ -32,6 +32,10 @@ pub trait Tables: sealed::Sealed {
     where
         Self: 'a;
 
+    /// Whether two threads may open the same table at once: true of a read transaction; a
+    /// write transaction lends each table out once.
+    const SHARES_TABLES: bool;
+
     /// Opens a table that the store created.
     fn open<K: Key + 'static, V: Value + 'static>(
         &self,
@@ -41,6 +45,7 @@ pub trait Tables: sealed::Sealed {
 
 impl Tables for redb::ReadTransaction {
     type Table<'a, K: Key + 'static, V: Value + 'static> = redb::ReadOnlyTable<K, V>;
+    const SHARES_TABLES: bool = true;
 
     fn open<K: Key + 'static, V: Value + 'static>(
         &self,
@@ -52,6 +57,7 @@ impl Tables for redb::ReadTransaction {
 
 impl Tables for redb::WriteTransaction {
     type Table<'a, K: Key + 'static, V: Value + 'static> = redb::Table<'a, K, V>;
+    const SHARES_TABLES: bool = false;
 
     fn open<K: Key + 'static, V: Value + 'static>(
         &self,
@@ -84,7 +90,7 @@ impl std::fmt::Debug for ReadTxn {
 pub trait StoreRead: sealed::Sealed {
     /// The redb transaction underneath.
     #[doc(hidden)]
-    type Txn: Tables;
+    type Txn: Tables + Sync;
 
     /// The redb transaction underneath.
     #[doc(hidden)]

@@ -262,7 +262,12 @@ const DEFAULT_DB: &str = "roomstate.redb";
 /// The library turns a panic inside redb (a damaged page it trusted) into `Error::Damaged`; the
 /// hook has then said everything there is to say.
 fn quiet_panics() {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     std::panic::set_hook(Box::new(|info| {
+        // Two threads reading one damaged page both panic: one line says it.
+        if REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let payload = info.payload();
         let message = payload
             .downcast_ref::<&str>()
