@@ -175,6 +175,7 @@ impl StoreBuilder {
 
     fn open_path(self, path: &Path) -> Result<Store> {
         match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Err(Error::ForeignFile("a directory".to_owned())),
             Ok(m) if m.len() == 0 => {
                 // Another opener may have removed it first: that is fine.
                 match std::fs::remove_file(path) {
@@ -183,7 +184,6 @@ impl StoreBuilder {
                 }
                 self.create_file(path)?;
             }
-            Ok(m) if m.is_dir() => return Err(Error::ForeignFile("a directory".to_owned())),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_file(path)?,
             Err(e) => return Err(e.into()),
