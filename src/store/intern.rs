@@ -100,50 +100,45 @@ pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<
     })
 }
 
-/// Returns the NID of each string, creating the missing ones. Repeats in `strings` get the same
-/// NID. Every string is checked before anything is written.
-pub(crate) fn get_or_create(
-    forward: &mut Table<Text, u64>,
-    reverse: &mut Table<u64, Text>,
-    meta: &mut Table<Text, u64>,
+/// Interns `s`, which the caller knows is absent from `forward`, under the next NID. `next` is
+/// the caller's copy of the kind's counter (read from `meta` when `None`): a batch reads it once
+/// and writes it back after each string.
+pub(crate) fn create(
+    tables: InternTables<'_, '_>,
     kind: Kind,
-    strings: &[&str],
-) -> Result<Vec<u64>> {
-    for s in strings {
-        validate(kind.string, kind.may_be_empty, s)?;
+    s: &str,
+    next: &mut Option<u64>,
+) -> Result<u64> {
+    validate(kind.string, kind.may_be_empty, s)?;
+    let nid = match *next {
+        Some(n) => n,
+        None => tables
+            .meta
+            .get(kind.counter.as_bytes())?
+            .map_or(kind.first_dynamic, |v| v.value()),
+    };
+    let after = nid
+        .checked_add(1)
+        .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?;
+    tables.forward.insert(s.as_bytes(), nid)?;
+    // A counter behind the rows it hands out means a damaged file; never overwrite a row.
+    if tables.reverse.insert(nid, s.as_bytes())?.is_some() {
+        return Err(Error::corrupt(
+            kind.counter,
+            nid,
+            "counter reused an existing NID",
+        ));
     }
-    let mut out = Vec::with_capacity(strings.len());
-    let mut next = None;
-    for s in strings {
-        if let Some(nid) = forward.get(s.as_bytes())? {
-            out.push(nid.value());
-            continue;
-        }
-        let nid = match next {
-            Some(n) => n,
-            None => meta
-                .get(kind.counter.as_bytes())?
-                .map_or(kind.first_dynamic, |v| v.value()),
-        };
-        forward.insert(s.as_bytes(), nid)?;
-        // A counter behind the rows it hands out means a damaged file; never overwrite a row.
-        if reverse.insert(nid, s.as_bytes())?.is_some() {
-            return Err(Error::corrupt(
-                kind.counter,
-                nid,
-                "counter reused an existing NID",
-            ));
-        }
-        out.push(nid);
-        next = Some(
-            nid.checked_add(1)
-                .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?,
-        );
-    }
-    if let Some(n) = next {
-        meta.insert(kind.counter.as_bytes(), n)?;
-    }
-    Ok(out)
+    tables.meta.insert(kind.counter.as_bytes(), after)?;
+    *next = Some(after);
+    Ok(nid)
+}
+
+/// The three tables interning writes: a kind's two directions and the counters.
+pub(crate) struct InternTables<'a, 't> {
+    pub forward: &'a mut Table<'t, Text, u64>,
+    pub reverse: &'a mut Table<'t, u64, Text>,
+    pub meta: &'a mut Table<'t, Text, u64>,
 }
 
 /// The NID of `s`, if interned. Never creates.

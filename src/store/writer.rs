@@ -22,6 +22,7 @@ use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use std::collections::HashMap;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 /// The meta key of the snapshot NID counter.
 pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
@@ -86,7 +87,12 @@ pub(crate) struct Writer<'t> {
 
 #[derive(Default)]
 struct Cache {
-    nids: [HashMap<Box<str>, u64>; 4],
+    nids: [HashMap<Box<str>, u64, Xxh3DefaultBuilder>; 4],
+    /// The last string of each kind looked up and found absent, until it is interned: receiving
+    /// an event asks whether it is stored, then interns it.
+    absent: [Option<Box<str>>; 4],
+    /// Each kind's next NID, read from `meta` once per writer.
+    next_nid: [Option<u64>; 4],
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     rooms: NidMap<RoomNid, RoomRecord>,
@@ -174,28 +180,43 @@ impl<'t> Writer<'t> {
         self.poisoned.get_or_insert(why);
     }
 
-    /// The NIDs of `strings`, interning the new ones.
+    /// The NIDs of `strings`, interning the new ones. Repeats in `strings` get the same NID.
+    /// Every string is checked before anything is written.
     pub fn intern(&mut self, kind: Kind, strings: &[&str]) -> Result<Vec<u64>> {
-        let cache = &mut self.cache.nids[kind.index];
         let misses: Vec<&str> = strings
             .iter()
             .copied()
-            .filter(|s| !cache.contains_key(*s))
+            .filter(|s| !self.cache.nids[kind.index].contains_key(*s))
             .collect();
-        if !misses.is_empty() {
-            let tx = self.tx;
-            let forward = open(tx, &mut self.forward[kind.index], kind.forward)?;
-            let reverse = open(tx, &mut self.reverse[kind.index], kind.reverse)?;
-            let meta = open(tx, &mut self.meta, tables::META)?;
-            let nids = intern::get_or_create(forward, reverse, meta, kind, &misses)?;
-            for (s, nid) in misses.iter().zip(nids) {
-                cache.insert(Box::from(*s), nid);
+        for s in &misses {
+            intern::validate(kind.string, kind.may_be_empty, s)?;
+        }
+        for s in misses {
+            if self.cache.nids[kind.index].contains_key(s) {
+                continue;
+            }
+            // An event is looked up just before it is interned: that miss is not asked twice.
+            let known_absent = self.cache.absent[kind.index].as_deref() == Some(s);
+            let found = match known_absent {
+                true => None,
+                false => self.lookup_nid(kind, s)?,
+            };
+            if found.is_none() {
+                let tables = intern::InternTables {
+                    forward: open(self.tx, &mut self.forward[kind.index], kind.forward)?,
+                    reverse: open(self.tx, &mut self.reverse[kind.index], kind.reverse)?,
+                    meta: open(self.tx, &mut self.meta, tables::META)?,
+                };
+                let next = &mut self.cache.next_nid[kind.index];
+                let nid = intern::create(tables, kind, s, next)?;
+                self.cache.absent[kind.index] = None;
+                self.cache.nids[kind.index].insert(Box::from(s), nid);
             }
         }
         strings
             .iter()
             .map(|s| {
-                cache.get(*s).copied().ok_or_else(|| {
+                self.cache.nids[kind.index].get(*s).copied().ok_or_else(|| {
                     Error::InvalidState(format!("{} {s:?} was not interned", kind.nid))
                 })
             })
@@ -207,10 +228,16 @@ impl<'t> Writer<'t> {
         if let Some(nid) = self.cache.nids[kind.index].get(s) {
             return Ok(Some(*nid));
         }
+        if self.cache.absent[kind.index].as_deref() == Some(s) {
+            return Ok(None);
+        }
         let forward = open(self.tx, &mut self.forward[kind.index], kind.forward)?;
         let found = intern::lookup(forward, s)?;
-        if let Some(nid) = found {
-            self.cache.nids[kind.index].insert(Box::from(s), nid);
+        match found {
+            Some(nid) => {
+                self.cache.nids[kind.index].insert(Box::from(s), nid);
+            }
+            None => self.cache.absent[kind.index] = Some(Box::from(s)),
         }
         Ok(found)
     }
