@@ -264,6 +264,9 @@ pub enum Problem {
     TooLarge(usize),
     /// A required field is absent.
     MissingField(&'static str),
+    /// A JSON object with neither `type` nor `event_id`: no event at all. (A JSON-lines
+    /// envelope is such an object, and is read as one.)
+    NotAPdu,
     /// The event declares no `event_id`, and its reference hash cannot be taken: its room
     /// version names events otherwise (1 and 2), is unknown, or the JSON is not canonical.
     EventIdNotDerived(String),
@@ -326,6 +329,7 @@ impl fmt::Display for Problem {
             Problem::NotAnEvent(e) => write!(f, "not an event: {e}"),
             Problem::TooLarge(n) => write!(f, "line of {n} bytes exceeds {MAX_EVENT_BYTES}"),
             Problem::MissingField(field) => write!(f, "missing field `{field}`"),
+            Problem::NotAPdu => f.write_str("neither `type` nor `event_id`: not an event"),
             Problem::EventIdNotDerived(why) => {
                 write!(f, "no `event_id`, and none can be derived: {why}")
             }

@@ -113,8 +113,8 @@ pub struct IngestReport {
     /// Of the events stored, those stored as outliers (envelope lines of kind `outlier`): no
     /// state, outside their rooms' timelines. Accepted ones count as accepted too.
     pub outliers: u64,
-    /// Events already stored with the same JSON, skipped: an import re-run after a kill
-    /// counts here what the first run committed.
+    /// Events already stored (the same JSON, or the same reference hash), skipped: an import
+    /// re-run after a kill counts here what the first run committed.
     pub duplicates: u64,
     /// Rooms created.
     pub rooms: u64,
@@ -456,8 +456,8 @@ fn receive_pending<R: StateResolver>(
     let verdict = match receive(w, resolver, auth.as_deref_mut(), &bare) {
         Err(
             no_id @ Failure::Early {
-                event_id: None,
-                problem: Problem::MissingField("event_id"),
+                problem: Problem::NotAPdu,
+                ..
             },
         ) => match read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))? {
             Some(envelope) => receive(w, resolver, auth, &request_of(&Some(envelope), bytes)),

@@ -307,3 +307,53 @@ fn an_id_that_cannot_be_derived_says_why() {
     let orphan = r#"{"type":"m.room.message","room_id":"!r:x","sender":"@a:x","prev_events":["$p"],"auth_events":[],"content":{},"origin_server_ts":1}"#;
     assert_eq!(refusal(&store, orphan), Problem::NoCreateEvent);
 }
+
+#[test]
+fn a_hash_named_event_whose_auth_events_are_not_stored_asks_for_them() {
+    // Room version 5: the room ID names no event, so the create event can only be among the
+    // auth events, and those not stored are what is missing.
+    let store = Store::in_memory().unwrap();
+    let create_id = "$RrGxF28UrHLmoASHndYb9Jb_1SFww2ptmtur9INS438";
+    let member = json!({
+        "type": "m.room.member", "state_key": "@erikj:jki.re", "sender": "@erikj:jki.re",
+        "room_id": "!uXDCzlYgCTHtiWCkEx:jki.re", "content": {"membership": "join"},
+        "prev_events": [create_id], "auth_events": [create_id], "depth": 2,
+        "origin_server_ts": 1_560_284_621_138_u64, "hashes": {"sha256": "AAAA"}, "signatures": {},
+    });
+    let got = receive(&store, &[member.to_string()]);
+    assert_eq!(
+        got[0].outcome,
+        InputOutcome::MissingAuthEvents(vec![create_id.to_owned()])
+    );
+    assert_eq!(got[0].event_id, None, "its hash needs the room version");
+    assert_eq!(store.read().unwrap().event_nid(create_id).unwrap(), None);
+    // Once the create event is stored, the same event is taken under its reference hash.
+    let got = receive(&store, &[JKI_RE_CREATE.to_owned(), member.to_string()]);
+    assert_eq!(got[1].outcome, InputOutcome::Accepted);
+    assert!(got[1].event_id.as_deref().is_some_and(|id| id.len() == 44));
+}
+
+#[test]
+fn a_hash_named_event_sent_again_with_other_signatures_is_already_stored() {
+    let (_, pdus) = v12_room();
+    let store = Store::in_memory().unwrap();
+    let first = receive(&store, &pdus);
+    let mut resent: Value = serde_json::from_str(&pdus[5]).unwrap();
+    resent["unsigned"] = json!({"age": 1234});
+    resent["signatures"] = json!({"b.example": {"ed25519:2": "BBBB"}});
+    let again = receive(&store, &[resent.to_string()]);
+    assert_eq!(again[0].outcome, InputOutcome::AlreadyStored);
+    assert_eq!(again[0].event_id, first[5].event_id);
+    // The copy stored first is kept.
+    let rx = store.read().unwrap();
+    let nid = first[5].event.unwrap();
+    assert_eq!(rx.event_json(nid).unwrap().unwrap(), pdus[5]);
+    // Other content is another event: another reference hash.
+    let mut edited: Value = serde_json::from_str(&pdus[5]).unwrap();
+    edited["content"]["body"] = "edited".into();
+    edited["hashes"]["sha256"] = "BBBB".into();
+    drop(rx);
+    let other = receive(&store, &[edited.to_string()]);
+    assert_eq!(other[0].outcome, InputOutcome::Accepted);
+    assert_ne!(other[0].event_id, first[5].event_id);
+}

@@ -991,7 +991,7 @@ fn stop_missing_fields() {
     // ...and without a type as well, it is no event at all.
     v.as_object_mut().unwrap().remove("type");
     let bad = stop_case(&prefix(), &[good_join(), v.to_string()], Refuse);
-    assert_eq!(bad.problem, Problem::MissingField("event_id"), "{bad}");
+    assert_eq!(bad.problem, Problem::NotAPdu, "{bad}");
     assert_eq!(bad.event_id, None);
     // `null` is as good as absent.
     let mut v = full.clone();
@@ -1318,7 +1318,7 @@ fn skip_mode_stores_good_events_and_lists_every_bad_line() {
     };
     let expected: Vec<(u64, Option<&str>, Problem)> = vec![
         (2, None, not_json),
-        (5, None, Problem::MissingField("event_id")),
+        (5, None, Problem::NotAPdu),
         (6, Some("$u"), Problem::UnknownPrevEvent("$ghost".into())),
         (7, Some("$m"), Problem::DuplicateEvent),
         (

@@ -155,7 +155,8 @@ pub(crate) struct Outcome {
     pub(crate) new_room: bool,
     /// Why it was rejected or soft-failed; `None` when accepted.
     pub(crate) rejection: Option<Rejection>,
-    /// Whether it was stored already, with the same JSON, and nothing was written.
+    /// Whether it was stored already (the same JSON, or the same reference hash), and nothing
+    /// was written.
     pub(crate) already_stored: bool,
     /// Whether it is (still) an outlier.
     pub(crate) outlier: bool,
@@ -380,16 +381,22 @@ fn derived_id(
             Some(record) => record.version,
             None => {
                 let mut create_among_auth = None;
+                let mut unknown = Vec::new();
                 for id in f.auth_ids() {
-                    if let Some((nid, record)) = stored(w, id)?
-                        && is_create(&record)
-                    {
-                        create_among_auth = Some(nid);
-                        break;
+                    match stored(w, id)? {
+                        Some((nid, record)) if is_create(&record) => {
+                            create_among_auth.get_or_insert(nid);
+                        }
+                        Some(_) => {}
+                        None => unknown.push(id.to_owned()),
                     }
                 }
                 match version_from_create(w, room_id, create_among_auth, known)? {
                     Ok(Some(version)) => version,
+                    // The create event may be one of the auth events not stored yet.
+                    Ok(None) if !unknown.is_empty() => {
+                        return Ok(Err(Refusal::Missing(Missing::AuthEvents(unknown))));
+                    }
                     Ok(None) => return Ok(Err(Problem::NoCreateEvent.into())),
                     Err(create) => {
                         return Ok(Err(Refusal::Missing(Missing::AuthEvents(vec![create]))));
@@ -463,8 +470,8 @@ pub(crate) fn receive<R: StateResolver>(
     let mut auth = auth;
     let derived = match fields.declared_id() {
         Some(_) => None,
-        // Without a type, it is no PDU at all (an envelope, say): what is missing is its ID.
-        None if !fields.has_type() => return Err(bad((None, Problem::MissingField("event_id")))),
+        // Without a type either, it is no PDU at all (an envelope, say).
+        None if !fields.has_type() => return Err(bad((None, Problem::NotAPdu))),
         None => {
             let known = auth.as_deref_mut().map(|a| &mut a.versions);
             match derived_id(w, &fields, req.json, known)? {
@@ -479,6 +486,7 @@ pub(crate) fn receive<R: StateResolver>(
             }
         }
     };
+    let named_by_hash = derived.is_some();
     let parsed = fields.named(derived).map_err(bad)?;
     let early = |problem| Failure::Early {
         event_id: Some(parsed.event_id.to_string()),
@@ -490,8 +498,11 @@ pub(crate) fn receive<R: StateResolver>(
     let mut upgrade = None;
     if let Some((nid, record)) = stored(w, &parsed.event_id)? {
         // The same event again (an import re-run after a kill, say) is a no-op, unless an
-        // outlier now arrives in the timeline; the same ID with other content is refused.
-        if w.event_json_text(nid)?.as_deref().map(str::as_bytes) != Some(req.json) {
+        // outlier now arrives in the timeline; the same declared ID with other content is
+        // refused. An ID that is the event's reference hash covers all but its signatures and
+        // `unsigned`, which servers may send differently: the copy stored first is kept.
+        if !named_by_hash && w.event_json_text(nid)?.as_deref().map(str::as_bytes) != Some(req.json)
+        {
             return Err(early(Problem::DuplicateEvent));
         }
         let outlier = w.is_outlier(record.room, nid)?;

@@ -113,7 +113,8 @@ pub enum InputOutcome {
     SoftFailed(Rejection),
     /// Stored as an outlier that passed the checks on its auth events.
     Outlier,
-    /// The store holds it already with the same JSON; nothing changed.
+    /// The store holds it already, with the same JSON, or with the same reference hash for an
+    /// event named by it (its signatures or `unsigned` may differ); nothing changed.
     AlreadyStored,
     /// Not stored, nothing changed: these prev events are not in the room's timeline, and no
     /// state was supplied. Fetch them, or the state before the event.
