@@ -154,6 +154,29 @@ fn a_read_only_file_is_refused_and_left_as_it_was() {
     assert!(std::fs::read(&db).unwrap() == bytes, "the file changed");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     succeeds(roomstate(&db, &["check"]));
+    // An empty file, which a store would replace, stays too when it is read-only, even in a
+    // directory anyone may write to.
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .arg("--db")
+        .arg(&empty)
+        .args(["ingest", history.to_str().unwrap()]);
+    if as_root {
+        command.uid(65534).gid(65534);
+    }
+    let out = output(command);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("empty.redb: permission denied"), "{stderr}");
+    let left = std::fs::metadata(&empty).unwrap();
+    assert_eq!(
+        (left.len(), left.uid()),
+        (0, std::fs::metadata(&db).unwrap().uid())
+    );
 }
 
 /// Runs `args` on a copy of `template` and kills it after `at`; the copy, and whether the

@@ -162,7 +162,7 @@ impl StoreBuilder {
     ///
     /// A new file is built under a temporary name beside `path` and linked into place only
     /// once its tables are committed, so a crash while creating never leaves a half-written
-    /// file at `path`. An empty file at `path` is treated as missing.
+    /// file at `path`. An empty file at `path` is treated as missing, unless it is read-only.
     ///
     /// # Errors
     ///
@@ -177,8 +177,13 @@ impl StoreBuilder {
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Err(Error::ForeignFile("a directory".to_owned())),
             Ok(m) if m.len() == 0 => {
+                // Replaced only if it could be written: a read-only file stays as it is.
+                let writable = std::fs::OpenOptions::new().write(true).open(path);
                 // Another opener may have removed it first: that is fine.
-                match std::fs::remove_file(path) {
+                match writable.and_then(|_| std::fs::remove_file(path)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Err(Error::NotWritable(path.display().to_string()));
+                    }
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 }
