@@ -6,7 +6,7 @@
 use crate::engine::resolve::{StateMap, combine_maps};
 use crate::error::{Error, Result};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
-use crate::nid::{EventNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::StoreRead;
 use crate::store::membership::Membership;
 use crate::store::record::EventRecord;
@@ -77,13 +77,15 @@ pub struct StateIds {
 /// each after its own auth events. In room versions whose room ID names the create event (12
 /// on), events leave it out of `auth_events`; it is in their auth chain all the same, first.
 pub fn auth_chain<T: StoreRead>(rx: &T, events: &[EventNid]) -> Result<Vec<EventNid>> {
-    let mut chain = rx.auth_chain(events)?;
+    let walked = crate::error::guard(|| crate::store::auth_chain(rx.txn(), events))?;
+    let mut chain = walked.events;
     let mut implied = Vec::new();
-    for &event in events {
-        let Some(create) = implied_create(rx, event)? else {
-            continue;
-        };
-        if create != event && !implied.contains(&create) && !chain.contains(&create) {
+    for (room, asked) in walked.rooms {
+        // The create event is in the chain when another event of its room was asked about.
+        if let Some(create) = implied_create(rx, room)?
+            && asked > events.iter().filter(|e| **e == create).count()
+            && !chain.contains(&create)
+        {
             implied.push(create);
         }
     }
@@ -94,10 +96,9 @@ pub fn auth_chain<T: StoreRead>(rx: &T, events: &[EventNid]) -> Result<Vec<Event
     Ok(chain)
 }
 
-/// The create event an event's room ID names, when the room's ID is its create event's hash.
-fn implied_create<T: StoreRead>(rx: &T, event: EventNid) -> Result<Option<EventNid>> {
-    let record = rx.expect_event(event)?;
-    let room_id = rx.room_id(record.room)?;
+/// The create event a room's ID names, when the room's ID is its create event's hash.
+fn implied_create<T: StoreRead>(rx: &T, room: RoomNid) -> Result<Option<EventNid>> {
+    let room_id = rx.room_id(room)?;
     if room_id.contains(':') {
         return Ok(None);
     }
@@ -111,7 +112,7 @@ fn implied_create<T: StoreRead>(rx: &T, event: EventNid) -> Result<Option<EventN
     };
     let is_create = rx
         .event(create)?
-        .is_some_and(|r| crate::matrix::input::is_create(&r) && r.room == record.room);
+        .is_some_and(|r| crate::matrix::input::is_create(&r) && r.room == room);
     Ok(is_create.then_some(create))
 }
 

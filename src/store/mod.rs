@@ -26,7 +26,9 @@ pub use read::{ReadTxn, ResolverOf, StoreRead, Tables};
 pub use stats::{STATE_TABLES, StoreStats, TableSize, state_bytes};
 pub use write::{WriteCounts, WriteTxn};
 
-// What the Matrix layer may use beyond the public API: the batch writer and the interning kinds.
+// What the Matrix layer may use beyond the public API: the batch writer, the interning kinds,
+// and the auth-chain walk with the rooms it met.
+pub(crate) use auth_chain::auth_chain;
 pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
 pub(crate) use open::Serials;
 pub(crate) use writer::Writer;

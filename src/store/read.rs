@@ -288,6 +288,7 @@ pub trait StoreRead: sealed::Sealed {
     /// are in it only when another of them names them.
     fn auth_chain(&self, events: &[EventNid]) -> Result<Vec<EventNid>> {
         crate::error::guard(|| crate::store::auth_chain::auth_chain(self.txn(), events))
+            .map(|chain| chain.events)
     }
 
     /// The servers with a member joined to a room in its current state, sorted: who to send
