@@ -281,3 +281,48 @@ fn damaged_bytes_never_print_a_panic_and_are_found_or_harmless() {
     }
     eprintln!("200 damaged stores: {found} found by check, {hooked} met a panic inside redb");
 }
+
+/// The meta row that says every stored event's auth events are older than it.
+const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+
+#[test]
+fn the_auth_order_holds_until_a_trusted_import_breaks_it_and_check_holds_meta_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    ingested(&path);
+    let store = Store::open(&path).unwrap();
+    assert!(store.read().unwrap().auth_events_precede().unwrap());
+    // A trusted import may name auth events it does not hold: interned after the event.
+    let lines = [
+        r#"{"event_id":"$c","room_id":"!t:x","type":"m.room.create","state_key":"","sender":"@a:x","prev_events":[],"auth_events":[],"content":{"room_version":"10"}}"#,
+        r#"{"event_id":"$m","room_id":"!t:x","type":"m.room.member","state_key":"@a:x","sender":"@a:x","prev_events":["$c"],"auth_events":["$c","$later"],"content":{"membership":"join"}}"#,
+    ];
+    let trusted = IngestOptions {
+        trust: true,
+        ..IngestOptions::default()
+    };
+    let report = ingest(&store, lines.join("\n").as_bytes(), trusted, TrivialMerge).unwrap();
+    assert_eq!(report.events, 2);
+    let rx = store.read().unwrap();
+    assert!(!rx.auth_events_precede().unwrap());
+    assert!(rx.check().unwrap().is_clean());
+    let member = rx.event_nid("$m").unwrap().unwrap();
+    drop((rx, store));
+    // Claimed again, it is false: check names the event.
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META)
+        .unwrap()
+        .insert(b"auth_events_precede".as_slice(), 1)
+        .unwrap();
+    tx.commit().unwrap();
+    drop(db);
+    let report = Store::open(&path).unwrap().read().unwrap().check().unwrap();
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(&format!("events {member}: auth event "))
+            && problems[0].ends_with("is not older, but meta says auth events are"),
+        "{problems:?}"
+    );
+}

@@ -6,6 +6,7 @@
 //! JSON lines, batching or the CLI ([`crate::ingest`] sits above it).
 
 pub(crate) mod auth;
+pub(crate) mod auth_difference;
 pub(crate) mod event;
 pub(crate) mod input;
 pub(crate) mod pdu;

@@ -173,4 +173,7 @@ impl<T: StoreRead> StateSource for ReadSource<'_, T> {
     fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>> {
         self.0.type_nid(event_type)
     }
+    fn auth_events_precede(&mut self) -> Result<bool> {
+        self.0.auth_events_precede()
+    }
 }

@@ -55,6 +55,12 @@ pub trait StateSource {
     fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>>;
     /// The NID of an event type, if interned.
     fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>>;
+    /// Whether every stored event's auth events have smaller NIDs than the event
+    /// ([`StoreRead::auth_events_precede`](crate::StoreRead::auth_events_precede)). A source
+    /// that cannot tell says no, which is always safe.
+    fn auth_events_precede(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 impl StateSource for Writer<'_> {
@@ -93,6 +99,9 @@ impl StateSource for Writer<'_> {
     }
     fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>> {
         Ok(self.lookup_nid(TYPE, event_type)?.and_then(TypeNid::new))
+    }
+    fn auth_events_precede(&mut self) -> Result<bool> {
+        Writer::auth_events_precede(self)
     }
 }
 

@@ -19,6 +19,7 @@
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
+use crate::matrix::auth_difference::{AuthEvents, auth_difference};
 use crate::matrix::event::{FirstError, Pdu, PduJson};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
@@ -67,6 +68,7 @@ const NAMES_HELD: usize = 1 << 20;
 pub struct MatrixResolver {
     whole_maps: bool,
     chains: AuthChains,
+    auth_events: AuthEvents,
     names: Names,
     timings: Vec<Duration>,
 }
@@ -102,6 +104,7 @@ impl StateResolver for MatrixResolver {
 
     fn rolled_back(&mut self) {
         self.chains = AuthChains::default();
+        self.auth_events.clear();
         self.names = Names::default();
     }
 }
@@ -139,6 +142,7 @@ impl MatrixResolver {
             )));
         }
         self.chains.begin();
+        self.auth_events.bound();
         if self.names.keys.len() > NAMES_HELD {
             self.names = Names::default();
         }
@@ -156,12 +160,28 @@ impl MatrixResolver {
             }
             chains
         } else {
-            self.chains.difference_only(
-                source,
-                request.states,
-                &conflicted_keys,
-                &combined.unconflicted,
-            )?
+            // Room version 12's conflicted subgraph reads the memoised chains.
+            let ordered =
+                !rules.consider_conflicted_state_subgraph && source.auth_events_precede()?;
+            let walked = match ordered {
+                true => auth_difference(
+                    source,
+                    &mut self.auth_events,
+                    request.states,
+                    &conflicted_keys,
+                    &combined.unconflicted,
+                )?,
+                false => None,
+            };
+            match walked {
+                Some(chains) => chains,
+                None => self.chains.difference_only(
+                    source,
+                    request.states,
+                    &conflicted_keys,
+                    &combined.unconflicted,
+                )?,
+            }
         };
         let pdus = Pdus::new(source, request.room);
         let maps = if self.whole_maps {

@@ -430,6 +430,11 @@ fn check_events<T: Tables>(
     report: &mut CheckReport,
 ) -> Result<Vec<(u64, u64)>> {
     let mut befores = Vec::new();
+    // Resolution walks the auth DAG newest first, and stops early, only while this holds.
+    let ordered = tx
+        .open(tables::META)?
+        .get(tables::AUTH_ORDER_KEY.as_bytes())?
+        .is_some_and(|v| v.value() == 1);
     for row in tx.open(tables::EVENTS)?.range::<u64>(..)? {
         let (nid, bytes) = row?;
         report.rows += 1;
@@ -458,6 +463,12 @@ fn check_events<T: Tables>(
             if !interned[kind.index].contains(&n) {
                 report.problem("events", nid, format!("unknown {} NID {n}", kind.nid));
             }
+        }
+        if let Some(newer) = record.auth_events.iter().find(|a| a.get() >= nid)
+            && ordered
+        {
+            let what = format!("auth event {newer} is not older, but meta says auth events are");
+            report.problem("events", nid, what);
         }
         befores.push((nid, record.state_before.get()));
     }

@@ -291,6 +291,7 @@ impl Store {
                     let mut meta = tx.open_table(tables::META)?;
                     meta.insert(NEXT_SNAPSHOT.as_bytes(), SnapshotNid::EMPTY.get() + 1)?;
                     meta.insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
+                    meta.insert(tables::AUTH_ORDER_KEY.as_bytes(), 1)?;
                     drop(meta);
                     tx.commit()?;
                 }

@@ -291,6 +291,21 @@ pub trait StoreRead: sealed::Sealed {
             .map(|chain| chain.events)
     }
 
+    /// Whether every stored event's auth events have smaller NIDs than the event: true while
+    /// events are stored only after their auth events, as authorization requires; false once a
+    /// trusted import named auth events not stored yet, or an event ID was interned ahead of
+    /// its auth events, and for stores created before this was kept. Where it holds, an auth
+    /// chain walked from the newest event down can stop early.
+    fn auth_events_precede(&self) -> Result<bool> {
+        crate::error::guard(|| {
+            Ok(self
+                .txn()
+                .open(tables::META)?
+                .get(tables::AUTH_ORDER_KEY.as_bytes())?
+                .is_some_and(|v| v.value() == 1))
+        })
+    }
+
     /// The servers with a member joined to a room in its current state, sorted: who to send
     /// the room's new events to.
     fn joined_servers(&self, room: RoomNid) -> Result<Vec<String>> {

@@ -77,3 +77,10 @@ pub(crate) const SCHEMA_VERSION: u64 = 4;
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
+
+/// The [`META`] key of the auth order: 1 while every stored event's auth events have smaller
+/// NIDs than the event, which holds when events are only stored after their auth events, as
+/// authorization requires; 0 once a record breaks it (a trusted import naming auth events not
+/// stored yet, or an event ID interned ahead of its auth events). Stores created before the key
+/// lack it, which reads as 0.
+pub(crate) const AUTH_ORDER_KEY: &str = "auth_events_precede";

@@ -93,6 +93,8 @@ struct Cache {
     absent: [Option<Box<str>>; 4],
     /// Each kind's next NID, read from `meta` once per writer.
     next_nid: [Option<u64>; 4],
+    /// Whether every stored event's auth events are older than it, once read.
+    auth_order: Option<bool>,
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     rooms: NidMap<RoomNid, RoomRecord>,
@@ -221,6 +223,20 @@ impl<'t> Writer<'t> {
                 })
             })
             .collect()
+    }
+
+    /// Whether every stored event's auth events have smaller NIDs than the event (see
+    /// [`tables::AUTH_ORDER_KEY`]).
+    pub(crate) fn auth_events_precede(&mut self) -> Result<bool> {
+        if let Some(known) = self.cache.auth_order {
+            return Ok(known);
+        }
+        let known = self
+            .meta()?
+            .get(tables::AUTH_ORDER_KEY.as_bytes())?
+            .is_some_and(|v| v.value() == 1);
+        self.cache.auth_order = Some(known);
+        Ok(known)
     }
 
     /// The NID of `s`, if interned.
@@ -552,6 +568,10 @@ impl<'t> Writer<'t> {
 
     pub fn put_event(&mut self, event: EventNid, record: &EventRecord) -> Result<()> {
         let bytes = codec::encode(record)?;
+        if record.auth_events.iter().any(|a| *a >= event) && self.auth_events_precede()? {
+            self.meta()?.insert(tables::AUTH_ORDER_KEY.as_bytes(), 0)?;
+            self.cache.auth_order = Some(false);
+        }
         // The replaced row comes back from the insert: a new event (every event of an ingest)
         // costs no extra read to learn that no reference moves away.
         let replaced = self
