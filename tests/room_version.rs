@@ -112,3 +112,42 @@ fn version_12_and_version_10_rooms_share_a_store() {
     let rx = mixed.read().unwrap();
     assert!(rx.check().unwrap().is_clean());
 }
+
+/// For every event, in order: the IDs of the events of the state before it, sorted.
+fn states_before(store: &Store, events: &[GenEvent]) -> Vec<Vec<String>> {
+    let rx = store.read().unwrap();
+    events
+        .iter()
+        .map(|e| {
+            let nid = rx.event_nid(&e.event_id).unwrap().unwrap();
+            let state = rx.state_before(nid).unwrap();
+            let mut ids: Vec<String> = state
+                .entries()
+                .iter()
+                .map(|s| rx.event_id(s.event).unwrap())
+                .collect();
+            ids.sort_unstable();
+            ids
+        })
+        .collect()
+}
+
+#[test]
+fn version_12_merges_resolve_alike_by_the_ordered_walk_and_by_whole_chains() {
+    // A new store keeps auth events older than their events, so the default resolver walks the
+    // auth DAG in order, the conflicted subgraph too; whole maps build every chain.
+    let history = events(Workload::Forky, RoomVersion::V12);
+    let text: String = history.iter().map(|e| e.to_json_line() + "\n").collect();
+    let (walked, whole) = (Store::in_memory().unwrap(), Store::in_memory().unwrap());
+    let mut ordered = MatrixResolver::default();
+    let options = IngestOptions::default();
+    ingest(&walked, text.as_bytes(), options.clone(), &mut ordered).unwrap();
+    let mut chains = MatrixResolver::whole_maps();
+    ingest(&whole, text.as_bytes(), options, &mut chains).unwrap();
+    assert!(walked.read().unwrap().auth_events_precede().unwrap());
+    assert!(ordered.timings().len() > 20, "{}", ordered.timings().len());
+    assert_eq!(
+        states_before(&walked, &history),
+        states_before(&whole, &history)
+    );
+}

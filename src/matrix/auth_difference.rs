@@ -15,7 +15,7 @@
 use crate::engine::resolve::StateMap;
 use crate::error::Result;
 use crate::matrix::resolver::StateSource;
-use crate::nid::{EventNid, NidMap, StateKey};
+use crate::nid::{EventNid, NidMap, NidSet, StateKey};
 use std::collections::{BinaryHeap, HashSet};
 
 /// The most forks one walk tells apart: each is a bit of a mask, beside the unconflicted
@@ -152,6 +152,55 @@ pub(crate) fn auth_difference(
     Ok(Some(chains))
 }
 
+/// The conflicted state subgraph of state resolution v2.1, less the conflicted events
+/// themselves: every event that is an auth ancestor of a conflicted event and has one as an
+/// auth ancestor. Such an event is no older than the oldest conflicted event, so the walk down
+/// from the conflicted events stops there; then, oldest first, an event reaches a conflicted
+/// event when one of its auth events is one or reaches one. `None` when an auth event turns out
+/// not to be older than its event.
+pub(crate) fn conflicted_subgraph(
+    source: &mut dyn StateSource,
+    known: &mut AuthEvents,
+    conflicted: &[EventNid],
+) -> Result<Option<Vec<EventNid>>> {
+    let Some(&floor) = conflicted.iter().min() else {
+        return Ok(Some(Vec::new()));
+    };
+    let conflicted: NidSet<EventNid> = conflicted.iter().copied().collect();
+    let mut met: NidSet<EventNid> = NidSet::default();
+    let mut stack: Vec<EventNid> = conflicted.iter().copied().collect();
+    while let Some(event) = stack.pop() {
+        if !met.insert(event) {
+            continue;
+        }
+        for &auth in known.get(source, event)?.unwrap_or_default() {
+            if auth >= event {
+                return Ok(None);
+            }
+            if auth >= floor && !met.contains(&auth) {
+                stack.push(auth);
+            }
+        }
+    }
+    let mut oldest_first: Vec<EventNid> = met.into_iter().collect();
+    oldest_first.sort_unstable();
+    let mut reaching: NidSet<EventNid> = NidSet::default();
+    let mut subgraph = Vec::new();
+    for event in oldest_first {
+        let auth_events = known.get(source, event)?.unwrap_or_default();
+        if auth_events
+            .iter()
+            .any(|a| conflicted.contains(a) || reaching.contains(a))
+        {
+            reaching.insert(event);
+            if !conflicted.contains(&event) {
+                subgraph.push(event);
+            }
+        }
+    }
+    Ok(Some(subgraph))
+}
+
 /// The meaning of a mask's bits.
 struct Masks {
     /// Every fork's bit.
@@ -251,6 +300,19 @@ mod tests {
         }
     }
 
+    /// Events 1..=n, each with up to four older auth events; one in twelve is not stored.
+    fn random_dag(rng: &mut Rng, n: u64) -> Dag {
+        Dag((1..=n)
+            .map(|e| {
+                let stored = e == 1 || rng.below(12) != 0;
+                let auth = (0..rng.below(5).min(e - 1))
+                    .map(|_| nid(1 + rng.below(e - 1)))
+                    .collect::<Vec<_>>();
+                stored.then_some(auth)
+            })
+            .collect())
+    }
+
     /// Strict auth ancestors of `from`, by a plain walk.
     fn ancestors(dag: &Dag, from: impl Iterator<Item = EventNid>) -> HashSet<EventNid> {
         let mut out = HashSet::new();
@@ -278,15 +340,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2000 {
             let n = 2 + rng.below(60);
-            let dag = Dag((1..=n)
-                .map(|e| {
-                    let stored = e == 1 || rng.below(12) != 0;
-                    let auth = (0..rng.below(5).min(e - 1))
-                        .map(|_| nid(1 + rng.below(e - 1)))
-                        .collect::<Vec<_>>();
-                    stored.then_some(auth)
-                })
-                .collect());
+            let dag = random_dag(&mut rng, n);
             let forks = 2 + rng.below(3) as usize;
             let keys = 1 + rng.below(8);
             let mut conflicted = HashSet::new();
@@ -334,6 +388,33 @@ mod tests {
                         .collect()
                 })
                 .collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn the_subgraph_is_what_plain_walks_say_is_between_conflicted_events() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..2000 {
+            let n = 2 + rng.below(60);
+            let mut dag = random_dag(&mut rng, n);
+            let conflicted: Vec<EventNid> = (0..1 + rng.below(6))
+                .map(|_| nid(1 + rng.below(n)))
+                .collect();
+            let mut known = AuthEvents::default();
+            let mut got = conflicted_subgraph(&mut dag, &mut known, &conflicted)
+                .expect("an in-memory DAG")
+                .expect("auth events are older");
+            got.sort_unstable();
+            let reaches_one = |e: EventNid| {
+                let above = ancestors(&dag, std::iter::once(e));
+                conflicted.iter().any(|c| above.contains(c))
+            };
+            let mut want: Vec<EventNid> = ancestors(&dag, conflicted.iter().copied())
+                .into_iter()
+                .filter(|e| !conflicted.contains(e) && reaches_one(*e))
+                .collect();
+            want.sort_unstable();
             assert_eq!(got, want);
         }
     }

@@ -1,9 +1,10 @@
 //! Matrix state resolution through `ruma-state-res`, the implementation Rust homeservers use.
 //!
 //! [`MatrixResolver`] is the [`StateResolver`] that ingest uses by default. The store feeds it:
-//! the states to settle, converted from NIDs to strings; the auth chains of those states, built
-//! from the stored `auth_events` and memoised per event; events parsed from their stored JSON;
-//! and, for room version 12 (state resolution v2.1), the conflicted state subgraph.
+//! the states to settle, converted from NIDs to strings; the auth chains of those states, from
+//! the stored `auth_events`, by one ordered walk where auth events are always older than their
+//! events (`auth_difference.rs`) and otherwise memoised per event; events parsed from their
+//! stored JSON; and, for room version 12 (state resolution v2.1), the conflicted state subgraph.
 //!
 //! **Conflicted-only maps.** `ruma-state-res` wants one full state map per fork, and its split
 //! into conflicted and unconflicted keys is private. But a key every fork holds with the same
@@ -19,7 +20,7 @@
 use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
-use crate::matrix::auth_difference::{AuthEvents, auth_difference};
+use crate::matrix::auth_difference::{AuthEvents, auth_difference, conflicted_subgraph};
 use crate::matrix::event::{FirstError, Pdu, PduJson};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
@@ -153,35 +154,34 @@ impl MatrixResolver {
             .iter()
             .flat_map(|c| c.candidates.iter().copied())
             .collect();
-        let fork_chains = if self.whole_maps {
-            let mut chains = Vec::with_capacity(request.states.len());
-            for state in request.states {
-                chains.push(self.chains.of_state(source, state)?);
+        let walked = match !self.whole_maps && source.auth_events_precede()? {
+            true => auth_difference(
+                source,
+                &mut self.auth_events,
+                request.states,
+                &conflicted_keys,
+                &combined.unconflicted,
+            )?,
+            false => None,
+        };
+        // Without the ordered walk, room version 12's conflicted subgraph reads the chains
+        // memoised here.
+        let ordered = walked.is_some();
+        let fork_chains = match walked {
+            Some(chains) => chains,
+            None if self.whole_maps => {
+                let mut chains = Vec::with_capacity(request.states.len());
+                for state in request.states {
+                    chains.push(self.chains.of_state(source, state)?);
+                }
+                chains
             }
-            chains
-        } else {
-            // Room version 12's conflicted subgraph reads the memoised chains.
-            let ordered =
-                !rules.consider_conflicted_state_subgraph && source.auth_events_precede()?;
-            let walked = match ordered {
-                true => auth_difference(
-                    source,
-                    &mut self.auth_events,
-                    request.states,
-                    &conflicted_keys,
-                    &combined.unconflicted,
-                )?,
-                false => None,
-            };
-            match walked {
-                Some(chains) => chains,
-                None => self.chains.difference_only(
-                    source,
-                    request.states,
-                    &conflicted_keys,
-                    &combined.unconflicted,
-                )?,
-            }
+            None => self.chains.difference_only(
+                source,
+                request.states,
+                &conflicted_keys,
+                &combined.unconflicted,
+            )?,
         };
         let pdus = Pdus::new(source, request.room);
         let maps = if self.whole_maps {
@@ -217,13 +217,17 @@ impl MatrixResolver {
             .map(|c| c.iter().map(|e| pdus.id(*e)).collect::<Result<_>>())
             .collect::<Result<_>>()?;
         let chains_ref = &self.chains;
+        let known = RefCell::new(&mut self.auth_events);
         let resolved = ruma_state_res::resolve(
             auth,
             rules,
             maps.iter(),
             chains,
             |id: &EventId| pdus.fetch(id),
-            |conflicted| pdus.subgraph(chains_ref, conflicted),
+            |conflicted| match ordered {
+                true => pdus.ordered_subgraph(&mut known.borrow_mut(), conflicted),
+                false => pdus.subgraph(chains_ref, conflicted),
+            },
         );
         pdus.take_error()?;
         let resolved = resolved.map_err(|e| Error::StateResolution(e.to_string()))?;
@@ -565,6 +569,31 @@ impl<'s> Pdus<'s> {
         }
         self.take_error()?;
         Ok(users)
+    }
+
+    /// The conflicted state subgraph of state resolution v2.1 by the ordered walk, for a store
+    /// whose auth events are always older than their events.
+    fn ordered_subgraph(
+        &self,
+        known: &mut AuthEvents,
+        conflicted: &ruma_state_res::StateMap<Vec<OwnedEventId>>,
+    ) -> Option<EventIdSet<OwnedEventId>> {
+        let ids: Vec<&OwnedEventId> = conflicted.values().flatten().collect();
+        let nids: Vec<EventNid> = ids
+            .iter()
+            .filter_map(|id| self.keep(self.nid(id)))
+            .collect();
+        let walked = conflicted_subgraph(&mut **self.source.borrow_mut(), known, &nids);
+        let Some(between) = self.keep(walked)? else {
+            let broken = "an auth event is not older than its event, though the store says so";
+            self.keep::<()>(Err(Error::StateResolution(broken.to_owned())));
+            return None;
+        };
+        let mut out: EventIdSet<OwnedEventId> = ids.into_iter().cloned().collect();
+        for event in between {
+            out.insert(self.keep(self.id(event))?);
+        }
+        Some(out)
     }
 
     /// The conflicted state subgraph of state resolution v2.1: every event that is both an
