@@ -16,7 +16,7 @@
 //! the join rules, the sender's membership), so parsed events are kept for the whole batch.
 
 use crate::error::Result;
-use crate::matrix::event::{FirstError, Pdu, PduJson};
+use crate::matrix::event::{FirstError, Pdu, stored_pdu};
 use crate::matrix::resolver::StateSource;
 use crate::nid::TypeNid;
 use crate::nid::{EventNid, NidMap, SnapshotNid, StateKey};
@@ -356,14 +356,10 @@ impl Events<'_> {
         let Some(json) = source.event_json(nid)? else {
             return Ok(None);
         };
-        // An event imported as trusted may lack what the rules read: to them it is missing.
-        let Ok(fields) = serde_json::from_str::<PduJson>(&json) else {
+        let id = || Ok(EventId::parse(source.event_id(nid)?).ok());
+        let Some(pdu) = stored_pdu(&json, record.rejected, id)? else {
             return Ok(None);
         };
-        let Some(mut pdu) = fields.named(|| Ok(EventId::parse(source.event_id(nid)?).ok()))? else {
-            return Ok(None);
-        };
-        pdu.rejected = record.rejected;
         let pdu = Arc::new(pdu);
         self.parsed.borrow_mut().insert(nid, Arc::clone(&pdu));
         Ok(Some(pdu))

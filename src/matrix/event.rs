@@ -87,6 +87,20 @@ pub(crate) struct PduJson {
     redacts: Option<OwnedEventId>,
 }
 
+/// A stored event as the rules read it: its stored JSON parsed, named by the ID it declares or
+/// else by `id`, and marked rejected as its record says. `None` when the JSON lacks what the
+/// rules read (an event imported as trusted, say): to them it is missing.
+pub(crate) fn stored_pdu(
+    json: &str,
+    rejected: bool,
+    id: impl FnOnce() -> Result<Option<OwnedEventId>>,
+) -> Result<Option<Pdu>> {
+    let Ok(fields) = serde_json::from_str::<PduJson>(json) else {
+        return Ok(None);
+    };
+    Ok(fields.named(id)?.map(|pdu| Pdu { rejected, ..pdu }))
+}
+
 impl PduJson {
     /// The event under the ID its JSON declares, or else the one `known` gives (`None`: the
     /// event is unknown to the rules).

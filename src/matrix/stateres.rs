@@ -21,7 +21,7 @@ use crate::engine::block::StateEntry;
 use crate::engine::resolve::StateMap;
 use crate::error::{Error, Result};
 use crate::matrix::auth_difference::{AuthEvents, auth_difference, conflicted_subgraph};
-use crate::matrix::event::{FirstError, Pdu, PduJson};
+use crate::matrix::event::{FirstError, Pdu, stored_pdu};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
@@ -531,14 +531,8 @@ impl<'s> Pdus<'s> {
         if record.room != self.room {
             return Ok(None);
         }
-        let Ok(fields) = serde_json::from_str::<PduJson>(&json) else {
-            return Ok(None);
-        };
-        let Some(mut pdu) = fields.named(|| Ok(Some(id.to_owned())))? else {
-            return Ok(None);
-        };
-        pdu.rejected = record.rejected;
-        Ok(Some(Arc::new(pdu)))
+        let pdu = stored_pdu(&json, record.rejected, || Ok(Some(id.to_owned())))?;
+        Ok(pdu.map(Arc::new))
     }
 
     /// The state keys of the users whose membership authorizing `events` can read: senders,
