@@ -16,6 +16,7 @@ use crate::engine::resolve::StateMap;
 use crate::error::Result;
 use crate::matrix::resolver::StateSource;
 use crate::nid::{EventNid, NidMap, NidSet, StateKey};
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashSet};
 
 /// The most forks one walk tells apart: each is a bit of a mask, beside the unconflicted
@@ -55,14 +56,17 @@ impl AuthEvents {
         source: &mut dyn StateSource,
         event: EventNid,
     ) -> Result<Option<&[EventNid]>> {
-        if !self.of.contains_key(&event) {
-            let auth = source
-                .event(event)?
-                .map(|r| r.auth_events.into_boxed_slice());
-            self.held += 1 + auth.as_ref().map_or(0, |a| a.len());
-            self.of.insert(event, auth);
-        }
-        Ok(self.of.get(&event).and_then(|a| a.as_deref()))
+        let auth = match self.of.entry(event) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let auth = source
+                    .event(event)?
+                    .map(|r| r.auth_events.into_boxed_slice());
+                self.held += 1 + auth.as_ref().map_or(0, |a| a.len());
+                slot.insert(auth)
+            }
+        };
+        Ok(auth.as_deref())
     }
 }
 
@@ -121,16 +125,23 @@ pub(crate) fn auth_difference(
             if auth >= event {
                 return Ok(None);
             }
-            let fork_seed = seeds.get(&auth).copied().unwrap_or(0);
-            let before = reached.get(&auth).copied();
-            let after = before.unwrap_or(0) | seed | mask;
-            if before == Some(after) {
-                continue;
-            }
-            if before.is_none() {
-                queue.push((auth, 0));
-            }
+            let (before, after) = match reached.entry(auth) {
+                Entry::Occupied(mut known) => {
+                    let before = *known.get();
+                    let after = before | seed | mask;
+                    if before == after {
+                        continue;
+                    }
+                    known.insert(after);
+                    (Some(before), after)
+                }
+                Entry::Vacant(slot) => {
+                    queue.push((auth, 0));
+                    (None, *slot.insert(seed | mask))
+                }
+            };
             // Whether an unconflicted event is a seed does not bear on whether it is open.
+            let fork_seed = seeds.get(&auth).copied().unwrap_or(0);
             let was_open =
                 (fork_seed != 0 || before.is_some()) && masks.open(fork_seed, before.unwrap_or(0));
             match (was_open, masks.open(fork_seed, after)) {
@@ -138,7 +149,6 @@ pub(crate) fn auth_difference(
                 (true, false) => open -= 1,
                 _ => {}
             }
-            reached.insert(auth, after);
         }
     }
     let mut chains = vec![HashSet::new(); states.len()];
