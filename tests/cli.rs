@@ -972,9 +972,17 @@ fn bench_reports_every_policy_as_json() {
             "lookup_ns",
             "diff_ns",
             "ingest_events_per_s",
+            "ingest_first_tenth_events_per_s",
+            "ingest_last_tenth_events_per_s",
             "peak_rss_bytes",
         ] {
             assert!(line.get(key).is_some(), "{key} missing from {line}");
+        }
+        for key in [
+            "ingest_first_tenth_events_per_s",
+            "ingest_last_tenth_events_per_s",
+        ] {
+            assert!(line[key].as_f64().unwrap() > 0.0, "{key} in {line}");
         }
         assert!(line["bytes_per_state_change"].as_f64().unwrap() > 0.0);
         assert_eq!(line["state_events"], lines[0]["state_events"]);

@@ -35,6 +35,12 @@ pub struct Figures {
     pub lookup_ns: u64,
     pub diff_ns: u64,
     pub ingest_events_per_s: f64,
+    /// Ingest over the first batches that hold a tenth of the events, and over the last: how
+    /// far the rate falls as the store grows.
+    #[serde(default)]
+    pub ingest_first_tenth_events_per_s: f64,
+    #[serde(default)]
+    pub ingest_last_tenth_events_per_s: f64,
     /// For the default policy only: the same history ingested as a trusted import (no
     /// authorization), in the same process right after, for the checks' cost.
     #[serde(default)]
@@ -178,6 +184,16 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
             f.peak_rss_bytes as f64 / (1 << 20) as f64
         )?;
     }
+    for f in all {
+        writeln!(
+            out,
+            "{}: ingest {:.0} events/s over the first tenth of the events, {:.0} over the last ({:.2}x)",
+            f.policy,
+            f.ingest_first_tenth_events_per_s,
+            f.ingest_last_tenth_events_per_s,
+            f.ingest_last_tenth_events_per_s / f.ingest_first_tenth_events_per_s.max(1e-9)
+        )?;
+    }
     for f in all.iter().filter(|f| f.trusted_events_per_s.is_some()) {
         let trusted = f.trusted_events_per_s.unwrap_or(0.0);
         writeln!(
@@ -207,7 +223,7 @@ pub fn run_one(name: &str, workload: Workload, scale: Scale) -> CliResult {
             .boxed_policy(policy::default_policy())
             .open(&trusted);
         let rate = store.map_err(Failure::from).and_then(|store| {
-            let (report, _) = ingest(&store, config(workload, scale), true)?;
+            let (report, _, _) = ingest(&store, config(workload, scale), true)?;
             Ok(report.events_per_second())
         });
         let _ = std::fs::remove_file(&trusted);
@@ -237,7 +253,8 @@ fn measure(
     let mut store = Store::builder().boxed_policy(policy).open(path)?;
     let config = config(workload, scale);
     let name = store.policy().name().to_owned();
-    let (report, samples) = ingest(&store, config, false)?;
+    let (report, samples, timeline) = ingest(&store, config, false)?;
+    let (first_tenth, last_tenth) = tenths(&timeline);
     store.compact()?;
     // Measure reads on a freshly opened store, as after a restart: compaction leaves redb's page
     // cache full of pages it copied, which would otherwise evict the state's pages.
@@ -278,18 +295,44 @@ fn measure(
         lookup_ns,
         diff_ns,
         ingest_events_per_s: report.events_per_second(),
+        ingest_first_tenth_events_per_s: first_tenth,
+        ingest_last_tenth_events_per_s: last_tenth,
         trusted_events_per_s: None,
         peak_rss_bytes: peak_rss(),
         samples,
     })
 }
 
-/// Ingests the generated history, sampling state bytes per change as the state grows.
+/// (events committed, seconds of ingest) at each batch's commit.
+type Timeline = Vec<(u64, f64)>;
+
+/// The ingest rate over the first batches that hold a tenth of the events, and over the last
+/// batches that do.
+fn tenths(timeline: &[(u64, f64)]) -> (f64, f64) {
+    let Some(&(events, seconds)) = timeline.last() else {
+        return (0.0, 0.0);
+    };
+    let tenth = events.div_ceil(10);
+    let rate = |(e0, t0): (u64, f64), (e1, t1): (u64, f64)| (e1 - e0) as f64 / (t1 - t0).max(1e-9);
+    let first = timeline.iter().find(|(e, _)| *e >= tenth).copied();
+    let last = timeline
+        .iter()
+        .rev()
+        .find(|(e, _)| *e + tenth <= events)
+        .copied();
+    (
+        first.map_or(0.0, |f| rate((0, 0.0), f)),
+        last.map_or(0.0, |l| rate(l, (events, seconds))),
+    )
+}
+
+/// Ingests the generated history, sampling state bytes per change as the state grows, and
+/// timing each batch (sampling excluded).
 fn ingest(
     store: &Store,
     config: GenConfig,
     trust: bool,
-) -> CliResult<(roomstate::ingest::IngestReport, Vec<(u64, f64)>)> {
+) -> CliResult<(roomstate::ingest::IngestReport, Vec<(u64, f64)>, Timeline)> {
     let options = IngestOptions {
         batch_size: 10_000,
         trust,
@@ -299,22 +342,30 @@ fn ingest(
     let mut samples = Vec::new();
     let mut last_batches = 0;
     let mut sample_room = None;
+    let started = Instant::now();
+    let mut sampling = 0.0;
+    let mut timeline = vec![(0, 0.0)];
     for event in Generator::new(config) {
         sample_room.get_or_insert_with(|| event.room_id.clone());
         ingester.push_line(event.to_json_line().as_bytes())?;
         let report = ingester.report();
-        if report.batches != last_batches && report.batches.is_multiple_of(4) {
+        if report.batches != last_batches {
             last_batches = report.batches;
-            if let Some(room) = &sample_room {
+            let at = started.elapsed().as_secs_f64() - sampling;
+            timeline.push((report.events, at));
+            if let Some(room) = sample_room.as_ref().filter(|_| report.batches % 4 == 0) {
+                let t = Instant::now();
                 samples.push(sample(store, room, report.state_events)?);
+                sampling += t.elapsed().as_secs_f64();
             }
         }
     }
     let report = ingester.finish()?;
+    timeline.push((report.events, started.elapsed().as_secs_f64() - sampling));
     if let Some(room) = &sample_room {
         samples.push(sample(store, room, report.state_events)?);
     }
-    Ok((report, samples))
+    Ok((report, samples, timeline))
 }
 
 fn sample(store: &Store, room_id: &str, state_events: u64) -> CliResult<(u64, f64)> {
