@@ -223,7 +223,7 @@ pub fn run_one(name: &str, workload: Workload, scale: Scale) -> CliResult {
             .boxed_policy(policy::default_policy())
             .open(&trusted);
         let rate = store.map_err(Failure::from).and_then(|store| {
-            let (report, _, _) = ingest(&store, config(workload, scale), true)?;
+            let report = ingest(&store, config(workload, scale), true)?.report;
             Ok(report.events_per_second())
         });
         let _ = std::fs::remove_file(&trusted);
@@ -253,7 +253,11 @@ fn measure(
     let mut store = Store::builder().boxed_policy(policy).open(path)?;
     let config = config(workload, scale);
     let name = store.policy().name().to_owned();
-    let (report, samples, timeline) = ingest(&store, config, false)?;
+    let Ingested {
+        report,
+        samples,
+        timeline,
+    } = ingest(&store, config, false)?;
     let (first_tenth, last_tenth) = tenths(&timeline);
     store.compact()?;
     // Measure reads on a freshly opened store, as after a restart: compaction leaves redb's page
@@ -303,8 +307,14 @@ fn measure(
     })
 }
 
-/// (events committed, seconds of ingest) at each batch's commit.
-type Timeline = Vec<(u64, f64)>;
+/// What one bench ingest gives.
+struct Ingested {
+    report: roomstate::ingest::IngestReport,
+    /// (state entries, state bytes per state change so far), every fourth batch.
+    samples: Vec<(u64, f64)>,
+    /// (events committed, seconds of ingest) at each batch's commit.
+    timeline: Vec<(u64, f64)>,
+}
 
 /// The ingest rate over the first batches that hold a tenth of the events, and over the last
 /// batches that do.
@@ -328,11 +338,7 @@ fn tenths(timeline: &[(u64, f64)]) -> (f64, f64) {
 
 /// Ingests the generated history, sampling state bytes per change as the state grows, and
 /// timing each batch (sampling excluded).
-fn ingest(
-    store: &Store,
-    config: GenConfig,
-    trust: bool,
-) -> CliResult<(roomstate::ingest::IngestReport, Vec<(u64, f64)>, Timeline)> {
+fn ingest(store: &Store, config: GenConfig, trust: bool) -> CliResult<Ingested> {
     let options = IngestOptions {
         batch_size: 10_000,
         trust,
@@ -365,7 +371,11 @@ fn ingest(
     if let Some(room) = &sample_room {
         samples.push(sample(store, room, report.state_events)?);
     }
-    Ok((report, samples, timeline))
+    Ok(Ingested {
+        report,
+        samples,
+        timeline,
+    })
 }
 
 fn sample(store: &Store, room_id: &str, state_events: u64) -> CliResult<(u64, f64)> {
