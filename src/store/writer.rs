@@ -194,16 +194,9 @@ impl<'t> Writer<'t> {
             intern::validate(kind.string, kind.may_be_empty, s)?;
         }
         for s in misses {
-            if self.cache.nids[kind.index].contains_key(s) {
-                continue;
-            }
-            // An event is looked up just before it is interned: that miss is not asked twice.
-            let known_absent = self.cache.absent[kind.index].as_deref() == Some(s);
-            let found = match known_absent {
-                true => None,
-                false => self.lookup_nid(kind, s)?,
-            };
-            if found.is_none() {
+            // A repeat is cached by now, and an event looked up just before it is interned is
+            // remembered absent: neither asks the B-tree again.
+            if self.lookup_nid(kind, s)?.is_none() {
                 let tables = intern::InternTables {
                     forward: open(self.tx, &mut self.forward[kind.index], kind.forward)?,
                     reverse: open(self.tx, &mut self.reverse[kind.index], kind.reverse)?,
