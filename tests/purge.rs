@@ -151,10 +151,18 @@ fn purging_rooms_one_by_one_leaves_the_others_exactly_as_they_were() {
             "membership",
             "user_rooms",
             "room_events",
+            "outcomes",
+            "outliers",
+            "auth_positions",
+            "auth_chains",
+            "auth_links",
+            "auth_links_into",
         ] {
             let rows = stats.iter().find(|t| t.name == table).unwrap().rows;
             assert_eq!(rows, 0, "{policy}: {table} after purging every room");
         }
+        // Rooms' auth chains never cross, so no purge abandoned the index.
+        assert!(store.read().unwrap().auth_index_complete().unwrap());
         let snapshots = stats.iter().find(|t| t.name == "snapshots").unwrap().rows;
         assert_eq!(snapshots, 1, "{policy}: only the empty snapshot stays");
     }
@@ -266,4 +274,34 @@ fn garbage_collection_deletes_only_what_nothing_references() {
         store.read().unwrap().flatten(two),
         Err(Error::UnknownSnapshot(_))
     ));
+}
+
+#[test]
+fn purging_events_another_room_names_as_auth_events_abandons_the_auth_index() {
+    let store = Store::in_memory().unwrap();
+    ingest_into(&store, &(lines(Workload::Hq, 31, 20, 40).join("\n") + "\n"));
+    let rx = store.read().unwrap();
+    let room = rx.room_nid("!hq:server0.test").unwrap().unwrap();
+    let create = rx.room_events(room).unwrap()[0];
+    drop(rx);
+    // An event of another room naming the first room's create event: no valid event does,
+    // but records are what the index follows.
+    let mut tx = store.write().unwrap();
+    let other = tx.get_or_create_room("!other:x").unwrap();
+    let stray = tx.get_or_create_event("$stray").unwrap();
+    let mut record = roomstate::EventRecord::new(
+        other,
+        roomstate::TypeNid::CREATE,
+        Some(roomstate::StateKeyNid::EMPTY),
+        roomstate::SnapshotNid::EMPTY,
+    );
+    record.auth_events = vec![create];
+    tx.put_event(stray, &record).unwrap();
+    assert!(tx.auth_index_complete().unwrap());
+    assert!(tx.is_in_auth_chain(create, stray).unwrap());
+    tx.commit().unwrap();
+    purge(&store, room);
+    let rx = store.read().unwrap();
+    assert!(!rx.auth_index_complete().unwrap());
+    assert!(!rx.is_in_auth_chain(create, stray).unwrap());
 }

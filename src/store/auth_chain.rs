@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, NidSet, RoomNid};
+use crate::store::auth_index::{ReadIndex, chain_of};
 use crate::store::codec;
+use crate::store::parallel::both;
 use crate::store::read::Tables;
 use crate::store::record::EventRecord;
 use crate::store::tables;
@@ -22,7 +24,10 @@ pub(crate) struct AuthChain {
 /// each once, every event after its own auth events (so the list can be stored in order, as
 /// outliers). The given events are included only when one of them is an auth event of another.
 /// Auth events the store does not hold (named by a trusted import) are left out.
-pub(crate) fn auth_chain<T: Tables>(tx: &T, events: &[EventNid]) -> Result<AuthChain> {
+pub(crate) fn auth_chain<T: Tables + Sync>(tx: &T, events: &[EventNid]) -> Result<AuthChain> {
+    if ReadIndex::open(tx)?.is_some() && auth_events_precede(tx)? {
+        return indexed(tx, events);
+    }
     let table = tx.open(tables::EVENTS)?;
     let record_of = |event: EventNid| -> Result<Option<EventRecord>> {
         let row = table.get(event.get())?;
@@ -67,4 +72,49 @@ pub(crate) fn auth_chain<T: Tables>(tx: &T, events: &[EventNid]) -> Result<AuthC
         events: chain,
         rooms,
     })
+}
+
+/// The auth chain from the index, in NID order, which puts every event after its auth events
+/// where those are older. The rooms of the asked events are read on a second thread where the
+/// transaction shares its tables.
+fn indexed<T: Tables + Sync>(tx: &T, events: &[EventNid]) -> Result<AuthChain> {
+    let (rooms, mut chain) = both(
+        T::SHARES_TABLES,
+        || rooms_of(tx, events),
+        || match ReadIndex::open(tx)? {
+            Some(mut index) => chain_of(&mut index, events),
+            None => Err(Error::InvalidState("the auth-chain index went away".into())),
+        },
+    )?;
+    chain.sort_unstable();
+    Ok(AuthChain {
+        events: chain,
+        rooms,
+    })
+}
+
+/// The distinct rooms of `events`, each with how many of them are in it, in NID order of the
+/// events (sorted, the records are read in key order).
+fn rooms_of<T: Tables>(tx: &T, events: &[EventNid]) -> Result<Vec<(RoomNid, usize)>> {
+    let table = tx.open(tables::EVENTS)?;
+    let mut rooms: Vec<(RoomNid, usize)> = Vec::new();
+    let mut sorted = events.to_vec();
+    sorted.sort_unstable();
+    for event in sorted {
+        let row = table.get(event.get())?.ok_or(Error::UnknownEvent(event))?;
+        let record = codec::decode::<EventRecord>("events", event, row.value())?;
+        match rooms.iter_mut().find(|(room, _)| *room == record.room) {
+            Some((_, count)) => *count += 1,
+            None => rooms.push((record.room, 1)),
+        }
+    }
+    Ok(rooms)
+}
+
+/// Whether meta says every event's auth events are older ([`tables::AUTH_ORDER_KEY`]).
+pub(crate) fn auth_events_precede<T: Tables>(tx: &T) -> Result<bool> {
+    Ok(tx
+        .open(tables::META)?
+        .get(tables::AUTH_ORDER_KEY.as_bytes())?
+        .is_some_and(|v| v.value() == 1))
 }

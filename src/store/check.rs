@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::store::Tables;
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
+use crate::store::parallel::both;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::refs::CountKey;
 use crate::store::tables;
@@ -54,7 +55,12 @@ impl CheckReport {
         self.problems.append(&mut part.problems);
     }
 
-    fn problem(&mut self, table: &'static str, key: impl fmt::Display, what: impl fmt::Display) {
+    pub(crate) fn problem(
+        &mut self,
+        table: &'static str,
+        key: impl fmt::Display,
+        what: impl fmt::Display,
+    ) {
         self.problems.push(Problem {
             table,
             key: key.to_string(),
@@ -93,27 +99,9 @@ pub(crate) fn check<T: Tables + Sync>(tx: &T) -> Result<CheckReport> {
     check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_outcomes(tx, &mut report)?;
     check_outliers(tx, &mut report)?;
+    crate::store::auth_index_check::check_auth_index(tx, &mut report)?;
     check_refs(tx, &tally, &mut report)?;
     Ok(report)
-}
-
-/// Runs `a` and `b`, `a` on a thread of its own when `parallel`, and returns both results or
-/// the first error. A panic in `a` (redb on a damaged page) is [`crate::Error::Damaged`].
-fn both<A: Send, B>(
-    parallel: bool,
-    a: impl FnOnce() -> Result<A> + Send,
-    b: impl FnOnce() -> Result<B>,
-) -> Result<(A, B)> {
-    if !parallel {
-        return Ok((a()?, b()?));
-    }
-    crossbeam::thread::scope(|scope| {
-        let a = scope.spawn(|_| a());
-        let b = b();
-        let a = a.join().map_err(crate::error::damaged)?;
-        Ok((a?, b?))
-    })
-    .map_err(crate::error::damaged)?
 }
 
 /// Every rejection row decodes and belongs to a stored event, and a rejected event's record

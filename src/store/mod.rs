@@ -6,11 +6,14 @@
 //! [`crate::matrix`] or [`crate::ingest`].
 
 mod auth_chain;
+mod auth_index;
+mod auth_index_check;
 pub mod check;
 pub(crate) mod codec;
 pub mod intern;
 pub mod membership;
 mod open;
+mod parallel;
 pub mod purge;
 mod read;
 pub mod record;
@@ -23,12 +26,15 @@ pub(crate) mod writer;
 
 pub use open::{DEFAULT_CACHE_BYTES, Store, StoreBuilder};
 pub use read::{ReadTxn, ResolverOf, StoreRead, Tables};
-pub use stats::{STATE_TABLES, StoreStats, TableSize, state_bytes};
+pub use stats::{AUTH_INDEX_TABLES, STATE_TABLES, StoreStats, TableSize, state_bytes};
 pub use write::{WriteCounts, WriteTxn};
 
 // What the Matrix layer may use beyond the public API: the batch writer, the interning kinds,
 // and the auth-chain walk with the rooms it met.
 pub(crate) use auth_chain::auth_chain;
+pub(crate) use auth_index::{
+    ChainKeys, IndexRead, ReadIndex, difference as indexed_auth_difference,
+};
 pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
 pub(crate) use open::Serials;
 pub(crate) use writer::Writer;

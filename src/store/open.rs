@@ -5,6 +5,7 @@ use crate::engine::policy::{WritePolicy, default_policy};
 use crate::engine::snapshot::{SnapshotRecord, encode_snapshot, snapshot_hash};
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
+use crate::store::auth_index;
 use crate::store::intern;
 use crate::store::read::ReadTxn;
 use crate::store::tables;
@@ -292,6 +293,7 @@ impl Store {
                     meta.insert(NEXT_SNAPSHOT.as_bytes(), SnapshotNid::EMPTY.get() + 1)?;
                     meta.insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
                     meta.insert(tables::AUTH_ORDER_KEY.as_bytes(), 1)?;
+                    meta.insert(auth_index::AUTH_INDEX_KEY.as_bytes(), 1)?;
                     drop(meta);
                     tx.commit()?;
                 }
@@ -433,5 +435,9 @@ pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(tables::BLOCK_REFS)?;
     tx.open_table(tables::UNREFERENCED_SNAPSHOTS)?;
     tx.open_table(tables::UNREFERENCED_BLOCKS)?;
+    tx.open_table(auth_index::AUTH_POSITIONS)?;
+    tx.open_table(auth_index::AUTH_CHAINS)?;
+    tx.open_table(auth_index::AUTH_LINKS)?;
+    tx.open_table(auth_index::AUTH_LINKS_INTO)?;
     Ok(())
 }

@@ -41,7 +41,7 @@ impl Writer<'_> {
                 break;
             }
             for event in chunk {
-                self.purge_event(event)?;
+                self.purge_event(event, room)?;
                 purged.events += 1;
             }
         }
@@ -54,7 +54,7 @@ impl Writer<'_> {
                 break;
             }
             for (_, event) in chunk {
-                self.purge_event(event)?;
+                self.purge_event(event, room)?;
                 purged.events += 1;
             }
         }
@@ -77,9 +77,10 @@ impl Writer<'_> {
         Ok(purged)
     }
 
-    fn purge_event(&mut self, event: u64) -> Result<()> {
+    fn purge_event(&mut self, event: u64, room: RoomNid) -> Result<()> {
         let nid =
             EventNid::new(event).ok_or_else(|| Error::corrupt("room_events", event, "zero NID"))?;
+        self.unindex_event(nid, room)?;
         let bytes = self.events()?.remove(event)?.map(|v| v.value().to_vec());
         if let Some(bytes) = bytes {
             let record: EventRecord = codec::decode("events", nid, &bytes)?;

@@ -5,6 +5,7 @@ use crate::engine::resolve::{Combined, StateDiff, StateMap};
 use crate::engine::source::Resolver;
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
+use crate::store::auth_index::{self, ReadIndex};
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
 use crate::store::membership::Membership;
@@ -297,12 +298,36 @@ pub trait StoreRead: sealed::Sealed {
     /// its auth events, and for stores created before this was kept. Where it holds, an auth
     /// chain walked from the newest event down can stop early.
     fn auth_events_precede(&self) -> Result<bool> {
+        crate::error::guard(|| crate::store::auth_chain::auth_events_precede(self.txn()))
+    }
+
+    /// Whether the store keeps a complete auth-chain index: true from a store's creation until
+    /// an event is stored whose auth events are not stored state events, or a record is
+    /// rewritten with other auth events, or a purge takes events that another room's events
+    /// name. Auth-chain questions are answered from the index while it holds, by walking
+    /// `auth_events` otherwise; the answers are the same.
+    fn auth_index_complete(&self) -> Result<bool> {
+        crate::error::guard(|| Ok(ReadIndex::open(self.txn())?.is_some()))
+    }
+
+    /// Whether `ancestor` is in the auth chain of `event`: reachable from it through
+    /// `auth_events`, `event` itself excluded. Fails with [`Error::UnknownEvent`] when `event`
+    /// is not stored.
+    ///
+    /// ```
+    /// use roomstate::{Store, StoreRead};
+    /// let store = Store::in_memory()?;
+    /// let rx = store.read()?;
+    /// assert!(rx.auth_index_complete()?);
+    /// # Ok::<(), roomstate::Error>(())
+    /// ```
+    fn is_in_auth_chain(&self, ancestor: EventNid, event: EventNid) -> Result<bool> {
         crate::error::guard(|| {
-            Ok(self
-                .txn()
-                .open(tables::META)?
-                .get(tables::AUTH_ORDER_KEY.as_bytes())?
-                .is_some_and(|v| v.value() == 1))
+            if let Some(mut index) = ReadIndex::open(self.txn())? {
+                return auth_index::contains(&mut index, ancestor, event);
+            }
+            let chain = crate::store::auth_chain(self.txn(), &[event])?;
+            Ok(chain.events.contains(&ancestor))
         })
     }
 

@@ -3,6 +3,7 @@
 use crate::engine::block::{BlockHash, BlockView};
 use crate::engine::snapshot::decode_snapshot;
 use crate::error::{Error, Result};
+use crate::store::auth_index;
 use crate::store::codec;
 use crate::store::intern;
 use crate::store::read::Tables;
@@ -55,6 +56,15 @@ impl StoreStats {
         self.table(name).map_or(0, |t| t.rows)
     }
 
+    /// Stored plus metadata bytes of the auth-chain index's tables (0 without an index).
+    pub fn auth_index_bytes(&self) -> u64 {
+        self.tables
+            .iter()
+            .filter(|t| AUTH_INDEX_TABLES.contains(&t.name))
+            .map(|t| t.stored_bytes + t.metadata_bytes)
+            .sum()
+    }
+
     /// Stored plus metadata bytes of the state tables: blocks, snapshots and their index.
     pub fn state_bytes(&self) -> u64 {
         state_bytes(&self.tables)
@@ -70,6 +80,14 @@ pub fn state_bytes(tables: &[TableSize]) -> u64 {
         .map(|t| t.stored_bytes + t.metadata_bytes)
         .sum()
 }
+
+/// The tables of the auth-chain index.
+pub const AUTH_INDEX_TABLES: [&str; 4] = [
+    "auth_positions",
+    "auth_chains",
+    "auth_links",
+    "auth_links_into",
+];
 
 /// The tables that hold states: what "state bytes" counts.
 pub const STATE_TABLES: [&str; 7] = [
@@ -113,7 +131,28 @@ pub(super) fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
         table_size(tx, tables::MEMBERSHIP, "membership")?,
         table_size(tx, tables::USER_ROOMS, "user_rooms")?,
         table_size(tx, tables::ROOM_EVENTS, "room_events")?,
+        table_size(tx, tables::OUTCOMES, "outcomes")?,
+        table_size(tx, tables::OUTLIERS, "outliers")?,
     ];
+    // Stores created before the index lack its meta key, and its tables.
+    let indexed = tx
+        .open(tables::META)?
+        .get(auth_index::AUTH_INDEX_KEY.as_bytes())?
+        .is_some();
+    if indexed {
+        out.push(table_size(
+            tx,
+            auth_index::AUTH_POSITIONS,
+            "auth_positions",
+        )?);
+        out.push(table_size(tx, auth_index::AUTH_CHAINS, "auth_chains")?);
+        out.push(table_size(tx, auth_index::AUTH_LINKS, "auth_links")?);
+        out.push(table_size(
+            tx,
+            auth_index::AUTH_LINKS_INTO,
+            "auth_links_into",
+        )?);
+    }
     for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY, intern::EVENT] {
         out.push(table_size(tx, kind.forward, kind.forward_name)?);
         out.push(table_size(tx, kind.reverse, kind.reverse_name)?);

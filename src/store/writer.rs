@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::nid::NidMap;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::store::WriteCounts;
+use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
 use crate::store::membership::Membership;
@@ -80,13 +81,17 @@ pub(crate) struct Writer<'t> {
     block_refs: Option<Table<'t, u128, u64>>,
     unreferenced_snapshots: Option<Table<'t, u64, ()>>,
     unreferenced_blocks: Option<Table<'t, u128, ()>>,
+    auth_positions: Option<Table<'t, u64, u64>>,
+    auth_chains: Option<Table<'t, u64, u64>>,
+    auth_links: Option<Table<'t, (u64, u64), ()>>,
+    auth_links_into: Option<Table<'t, (u64, u64), ()>>,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
     /// previous event, its room and its strings are almost always the ones just written.
-    cache: Cache,
+    pub(super) cache: Cache,
 }
 
 #[derive(Default)]
-struct Cache {
+pub(super) struct Cache {
     nids: [HashMap<Box<str>, u64, Xxh3DefaultBuilder>; 4],
     /// The last string of each kind looked up and found absent, until it is interned: receiving
     /// an event asks whether it is stored, then interns it.
@@ -95,6 +100,12 @@ struct Cache {
     next_nid: [Option<u64>; 4],
     /// Whether every stored event's auth events are older than it, once read.
     auth_order: Option<bool>,
+    /// Whether the auth-chain index is complete, once read.
+    pub(super) auth_index: Option<bool>,
+    /// The next auth chain's number, read from `meta` once per writer.
+    pub(super) next_chain: Option<u64>,
+    /// Events' auth-chain positions: a new event's auth events are almost always recent.
+    pub(super) positions: NidMap<EventNid, Option<Position>>,
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     rooms: NidMap<RoomNid, RoomRecord>,
@@ -151,6 +162,10 @@ impl<'t> Writer<'t> {
             block_refs: None,
             unreferenced_snapshots: None,
             unreferenced_blocks: None,
+            auth_positions: None,
+            auth_chains: None,
+            auth_links: None,
+            auth_links_into: None,
             cache: Cache::default(),
         }
     }
@@ -176,6 +191,10 @@ impl<'t> Writer<'t> {
         ()
     );
     table!(unreferenced_blocks, tables::UNREFERENCED_BLOCKS, u128, ());
+    table!(auth_positions, auth_index::AUTH_POSITIONS, u64, u64);
+    table!(auth_chains, auth_index::AUTH_CHAINS, u64, u64);
+    table!(auth_links, auth_index::AUTH_LINKS, (u64, u64), ());
+    table!(auth_links_into, auth_index::AUTH_LINKS_INTO, (u64, u64), ());
 
     /// Marks the transaction as holding half an operation: its commit refuses, saying `why`.
     pub(crate) fn poison(&mut self, why: String) {
@@ -573,9 +592,9 @@ impl<'t> Writer<'t> {
             .map(|v| v.value().to_vec());
         let old = replaced
             .map(|b| codec::decode::<EventRecord>("events", event, &b))
-            .transpose()?
-            .map(|r| r.state_before);
-        self.move_snapshot_ref(old, record.state_before)?;
+            .transpose()?;
+        self.move_snapshot_ref(old.as_ref().map(|r| r.state_before), record.state_before)?;
+        self.index_event(event, record, old.as_ref())?;
         self.cache.afters.remove(&event);
         self.cache.events.insert(event, record.clone());
         Ok(())
