@@ -80,7 +80,7 @@ pub(crate) fn auth_difference(
     states: &[StateMap],
     conflicted: &HashSet<StateKey>,
     unconflicted: &StateMap,
-) -> Result<Option<Vec<HashSet<EventNid>>>> {
+) -> Result<Option<Vec<NidSet<EventNid>>>> {
     if states.len() > MAX_FORKS {
         return Ok(None);
     }
@@ -151,7 +151,7 @@ pub(crate) fn auth_difference(
             }
         }
     }
-    let mut chains = vec![HashSet::new(); states.len()];
+    let mut chains = vec![NidSet::default(); states.len()];
     for (event, mask) in difference {
         for (fork, chain) in chains.iter_mut().enumerate() {
             if mask & (1 << fork) != 0 {
@@ -389,7 +389,7 @@ mod tests {
                 .collect();
             let shared = ancestors(&dag, unconflicted.iter().map(|e| e.event));
             let in_all = |e: &EventNid| own.iter().all(|c| c.contains(e));
-            let want: Vec<HashSet<EventNid>> = own
+            let want: Vec<NidSet<EventNid>> = own
                 .iter()
                 .map(|c| {
                     c.iter()

@@ -6,10 +6,11 @@
 use crate::engine::resolve::{StateMap, combine_maps};
 use crate::error::{Error, Result};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
-use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
-use crate::store::StoreRead;
+use crate::nid::{EventNid, NidSet, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
 use crate::store::record::EventRecord;
+use crate::store::{ChainKeys, IndexRead, ReadIndex, StoreRead, indexed_auth_difference};
+use std::collections::{BTreeSet, HashSet};
 
 /// The state after `events` together (Dendrite's `QueryStateAfterEvents`, what a server needs
 /// to send an event whose prev events are these): the state after the one event, or the
@@ -53,7 +54,7 @@ pub fn state_after_events<T: StoreRead>(
         combined: &combined,
     };
     resolver
-        .resolve(&request, &mut ReadSource(rx))?
+        .resolve(&request, &mut ReadSource::new(rx)?)?
         .ok_or_else(|| {
             Error::StateResolution(format!(
                 "{} conflicted key(s) left unsettled by the resolver",
@@ -70,6 +71,50 @@ pub struct StateIds {
     pub pdu_ids: Vec<EventNid>,
     /// Every event reachable from the state through `auth_events`, auth events first.
     pub auth_chain_ids: Vec<EventNid>,
+}
+
+/// The auth-chain difference of `states`, sorted: the events in the auth chain of some states'
+/// events but not of every state's (what state resolution v2 sorts and replays). From the
+/// auth-chain index when the store keeps one complete, otherwise from whole chains.
+/// [`Error::UnknownEvent`] when a state names an event not stored.
+///
+/// ```
+/// use roomstate::{Store, StateMap};
+/// use roomstate::matrix::query;
+/// let store = Store::in_memory()?;
+/// let rx = store.read()?;
+/// let none = query::auth_chain_difference(&rx, &[StateMap::default(), StateMap::default()])?;
+/// assert!(none.is_empty());
+/// # Ok::<(), roomstate::Error>(())
+/// ```
+pub fn auth_chain_difference<T: StoreRead>(rx: &T, states: &[StateMap]) -> Result<Vec<EventNid>> {
+    crate::error::guard(|| {
+        let combined = combine_maps(states);
+        let conflicted: HashSet<StateKey> = combined.conflicted.iter().map(|c| c.key).collect();
+        if let Some(mut index) = ReadIndex::open(rx.txn())? {
+            let keys = &mut ChainKeys::default();
+            let shared = &combined.unconflicted;
+            let found = indexed_auth_difference(&mut index, keys, states, &conflicted, shared)?;
+            if let Some(forks) = found {
+                let all: BTreeSet<EventNid> = forks.into_iter().flatten().collect();
+                return Ok(all.into_iter().collect());
+            }
+        }
+        let mut chains = Vec::with_capacity(states.len());
+        for state in states {
+            let events: Vec<EventNid> = state.iter().map(|e| e.event).collect();
+            let chain = crate::store::auth_chain(rx.txn(), &events)?.events;
+            chains.push(chain.into_iter().collect::<NidSet<EventNid>>());
+        }
+        let in_all = |e: &EventNid| chains.iter().all(|c| c.contains(e));
+        let all: BTreeSet<EventNid> = chains
+            .iter()
+            .flatten()
+            .filter(|e| !in_all(e))
+            .copied()
+            .collect();
+        Ok(all.into_iter().collect())
+    })
 }
 
 /// The auth chain of `events` (federation's `/event_auth`, and the `auth_chain` of a
@@ -143,37 +188,50 @@ pub fn membership_at<T: StoreRead>(
 }
 
 /// A read transaction as a resolver's source.
-struct ReadSource<'a, T>(&'a T);
+struct ReadSource<'a, T: StoreRead> {
+    rx: &'a T,
+    index: Option<ReadIndex<'a, T::Txn>>,
+}
+
+impl<'a, T: StoreRead> ReadSource<'a, T> {
+    fn new(rx: &'a T) -> Result<Self> {
+        let index = crate::error::guard(|| ReadIndex::open(rx.txn()))?;
+        Ok(ReadSource { rx, index })
+    }
+}
 
 impl<T: StoreRead> StateSource for ReadSource<'_, T> {
     fn event(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
-        self.0.event(event)
+        self.rx.event(event)
     }
     fn lookup(&mut self, snapshot: SnapshotNid, key: StateKey) -> Result<Option<EventNid>> {
-        self.0.lookup(snapshot, key)
+        self.rx.lookup(snapshot, key)
     }
     fn event_id(&mut self, event: EventNid) -> Result<String> {
-        self.0.event_id(event)
+        self.rx.event_id(event)
     }
     fn event_json(&mut self, event: EventNid) -> Result<Option<String>> {
-        self.0.event_json(event)
+        self.rx.event_json(event)
     }
     fn event_nid(&mut self, event_id: &str) -> Result<Option<EventNid>> {
-        self.0.event_nid(event_id)
+        self.rx.event_nid(event_id)
     }
     fn event_type(&mut self, ty: TypeNid) -> Result<String> {
-        self.0.event_type(ty)
+        self.rx.event_type(ty)
     }
     fn state_key(&mut self, key: StateKeyNid) -> Result<String> {
-        self.0.state_key(key)
+        self.rx.state_key(key)
     }
     fn state_key_nid(&mut self, state_key: &str) -> Result<Option<StateKeyNid>> {
-        self.0.state_key_nid(state_key)
+        self.rx.state_key_nid(state_key)
     }
     fn type_nid(&mut self, event_type: &str) -> Result<Option<TypeNid>> {
-        self.0.type_nid(event_type)
+        self.rx.type_nid(event_type)
     }
     fn auth_events_precede(&mut self) -> Result<bool> {
-        self.0.auth_events_precede()
+        self.rx.auth_events_precede()
+    }
+    fn auth_index(&mut self) -> Result<Option<&mut dyn IndexRead>> {
+        Ok(self.index.as_mut().map(|i| i as &mut dyn IndexRead))
     }
 }

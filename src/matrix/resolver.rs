@@ -6,9 +6,9 @@ use crate::engine::block::StateEntry;
 use crate::engine::resolve::{Combined, StateMap};
 use crate::error::Result;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
-use crate::store::Writer;
 use crate::store::record::EventRecord;
 use crate::store::{EVENT, STATE_KEY, TYPE};
+use crate::store::{IndexRead, Writer};
 
 /// What a [`StateResolver`] is asked to settle.
 #[derive(Debug)]
@@ -61,6 +61,12 @@ pub trait StateSource {
     fn auth_events_precede(&mut self) -> Result<bool> {
         Ok(false)
     }
+    /// The store's auth-chain index, when it is complete. A source without one says `None`,
+    /// which is always safe.
+    #[doc(hidden)]
+    fn auth_index(&mut self) -> Result<Option<&mut dyn IndexRead>> {
+        Ok(None)
+    }
 }
 
 impl StateSource for Writer<'_> {
@@ -102,6 +108,12 @@ impl StateSource for Writer<'_> {
     }
     fn auth_events_precede(&mut self) -> Result<bool> {
         Writer::auth_events_precede(self)
+    }
+    fn auth_index(&mut self) -> Result<Option<&mut dyn IndexRead>> {
+        Ok(match self.auth_index_complete()? {
+            true => Some(self),
+            false => None,
+        })
     }
 }
 

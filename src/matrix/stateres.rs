@@ -1,9 +1,10 @@
 //! Matrix state resolution through `ruma-state-res`, the implementation Rust homeservers use.
 //!
 //! [`MatrixResolver`] is the [`StateResolver`] that ingest uses by default. The store feeds it:
-//! the states to settle, converted from NIDs to strings; the auth chains of those states, from
-//! the stored `auth_events`, by one ordered walk where auth events are always older than their
-//! events (`auth_difference.rs`) and otherwise memoised per event; events parsed from their
+//! the states to settle, converted from NIDs to strings; the auth chains of those states, cut
+//! to the auth difference by the store's auth-chain index where it is complete, by one ordered
+//! walk where auth events are always older than their events (`auth_difference.rs`), and
+//! otherwise from chains memoised per event; events parsed from their
 //! stored JSON; and, for room version 12 (state resolution v2.1), the conflicted state subgraph.
 //!
 //! **Conflicted-only maps.** `ruma-state-res` wants one full state map per fork, and its split
@@ -23,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::matrix::auth_difference::{AuthEvents, auth_difference, conflicted_subgraph};
 use crate::matrix::event::{FirstError, Pdu, stored_pdu};
 use crate::matrix::resolver::{ResolveRequest, StateResolver, StateSource};
-use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
+use crate::nid::{EventNid, NidSet, StateKey, StateKeyNid, TypeNid};
+use crate::store::{ChainKeys, indexed_auth_difference};
 use ruma_common::room_version_rules::{AuthorizationRules, StateResolutionV2Rules};
 use ruma_common::{EventId, OwnedEventId, RoomVersionId};
 use ruma_events::{StateEventType, TimelineEventType};
@@ -70,6 +72,7 @@ pub struct MatrixResolver {
     whole_maps: bool,
     chains: AuthChains,
     auth_events: AuthEvents,
+    chain_keys: ChainKeys,
     names: Names,
     timings: Vec<Duration>,
 }
@@ -106,6 +109,7 @@ impl StateResolver for MatrixResolver {
     fn rolled_back(&mut self) {
         self.chains = AuthChains::default();
         self.auth_events.clear();
+        self.chain_keys.clear();
         self.names = Names::default();
     }
 }
@@ -128,6 +132,33 @@ fn rules_for(version: &str) -> Result<(AuthorizationRules, StateResolutionV2Rule
 }
 
 impl MatrixResolver {
+    /// The forks' chains cut to the auth difference, from the index or by the ordered walk;
+    /// `None` when the store has neither, or for [`whole_maps`](Self::whole_maps).
+    fn difference(
+        &mut self,
+        source: &mut dyn StateSource,
+        states: &[StateMap],
+        conflicted: &HashSet<StateKey>,
+        combined: &crate::engine::resolve::Combined,
+    ) -> Result<Option<Vec<NidSet<EventNid>>>> {
+        if self.whole_maps {
+            return Ok(None);
+        }
+        if let Some(index) = source.auth_index()? {
+            let keys = &mut self.chain_keys;
+            let found =
+                indexed_auth_difference(index, keys, states, conflicted, &combined.unconflicted)?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        if !source.auth_events_precede()? {
+            return Ok(None);
+        }
+        let known = &mut self.auth_events;
+        auth_difference(source, known, states, conflicted, &combined.unconflicted)
+    }
+
     fn settle(
         &mut self,
         request: &ResolveRequest<'_>,
@@ -149,21 +180,12 @@ impl MatrixResolver {
         }
         let conflicted_keys: HashSet<StateKey> =
             combined.conflicted.iter().map(|c| c.key).collect();
-        let conflicted_events: HashSet<EventNid> = combined
+        let conflicted_events: NidSet<EventNid> = combined
             .conflicted
             .iter()
             .flat_map(|c| c.candidates.iter().copied())
             .collect();
-        let walked = match !self.whole_maps && source.auth_events_precede()? {
-            true => auth_difference(
-                source,
-                &mut self.auth_events,
-                request.states,
-                &conflicted_keys,
-                &combined.unconflicted,
-            )?,
-            false => None,
-        };
+        let walked = self.difference(source, request.states, &conflicted_keys, combined)?;
         // Without the ordered walk, room version 12's conflicted subgraph reads the chains
         // memoised here.
         let ordered = walked.is_some();
@@ -191,7 +213,7 @@ impl MatrixResolver {
                 .map(|s| self.names.ruma_map(&pdus, s.iter()))
                 .collect::<Result<Vec<_>>>()?
         } else {
-            let sorted: HashSet<EventNid> = fork_chains
+            let sorted: NidSet<EventNid> = fork_chains
                 .iter()
                 .flatten()
                 .copied()
@@ -339,8 +361,8 @@ impl AuthChains {
         &mut self,
         source: &mut dyn StateSource,
         state: &StateMap,
-    ) -> Result<HashSet<EventNid>> {
-        let mut out = HashSet::new();
+    ) -> Result<NidSet<EventNid>> {
+        let mut out = NidSet::default();
         for e in state.iter() {
             out.extend(self.of(source, e.event)?.iter().copied());
         }
@@ -368,16 +390,16 @@ impl AuthChains {
         states: &[StateMap],
         conflicted: &HashSet<StateKey>,
         unconflicted: &StateMap,
-    ) -> Result<Vec<HashSet<EventNid>>> {
+    ) -> Result<Vec<NidSet<EventNid>>> {
         let mut own = Vec::with_capacity(states.len());
         for state in states {
-            let mut chain = HashSet::new();
+            let mut chain = NidSet::default();
             for e in state.iter().filter(|e| conflicted.contains(&e.key)) {
                 chain.extend(self.of(source, e.event)?.iter().copied());
             }
             own.push(chain);
         }
-        let mut candidates: HashSet<EventNid> = own.iter().flatten().copied().collect();
+        let mut candidates: NidSet<EventNid> = own.iter().flatten().copied().collect();
         candidates.retain(|c| !own.iter().all(|chain| chain.contains(c)));
         for e in unconflicted.iter() {
             if candidates.is_empty() {
@@ -404,8 +426,8 @@ impl AuthChains {
         // An event met again while its own chain is being built is a cycle in bad input: the
         // chains on it are partial.
         let mut stack = vec![(event, false)];
-        let mut open = HashSet::new();
-        let mut incomplete = HashSet::new();
+        let mut open = NidSet::default();
+        let mut incomplete = NidSet::default();
         while let Some((e, expanded)) = stack.pop() {
             if self.get(&e).is_some() {
                 continue;
@@ -427,7 +449,7 @@ impl AuthChains {
                 }
                 continue;
             }
-            let mut chain: HashSet<EventNid> = HashSet::new();
+            let mut chain: NidSet<EventNid> = NidSet::default();
             let mut complete = record.is_some() && !incomplete.contains(&e);
             for a in &auth {
                 chain.insert(*a);
@@ -598,12 +620,12 @@ impl<'s> Pdus<'s> {
         conflicted: &ruma_state_res::StateMap<Vec<OwnedEventId>>,
     ) -> Option<EventIdSet<OwnedEventId>> {
         let ids: Vec<&OwnedEventId> = conflicted.values().flatten().collect();
-        let nids: HashSet<EventNid> = ids
+        let nids: NidSet<EventNid> = ids
             .iter()
             .filter_map(|id| self.keep(self.nid(id)))
             .collect();
         let mut out: EventIdSet<OwnedEventId> = ids.into_iter().cloned().collect();
-        let ancestors: HashSet<EventNid> = nids
+        let ancestors: NidSet<EventNid> = nids
             .iter()
             .filter_map(|c| chains.get(c))
             .flat_map(|c| c.iter().copied())

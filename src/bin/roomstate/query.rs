@@ -253,6 +253,11 @@ pub fn stats(rx: &ReadTxn, as_json: bool, out: &mut impl Write) -> CliResult {
     )?;
     writeln!(
         out,
+        "auth index bytes per event  {:.1}",
+        per(s.auth_index_bytes(), s.events)
+    )?;
+    writeln!(
+        out,
         "table bytes per state event {:.1}",
         per(total_bytes, s.state_events)
     )?;
