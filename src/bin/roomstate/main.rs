@@ -1,6 +1,7 @@
 //! The `roomstate` command: ingest, query and measure a room-state store. It uses only the
 //! library's public API.
 
+mod auth_bench;
 mod bench;
 mod demo;
 mod failure;
@@ -192,7 +193,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The history's shape: hq, many or forky; or `join`, the cost of joining the `hq` room
-        /// over federation (its state and auth chain as outliers, then the join).
+        /// over federation (its state and auth chain as outliers, then the join); or `auth`,
+        /// state resolution and auth chains in `hq` (authorized, Matrix state resolution).
         #[arg(long, default_value = "hq")]
         workload: String,
         /// `small` (seconds, for CI) or `full` (hq at 100,000 members and 200,000 state events).
@@ -377,6 +379,9 @@ fn run(cli: Cli) -> CliResult {
             }
             if workload == "join" {
                 return join::run(scale, json);
+            }
+            if workload == "auth" {
+                return auth_bench::run(scale, json);
             }
             let workload: Workload = workload.parse().map_err(Failure::User)?;
             match one {
