@@ -108,8 +108,16 @@ pub trait IndexRead {
     /// The targets of the links from `chain`'s events numbered `from..=to`.
     fn links_from(&mut self, chain: u64, from: u64, to: u64, out: &mut Vec<Position>)
     -> Result<()>;
-    /// The origins of the links into `chain`'s events numbered `from` and above.
-    fn links_into(&mut self, chain: u64, from: u64, out: &mut Vec<Position>) -> Result<()>;
+    /// Up to `limit` links into `chain`'s events numbered `from` and above, in order, as
+    /// (target, origin) pairs; those after `after` only, when given.
+    fn links_into(
+        &mut self,
+        chain: u64,
+        from: u64,
+        after: Option<Link>,
+        limit: usize,
+        out: &mut Vec<Link>,
+    ) -> Result<()>;
     /// A stored event's record.
     fn record(&mut self, event: EventNid) -> Result<Option<EventRecord>>;
     /// Every link from chains `first..=last`, in order: one scan where many chains are asked.
@@ -137,6 +145,12 @@ fn dense(chains: &[u64]) -> Option<(u64, u64)> {
     let (&first, &last) = (chains.first()?, chains.last()?);
     (chains.len() >= DENSE_CHAINS && last - first < 4 * chains.len() as u64)
         .then_some((first, last))
+}
+
+/// The number of chains in `first..=last`, a span [`dense`] accepted: at most four times the
+/// chains asked about, which are in memory already.
+fn span_len(first: u64, last: u64) -> usize {
+    (last - first + 1) as usize
 }
 
 pub(crate) fn links_span(
@@ -234,6 +248,38 @@ pub(crate) fn pairs(
     Ok(())
 }
 
+/// A link's (target, origin) positions, as `auth_links_into` keys them.
+pub type Link = (Position, Position);
+
+/// Up to `limit` rows of `auth_links_into` into `chain`'s events from `from` on, after `after`.
+pub(crate) fn links_into(
+    table: &impl ReadableTable<(u64, u64), ()>,
+    chain: u64,
+    from: u64,
+    after: Option<Link>,
+    limit: usize,
+    out: &mut Vec<Link>,
+) -> Result<()> {
+    let end = (raw_at(chain, SEQ_MAX), u64::MAX);
+    let rows = match after {
+        Some((t, o)) => table.range::<(u64, u64)>((
+            std::ops::Bound::Excluded((t.raw(), o.raw())),
+            std::ops::Bound::Included(end),
+        ))?,
+        None => table.range((raw_at(chain, from), 0)..=end)?,
+    };
+    for row in rows.take(limit) {
+        let (key, _) = row?;
+        let (target, origin) = key.value();
+        let bad = |_| Error::corrupt("auth_links_into", target, "bad position");
+        out.push((
+            Position::from_raw(target).map_err(bad)?,
+            Position::from_raw(origin).map_err(bad)?,
+        ));
+    }
+    Ok(())
+}
+
 /// How far a set of events reaches into one chain.
 #[derive(Clone, Copy, Debug, Default)]
 struct Bound {
@@ -315,10 +361,21 @@ fn follow_dense(
     let Some((first, last)) = dense(&chains) else {
         return Ok(());
     };
-    let pending: NidMap<u64, (u64, u64)> = todo.drain(..).map(|(c, f, t)| (c, (f, t))).collect();
+    // Per chain of the span, the sequence numbers whose links to follow: a vector, not a map,
+    // as the span is dense and the scan asks once per link.
+    let mut pending = vec![(1, 0); span_len(first, last)];
+    for (chain, from, to) in todo.drain(..) {
+        let (f, t) = &mut pending[(chain - first) as usize];
+        // A chain raised twice has two adjacent ranges.
+        (*f, *t) = if *f > *t {
+            (from, to)
+        } else {
+            ((*f).min(from), (*t).max(to))
+        };
+    }
     let mut raised = Vec::new();
     index.links_span(first, last, &mut |origin, target| {
-        if let Some((from, to)) = pending.get(&origin.chain())
+        if let Some((from, to)) = pending.get((origin.chain() - first) as usize)
             && (*from..=*to).contains(&origin.seq())
         {
             raised.push(target);
@@ -375,8 +432,15 @@ pub(crate) fn chain_of(index: &mut dyn IndexRead, events: &[EventNid]) -> Result
     let mut out = Vec::new();
     let numbers: Vec<u64> = chains.iter().map(|c| c.0).collect();
     if let Some((first, last)) = dense(&numbers) {
+        let mut upto = vec![0; span_len(first, last)];
+        for &(chain, seq) in &chains {
+            upto[(chain - first) as usize] = seq;
+        }
         index.events_span(first, last, &mut |at, event| {
-            if reach.upto(at.chain()) >= at.seq() {
+            if upto
+                .get((at.chain() - first) as usize)
+                .is_some_and(|u| *u >= at.seq())
+            {
                 out.push(event);
             }
         })?;
@@ -509,26 +573,57 @@ fn shared_reaches(
     // (chain, lowest sequence number whose events reach the target): from there on, every
     // event of the chain reaches it.
     let mut lowest: NidMap<u64, u64> = NidMap::default();
-    let mut todo = vec![(target.chain(), target.seq() + 1, target.seq())];
-    let mut origins = Vec::new();
-    while let Some((chain, from, links_from)) = todo.pop() {
-        if lowest.get(&chain).is_some_and(|seen| *seen <= from) {
-            continue;
+    if holds_from(index, keys, unconflicted, target.chain(), target.seq() + 1)? {
+        return Ok(true);
+    }
+    lowest.insert(target.chain(), target.seq() + 1);
+    let mut todo = vec![(target.chain(), target.seq())];
+    let mut links = Vec::new();
+    while let Some((chain, links_from)) = todo.pop() {
+        // The links into a much-named event (a power levels event every later member's join
+        // names) run to the tens of thousands, and the first few usually answer: read them in
+        // growing batches, each origin checked as it comes.
+        let (mut after, mut batch) = (None, 16);
+        loop {
+            links.clear();
+            index.links_into(chain, links_from, after, batch, &mut links)?;
+            for &(_, origin) in &links {
+                if lowest
+                    .get(&origin.chain())
+                    .is_some_and(|seen| *seen <= origin.seq())
+                {
+                    continue;
+                }
+                if holds_from(index, keys, unconflicted, origin.chain(), origin.seq())? {
+                    return Ok(true);
+                }
+                lowest.insert(origin.chain(), origin.seq());
+                todo.push((origin.chain(), origin.seq()));
+            }
+            if links.len() < batch {
+                break;
+            }
+            after = links.last().copied();
+            batch = (batch * 4).min(4096);
         }
-        lowest.insert(chain, from);
-        if let Some(key) = keys.of(index, chain)?
-            && let Some(event) = unconflicted.get(key)
-            && let Some(p) = index.position(event)?
-            && p.chain() == chain
-            && p.seq() >= from
-        {
-            return Ok(true);
-        }
-        origins.clear();
-        index.links_into(chain, links_from, &mut origins)?;
-        for o in &origins {
-            todo.push((o.chain(), o.seq(), o.seq()));
-        }
+    }
+    Ok(false)
+}
+
+/// Whether the unconflicted state holds an event of `chain` numbered `from` or above: the
+/// state's event of the chain's (type, state key), when it lies on the chain.
+fn holds_from(
+    index: &mut dyn IndexRead,
+    keys: &mut ChainKeys,
+    unconflicted: &StateMap,
+    chain: u64,
+    from: u64,
+) -> Result<bool> {
+    if let Some(key) = keys.of(index, chain)?
+        && let Some(event) = unconflicted.get(key)
+        && let Some(p) = index.position(event)?
+    {
+        return Ok(p.chain() == chain && p.seq() >= from);
     }
     Ok(false)
 }
@@ -557,9 +652,15 @@ impl IndexRead for Writer<'_> {
         pairs(self.auth_links()?, "auth_links", chain, from, to, out)
     }
 
-    fn links_into(&mut self, chain: u64, from: u64, out: &mut Vec<Position>) -> Result<()> {
-        let table = self.auth_links_into()?;
-        pairs(table, "auth_links_into", chain, from, SEQ_MAX, out)
+    fn links_into(
+        &mut self,
+        chain: u64,
+        from: u64,
+        after: Option<Link>,
+        limit: usize,
+        out: &mut Vec<Link>,
+    ) -> Result<()> {
+        links_into(self.auth_links_into()?, chain, from, after, limit, out)
     }
 
     fn record(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
@@ -760,15 +861,15 @@ impl<T: Tables> IndexRead for ReadIndex<'_, T> {
         pairs(&self.links, "auth_links", chain, from, to, out)
     }
 
-    fn links_into(&mut self, chain: u64, from: u64, out: &mut Vec<Position>) -> Result<()> {
-        pairs(
-            &self.links_into,
-            "auth_links_into",
-            chain,
-            from,
-            SEQ_MAX,
-            out,
-        )
+    fn links_into(
+        &mut self,
+        chain: u64,
+        from: u64,
+        after: Option<Link>,
+        limit: usize,
+        out: &mut Vec<Link>,
+    ) -> Result<()> {
+        links_into(&self.links_into, chain, from, after, limit, out)
     }
 
     fn record(&mut self, event: EventNid) -> Result<Option<EventRecord>> {
