@@ -46,6 +46,31 @@ impl StateMap {
         &self.0
     }
 
+    /// The entries of one event type, by binary search.
+    pub fn of_type(&self, ty: TypeNid) -> &[StateEntry] {
+        let start = self.0.partition_point(|e| e.key.ty < ty);
+        let end = start + self.0[start..].partition_point(|e| e.key.ty == ty);
+        &self.0[start..end]
+    }
+
+    /// This state with `more` added, in one merging copy rather than a sort of the whole. A key
+    /// in both keeps this state's event; among repeats in `more`, the last wins.
+    pub fn with_entries(&self, more: Vec<StateEntry>) -> StateMap {
+        let more = StateMap::from_entries(more);
+        let mut out = Vec::with_capacity(self.0.len() + more.0.len());
+        let mut rest = self.0.as_slice();
+        for e in more.0 {
+            let before = rest.partition_point(|r| r.key < e.key);
+            out.extend_from_slice(&rest[..before]);
+            rest = &rest[before..];
+            if rest.first().is_none_or(|r| r.key != e.key) {
+                out.push(e);
+            }
+        }
+        out.extend_from_slice(rest);
+        StateMap(out)
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -220,10 +220,7 @@ impl MatrixResolver {
                 .chain(conflicted_events.iter().copied())
                 .collect();
             let users = pdus.users_of(sorted.iter().copied())?;
-            let wanted =
-                |e: &&StateEntry| conflicted_keys.contains(&e.key) || auth_relevant(e.key, &users);
-            let unconflicted: Vec<&StateEntry> =
-                combined.unconflicted.iter().filter(wanted).collect();
+            let unconflicted = auth_relevant(&combined.unconflicted, &users);
             request
                 .states
                 .iter()
@@ -266,27 +263,38 @@ impl MatrixResolver {
         combined: &crate::engine::resolve::Combined,
         resolved: ruma_state_res::StateMap<OwnedEventId>,
     ) -> Result<StateMap> {
-        let mut entries = combined.unconflicted.entries().to_vec();
+        let mut added = Vec::new();
         for ((ty, state_key), id) in resolved {
             let key = self.names.key_nids(pdus, ty, state_key)?;
             if combined.unconflicted.get(key).is_none() {
-                entries.push(StateEntry {
+                added.push(StateEntry {
                     key,
                     event: pdus.nid(&id)?,
                 });
             }
         }
-        Ok(StateMap::from_entries(entries))
+        Ok(combined.unconflicted.with_entries(added))
     }
 }
 
-/// Whether authorization can read `key`: the room's create, power levels, join rules and
-/// third-party invites, and the membership of the given users.
-fn auth_relevant(key: StateKey, users: &HashSet<StateKeyNid>) -> bool {
-    matches!(
-        key.ty,
-        TypeNid::CREATE | TypeNid::POWER_LEVELS | TypeNid::JOIN_RULES | TypeNid::THIRD_PARTY_INVITE
-    ) || (key.ty == TypeNid::MEMBER && users.contains(&key.key))
+/// The entries of `state` that authorization can read: the room's create, power levels, join
+/// rules and third-party invites, and the membership of the given users. Found by binary search:
+/// the state of a large room is mostly other members.
+fn auth_relevant<'s>(state: &'s StateMap, users: &HashSet<StateKeyNid>) -> Vec<&'s StateEntry> {
+    let types = [
+        TypeNid::CREATE,
+        TypeNid::POWER_LEVELS,
+        TypeNid::JOIN_RULES,
+        TypeNid::THIRD_PARTY_INVITE,
+    ];
+    let mut out: Vec<&StateEntry> = types.iter().flat_map(|t| state.of_type(*t)).collect();
+    let members = state.of_type(TypeNid::MEMBER);
+    for user in users {
+        if let Ok(i) = members.binary_search_by_key(user, |e| e.key.key) {
+            out.push(&members[i]);
+        }
+    }
+    out
 }
 
 /// Type and state-key strings as ruma wants them, cached across resolutions (NIDs never change
