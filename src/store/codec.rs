@@ -54,3 +54,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
     Ok(record)
 }
+
+/// Decodes the leading fields of a cold record, as `T` declares them, and leaves the rest
+/// unread: a reader that wants one field of many records skips decoding (and allocating) the
+/// others.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl Display,
+    bytes: &[u8],
+) -> Result<T> {
+    let Some((&RECORD_FORMAT, body)) = bytes.split_first() else {
+        return Err(Error::corrupt(table, key, "unknown record format"));
+    };
+    let (prefix, _) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| Error::corrupt(table, &key, e))?;
+    Ok(prefix)
+}

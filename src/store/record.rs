@@ -27,6 +27,15 @@ pub struct EventRecord {
     pub membership: Option<Membership>,
 }
 
+/// The first field of an [`EventRecord`], decoded alone by [`codec::decode_prefix`]. It must
+/// stay the record's first field.
+///
+/// [`codec::decode_prefix`]: crate::store::codec::decode_prefix
+#[derive(Deserialize)]
+pub(crate) struct RecordRoom {
+    pub(crate) room: RoomNid,
+}
+
 impl EventRecord {
     /// A record for an event with no prev or auth events recorded.
     pub fn new(
@@ -188,4 +197,26 @@ pub struct RoomRecord {
     pub latest_events: Vec<EventNid>,
     /// How many events of the room have been ingested; the next one gets this sequence number.
     pub event_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nid::{EventNid, SnapshotNid, StateKeyNid, TypeNid};
+    use crate::store::codec;
+
+    #[test]
+    fn the_room_alone_decodes_from_a_whole_record() {
+        let room = RoomNid::new(300_000).expect("not 0");
+        let mut record = EventRecord::new(
+            room,
+            TypeNid::MEMBER,
+            Some(StateKeyNid::EMPTY),
+            SnapshotNid::EMPTY,
+        );
+        record.auth_events = vec![EventNid::new(7).expect("not 0")];
+        let bytes = codec::encode(&record).expect("encodes");
+        let prefix: RecordRoom = codec::decode_prefix("events", 1, &bytes).expect("decodes");
+        assert_eq!(prefix.room, room);
+    }
 }
