@@ -1,9 +1,11 @@
 //! The auth-chain index against plain walks of `auth_events` kept in a `BTreeMap`, on random
 //! DAGs written through the public API: forks of one state key, non-state events, auth events
-//! stored late or never (which abandon the index, and the answers must not change), and records
-//! rewritten.
+//! stored late or never (which abandon the index, and the answers must not change), records
+//! rewritten, and another room purged.
 
+use roomstate::ingest::{IngestOptions, OnBadLine, TrivialMerge, ingest};
 use roomstate::matrix::query;
+use roomstate::workload::{GenConfig, Generator, Workload};
 use roomstate::{
     EventNid, EventRecord, SnapshotNid, StateEntry, StateKey, StateKeyNid, StateMap, Store,
     StoreRead, TypeNid,
@@ -218,6 +220,61 @@ fn the_index_answers_what_plain_walks_answer() -> roomstate::Result<()> {
     }
     // Both kinds of store are exercised.
     assert!((20..130).contains(&complete), "{complete} of 150 complete");
+    Ok(())
+}
+
+/// A generated room beside the random history, ingested before or after it, then purged: the
+/// purge takes the room's chains and links out of the index and leaves the history's answers,
+/// and whether the index is complete, as they were.
+#[test]
+fn purging_another_room_leaves_the_answers_as_they_were() -> roomstate::Result<()> {
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    for seed in 0..24 {
+        let store = Store::in_memory()?;
+        let shape = Shape {
+            events: 2 + rng.below(50),
+            keys: 5,
+            late_one_in: 40,
+        };
+        let room_first = rng.one_in(2);
+        if room_first {
+            ingest_generated_room(&store, seed)?;
+        }
+        let model = random_history(&store, &mut rng, &shape)?;
+        if !room_first {
+            ingest_generated_room(&store, seed)?;
+        }
+        agree(&store, &model, &mut rng)?;
+        let mut tx = store.write()?;
+        let room = tx
+            .room_nid("!hq:server0.test")?
+            .expect("the room was ingested");
+        let purged = tx.purge_room(room)?;
+        assert!(purged.events > 20);
+        tx.commit()?;
+        agree(&store, &model, &mut rng)?;
+    }
+    Ok(())
+}
+
+/// A small `hq` room, whose events' auth events are all stored before them.
+fn ingest_generated_room(store: &Store, seed: u64) -> roomstate::Result<()> {
+    let config = GenConfig {
+        workload: Workload::Hq,
+        seed,
+        members: 8,
+        state_events: 20,
+        messages_per_state: 1,
+        room_version: Default::default(),
+    };
+    let text: String = Generator::new(config)
+        .map(|e| e.to_json_line() + "\n")
+        .collect();
+    let opts = IngestOptions {
+        on_bad_line: OnBadLine::Skip,
+        ..IngestOptions::default()
+    };
+    ingest(store, text.as_bytes(), opts, TrivialMerge)?;
     Ok(())
 }
 
