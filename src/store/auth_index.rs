@@ -481,6 +481,9 @@ impl ChainKeys {
     }
 }
 
+/// A writer's cache of chains' links is emptied past this many chains.
+const CHAIN_LINKS_HELD: usize = 1 << 16;
+
 /// [`ChainKeys`] is emptied past this many chains (about 40 MiB).
 const CHAIN_KEYS_HELD: usize = 1 << 20;
 
@@ -751,6 +754,8 @@ impl Writer<'_> {
                 self.auth_links()?.insert((own.raw(), target.raw()), ())?;
                 self.auth_links_into()?
                     .insert((target.raw(), own.raw()), ())?;
+                let reached = self.chain_links(own)?.entry(target.chain()).or_default();
+                *reached = (*reached).max(target.seq());
             }
         }
         Ok(())
@@ -766,7 +771,7 @@ impl Writer<'_> {
         for &(a, p) in auth {
             let Some(next) = p.next() else { continue };
             // A chain stays within a room, so a purge takes whole chains.
-            let same_key = self.event(a)?.is_some_and(|r| {
+            let same_key = self.event_ref(a)?.is_some_and(|r| {
                 r.event_type == record.event_type
                     && r.state_key == record.state_key
                     && r.room == record.room
@@ -797,19 +802,34 @@ impl Writer<'_> {
     /// Whether an earlier event of `own`'s chain links to `target` or above on its chain, so
     /// that `own` reaches it already.
     fn linked_below(&mut self, own: Position, target: Position) -> Result<bool> {
-        let mut targets = Vec::new();
-        let links = self.auth_links()?;
-        pairs(
-            links,
-            "auth_links",
-            own.chain(),
-            1,
-            own.seq() - 1,
-            &mut targets,
-        )?;
-        Ok(targets
-            .iter()
-            .any(|t| t.chain() == target.chain() && t.seq() >= target.seq()))
+        let reached = self.chain_links(own)?.get(&target.chain());
+        Ok(reached.is_some_and(|seq| *seq >= target.seq()))
+    }
+
+    /// How far the links of `own`'s chain, below `own`, reach on each other chain.
+    fn chain_links(&mut self, own: Position) -> Result<&mut NidMap<u64, u64>> {
+        if !self.cache.chain_links.contains_key(&own.chain()) {
+            if self.cache.chain_links.len() >= CHAIN_LINKS_HELD {
+                self.cache.chain_links.clear();
+            }
+            let mut targets = Vec::new();
+            let links = self.auth_links()?;
+            pairs(
+                links,
+                "auth_links",
+                own.chain(),
+                1,
+                own.seq() - 1,
+                &mut targets,
+            )?;
+            let mut reached: NidMap<u64, u64> = NidMap::default();
+            for t in targets {
+                let seq = reached.entry(t.chain()).or_default();
+                *seq = (*seq).max(t.seq());
+            }
+            self.cache.chain_links.insert(own.chain(), reached);
+        }
+        Ok(self.cache.chain_links.entry(own.chain()).or_default())
     }
 }
 
@@ -910,6 +930,7 @@ impl Writer<'_> {
             return Ok(());
         };
         self.cache.positions.remove(&event);
+        self.cache.chain_links.clear();
         self.auth_chains()?.remove(own)?;
         let own = Position::from_raw(own)?;
         let mut targets = Vec::new();

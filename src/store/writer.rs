@@ -106,6 +106,9 @@ pub(super) struct Cache {
     pub(super) next_chain: Option<u64>,
     /// Events' auth-chain positions: a new event's auth events are almost always recent.
     pub(super) positions: NidMap<EventNid, Option<Position>>,
+    /// Per auth chain written to, the highest sequence number its links reach on each other
+    /// chain: read from `auth_links` once per writer, not once per event of a long chain.
+    pub(super) chain_links: NidMap<u64, NidMap<u64, u64>>,
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     rooms: NidMap<RoomNid, RoomRecord>,
@@ -559,7 +562,7 @@ impl<'t> Writer<'t> {
         Ok(self.event_ref(event)?.cloned())
     }
 
-    fn event_ref(&mut self, event: EventNid) -> Result<Option<&EventRecord>> {
+    pub(super) fn event_ref(&mut self, event: EventNid) -> Result<Option<&EventRecord>> {
         if !self.cache.events.contains_key(&event) {
             let record: Option<EventRecord> = {
                 let row = self.events()?.get(event.get())?;
