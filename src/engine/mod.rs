@@ -11,6 +11,8 @@ pub mod policy;
 pub mod resolve;
 pub mod snapshot;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod testing;
 
 // What the store may use beyond the public API.
 pub(crate) use source::{

@@ -247,6 +247,7 @@ mod tests {
 
     use super::*;
     use crate::engine::block::StateEntry;
+    use crate::engine::testing::{Rng, expected_difference};
     use crate::error::Error;
     use crate::nid::{RoomNid, SnapshotNid, StateKeyNid, TypeNid};
     use crate::store::record::EventRecord;
@@ -295,18 +296,6 @@ mod tests {
         }
         fn type_nid(&mut self, _: &str) -> Result<Option<TypeNid>> {
             Err(Error::InvalidState("not read".into()))
-        }
-    }
-
-    /// xorshift64*: enough randomness for shapes, and no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
         }
     }
 
@@ -380,24 +369,9 @@ mod tests {
             let got = auth_difference(&mut dag, &mut known, &states, &conflicted, &unconflicted)
                 .expect("an in-memory DAG")
                 .expect("auth events are older");
-            let own: Vec<HashSet<EventNid>> = states
-                .iter()
-                .map(|s| {
-                    let events = s.iter().filter(|e| conflicted.contains(&e.key));
-                    ancestors(&dag, events.map(|e| e.event))
-                })
-                .collect();
-            let shared = ancestors(&dag, unconflicted.iter().map(|e| e.event));
-            let in_all = |e: &EventNid| own.iter().all(|c| c.contains(e));
-            let want: Vec<NidSet<EventNid>> = own
-                .iter()
-                .map(|c| {
-                    c.iter()
-                        .filter(|e| !in_all(e) && !shared.contains(e))
-                        .copied()
-                        .collect()
-                })
-                .collect();
+            let want = expected_difference(&states, &conflicted, &unconflicted, |events| {
+                ancestors(&dag, events)
+            });
             assert_eq!(got, want);
         }
     }

@@ -751,9 +751,7 @@ impl Writer<'_> {
         self.cache.positions.insert(event, Some(own));
         for &(_, target) in &auth {
             if target.chain() != own.chain() && !self.linked_below(own, target)? {
-                self.auth_links()?.insert((own.raw(), target.raw()), ())?;
-                self.auth_links_into()?
-                    .insert((target.raw(), own.raw()), ())?;
+                self.insert_link(own, target)?;
                 let reached = self.chain_links(own)?.entry(target.chain()).or_default();
                 *reached = (*reached).max(target.seq());
             }
@@ -933,33 +931,11 @@ impl Writer<'_> {
         self.cache.chain_links.clear();
         self.auth_chains()?.remove(own)?;
         let own = Position::from_raw(own)?;
-        let mut targets = Vec::new();
-        let links = self.auth_links()?;
-        pairs(
-            links,
-            "auth_links",
-            own.chain(),
-            own.seq(),
-            own.seq(),
-            &mut targets,
-        )?;
-        for t in &targets {
-            self.auth_links()?.remove((own.raw(), t.raw()))?;
-            self.auth_links_into()?.remove((t.raw(), own.raw()))?;
+        for target in self.links_at(own, false)? {
+            self.remove_link(own, target)?;
         }
-        let mut origins = Vec::new();
-        let into = self.auth_links_into()?;
-        pairs(
-            into,
-            "auth_links_into",
-            own.chain(),
-            own.seq(),
-            own.seq(),
-            &mut origins,
-        )?;
-        for o in &origins {
-            self.auth_links_into()?.remove((own.raw(), o.raw()))?;
-            self.auth_links()?.remove((o.raw(), own.raw()))?;
+        for o in &self.links_at(own, true)? {
+            self.remove_link(*o, own)?;
             let origin = self.auth_chains()?.get(o.raw())?.map(|v| v.value());
             let elsewhere = match origin.and_then(EventNid::new) {
                 Some(e) => self.event(e)?.is_some_and(|r| r.room != room),
@@ -971,6 +947,42 @@ impl Writer<'_> {
         }
         Ok(())
     }
+
+    /// The positions `at` links to, or with `into` the positions that link to it.
+    fn links_at(&mut self, at: Position, into: bool) -> Result<Vec<Position>> {
+        let mut out = Vec::new();
+        let (chain, seq) = (at.chain(), at.seq());
+        if into {
+            pairs(
+                self.auth_links_into()?,
+                "auth_links_into",
+                chain,
+                seq,
+                seq,
+                &mut out,
+            )?;
+        } else {
+            pairs(self.auth_links()?, "auth_links", chain, seq, seq, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Records a link from `origin` to `target`, both ways.
+    fn insert_link(&mut self, origin: Position, target: Position) -> Result<()> {
+        self.auth_links()?
+            .insert((origin.raw(), target.raw()), ())?;
+        self.auth_links_into()?
+            .insert((target.raw(), origin.raw()), ())?;
+        Ok(())
+    }
+
+    /// Removes the link from `origin` to `target`, both ways.
+    fn remove_link(&mut self, origin: Position, target: Position) -> Result<()> {
+        self.auth_links()?.remove((origin.raw(), target.raw()))?;
+        self.auth_links_into()?
+            .remove((target.raw(), origin.raw()))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -980,21 +992,10 @@ mod tests {
 
     use super::*;
     use crate::engine::block::StateEntry;
+    use crate::engine::testing::{Rng, expected_difference};
     use crate::nid::{SnapshotNid, StateKeyNid, TypeNid};
     use crate::store::{Store, StoreRead};
     use std::collections::BTreeMap;
-
-    /// xorshift64*.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-        }
-    }
 
     /// Stored events: key number (0 for a non-state event) and auth events.
     type Dag = BTreeMap<EventNid, (u64, Vec<EventNid>)>;
@@ -1116,24 +1117,9 @@ mod tests {
             let mut keys = ChainKeys::default();
             let got = difference(&mut index, &mut keys, &states, &conflicted, &unconflicted)?
                 .expect("every conflicted event is indexed");
-            let own: Vec<HashSet<EventNid>> = states
-                .iter()
-                .map(|s| {
-                    let events = s.iter().filter(|e| conflicted.contains(&e.key));
-                    ancestors(&dag, events.map(|e| e.event))
-                })
-                .collect();
-            let shared = ancestors(&dag, unconflicted.iter().map(|e| e.event));
-            let in_all = |e: &EventNid| own.iter().all(|c| c.contains(e));
-            let want: Vec<NidSet<EventNid>> = own
-                .iter()
-                .map(|c| {
-                    c.iter()
-                        .filter(|e| !in_all(e) && !shared.contains(e))
-                        .copied()
-                        .collect()
-                })
-                .collect();
+            let want = expected_difference(&states, &conflicted, &unconflicted, |events| {
+                ancestors(&dag, events)
+            });
             assert_eq!(got, want);
         }
         Ok(())

@@ -44,12 +44,8 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: impl Display,
     bytes: &[u8],
 ) -> Result<T> {
-    let Some((&RECORD_FORMAT, body)) = bytes.split_first() else {
-        return Err(Error::corrupt(table, key, "unknown record format"));
-    };
-    let (record, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| Error::corrupt(table, &key, e))?;
-    if used != body.len() {
+    let (record, rest) = decode_front(table, &key, bytes)?;
+    if rest != 0 {
         return Err(Error::corrupt(table, key, "trailing bytes after record"));
     }
     Ok(record)
@@ -63,10 +59,19 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
     key: impl Display,
     bytes: &[u8],
 ) -> Result<T> {
+    Ok(decode_front(table, key, bytes)?.0)
+}
+
+/// Decodes `T` from the front of a record and counts the bytes left after it.
+fn decode_front<T: DeserializeOwned>(
+    table: &'static str,
+    key: impl Display,
+    bytes: &[u8],
+) -> Result<(T, usize)> {
     let Some((&RECORD_FORMAT, body)) = bytes.split_first() else {
         return Err(Error::corrupt(table, key, "unknown record format"));
     };
-    let (prefix, _) = bincode::serde::decode_from_slice(body, config())
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| Error::corrupt(table, &key, e))?;
-    Ok(prefix)
+    Ok((value, body.len() - used))
 }

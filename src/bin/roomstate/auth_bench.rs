@@ -51,7 +51,7 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
     }
     println!(
         "auth chains in hq ({}): {} events ingested in {:.1} s",
-        scale_name(scale),
+        scale.name(),
         f.events,
         f.ingest_s
     );
@@ -81,14 +81,6 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
         f.auth_index_bytes_per_event
     );
     Ok(())
-}
-
-fn scale_name(scale: Scale) -> &'static str {
-    match scale {
-        Scale::Tiny => "tiny",
-        Scale::Small => "small",
-        Scale::Full => "full",
-    }
 }
 
 fn measure(store: &Store, scale: Scale) -> CliResult<AuthFigures> {

@@ -62,7 +62,8 @@ pub enum Scale {
 }
 
 impl Scale {
-    fn name(self) -> &'static str {
+    /// The scale as `--scale` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             Scale::Tiny => "tiny",
             Scale::Small => "small",

@@ -63,7 +63,7 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
     let mib = figures.peak_rss_bytes as f64 / (1 << 20) as f64;
     println!(
         "join of hq ({}): {} state entries, auth chain {} events, {} outliers",
-        scale_name(scale),
+        scale.name(),
         figures.state_entries,
         figures.auth_chain_events,
         figures.outliers
@@ -77,14 +77,6 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
         figures.state_ids_ms, figures.auth_chain_ms
     );
     Ok(())
-}
-
-fn scale_name(scale: Scale) -> &'static str {
-    match scale {
-        Scale::Tiny => "tiny",
-        Scale::Small => "small",
-        Scale::Full => "full",
-    }
 }
 
 fn tempfile_dir() -> CliResult<PathBuf> {
