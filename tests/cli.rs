@@ -1413,3 +1413,37 @@ fn a_join_through_envelope_lines_and_the_federation_queries() {
     )
     .fails(1, "error: -: line 1: unknown kind \"sideways\"");
 }
+
+/// The auth bench at its smallest: merges timed, the state's auth chain and a forked difference
+/// found, and the index complete and sized.
+#[test]
+fn bench_auth_reports_merges_chains_and_the_index() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomstate"))
+        .args(["bench", "--workload", "auth", "--scale", "tiny", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |k: &str| {
+        figures[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {figures}"))
+    };
+    assert_eq!(figures["auth_index_complete"], Value::Bool(true));
+    assert!(n("merges") >= 1.0, "{figures}");
+    assert!(n("state_auth_chain_events") >= n("state_entries") - 1.0);
+    for k in [
+        "events",
+        "merge_p90_ms",
+        "resolution_share",
+        "state_auth_chain_ms",
+        "forked_difference_events",
+        "auth_index_bytes_per_event",
+    ] {
+        assert!(n(k) > 0.0, "{k} in {figures}");
+    }
+}
