@@ -931,10 +931,12 @@ impl Writer<'_> {
         self.cache.chain_links.clear();
         self.auth_chains()?.remove(own)?;
         let own = Position::from_raw(own)?;
-        for target in self.links_at(own, false)? {
+        let mut targets = Vec::new();
+        self.links_from(own.chain(), own.seq(), own.seq(), &mut targets)?;
+        for target in targets {
             self.remove_link(own, target)?;
         }
-        for o in &self.links_at(own, true)? {
+        for o in &self.origins_of(own)? {
             self.remove_link(*o, own)?;
             let origin = self.auth_chains()?.get(o.raw())?.map(|v| v.value());
             let elsewhere = match origin.and_then(EventNid::new) {
@@ -948,22 +950,11 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// The positions `at` links to, or with `into` the positions that link to it.
-    fn links_at(&mut self, at: Position, into: bool) -> Result<Vec<Position>> {
+    /// The positions whose links point at `at`.
+    fn origins_of(&mut self, at: Position) -> Result<Vec<Position>> {
         let mut out = Vec::new();
-        let (chain, seq) = (at.chain(), at.seq());
-        if into {
-            pairs(
-                self.auth_links_into()?,
-                "auth_links_into",
-                chain,
-                seq,
-                seq,
-                &mut out,
-            )?;
-        } else {
-            pairs(self.auth_links()?, "auth_links", chain, seq, seq, &mut out)?;
-        }
+        let (table, seq) = (self.auth_links_into()?, at.seq());
+        pairs(table, "auth_links_into", at.chain(), seq, seq, &mut out)?;
         Ok(out)
     }
 
