@@ -984,6 +984,19 @@ fn bench_reports_every_policy_as_json() {
         ] {
             assert!(line[key].as_f64().unwrap() > 0.0, "{key} in {line}");
         }
+        // Each read figure is the median round's: its rounds' spread brackets it.
+        for (figure, spread) in [
+            ("flatten_over_copy", "flatten_over_copy_spread"),
+            ("lookup_ns", "lookup_ns_spread"),
+            ("diff_ns", "diff_ns_spread"),
+        ] {
+            let median = line[figure].as_f64().unwrap();
+            let (min, max) = (
+                line[spread]["min"].as_f64().unwrap(),
+                line[spread]["max"].as_f64().unwrap(),
+            );
+            assert!(min > 0.0 && min <= median && median <= max, "{spread} in {line}");
+        }
         assert!(line["bytes_per_state_change"].as_f64().unwrap() > 0.0);
         assert_eq!(line["state_events"], lines[0]["state_events"]);
     }

@@ -3,7 +3,8 @@
 //!
 //! Each policy runs in a child (`bench --one POLICY`) so that its peak memory is its own. Times
 //! are medians, and flatten is reported against a plain copy of the same entries measured in the
-//! same process, since the machine is shared.
+//! same process, since the machine is shared. The read figures are measured in several rounds:
+//! each figure is the median round's, with the lowest and highest round beside it.
 
 use crate::failure::{CliResult, Failure};
 use crate::plot::{Series, svg};
@@ -34,6 +35,13 @@ pub struct Figures {
     pub flatten_over_copy: f64,
     pub lookup_ns: u64,
     pub diff_ns: u64,
+    /// The lowest and highest round of each read figure.
+    #[serde(default)]
+    pub flatten_over_copy_spread: Spread,
+    #[serde(default)]
+    pub lookup_ns_spread: Spread,
+    #[serde(default)]
+    pub diff_ns_spread: Spread,
     pub ingest_events_per_s: f64,
     /// Ingest over the first batches that hold a tenth of the events, and over the last: how
     /// far the rate falls as the store grows.
@@ -48,6 +56,49 @@ pub struct Figures {
     pub peak_rss_bytes: u64,
     /// (state entries, state bytes per state change so far), sampled during ingest.
     pub samples: Vec<(u64, f64)>,
+}
+
+/// The lowest and the highest of a figure's rounds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Spread {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Rounds of the read measurements: enough for the median round to shrug off a round the
+/// shared machine disturbed.
+const READ_ROUNDS: usize = 7;
+
+/// One round of the read measurements.
+#[derive(Clone, Copy)]
+struct ReadRound {
+    flatten_ns: u64,
+    copy_ns: u64,
+    lookup_ns: u64,
+    diff_ns: u64,
+}
+
+impl ReadRound {
+    fn ratio(&self) -> f64 {
+        self.flatten_ns as f64 / self.copy_ns.max(1) as f64
+    }
+}
+
+/// The median of `rounds` by `figure`, and the spread of that figure.
+fn median_round(rounds: &[ReadRound], figure: impl Fn(&ReadRound) -> f64) -> (ReadRound, Spread) {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    let spread = Spread {
+        min: sorted.first().map_or(0.0, &figure),
+        max: sorted.last().map_or(0.0, &figure),
+    };
+    let middle = sorted.get(sorted.len() / 2).copied().unwrap_or(ReadRound {
+        flatten_ns: 0,
+        copy_ns: 0,
+        lookup_ns: 0,
+        diff_ns: 0,
+    });
+    (middle, spread)
 }
 
 /// How large a history to bench.
@@ -185,6 +236,23 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
             f.peak_rss_bytes as f64 / (1 << 20) as f64
         )?;
     }
+    writeln!(
+        out,
+        "reads: the median of {READ_ROUNDS} rounds; each round's lowest and highest:"
+    )?;
+    for f in all {
+        writeln!(
+            out,
+            "{}: flatten/copy {:.2} to {:.2}, lookup {:.0} to {:.0} ns, diff {:.0} to {:.0} ns",
+            f.policy,
+            f.flatten_over_copy_spread.min,
+            f.flatten_over_copy_spread.max,
+            f.lookup_ns_spread.min,
+            f.lookup_ns_spread.max,
+            f.diff_ns_spread.min,
+            f.diff_ns_spread.max,
+        )?;
+    }
     for f in all {
         writeln!(
             out,
@@ -272,18 +340,30 @@ fn measure(
     let (final_state, consecutive) = probes(&rx)?;
     let resolver = rx.resolver()?;
     let flat: Vec<StateEntry> = resolver.flatten(final_state)?.into_vec();
-    let (flatten_ns, copy_ns) = interleaved(
-        || resolver.flatten(final_state).map(|s| drop(black_box(s))),
-        || drop(black_box(flat.to_vec())),
-    )?;
-    let lookup_ns = median_over(&flat, |e| {
-        resolver.lookup(final_state, e.key).map(|found| {
-            black_box(found);
-        })
-    })?;
-    let diff_ns = median_over(&consecutive, |(a, b)| {
-        resolver.diff(*a, *b).map(|d| drop(black_box(d)))
-    })?;
+    let mut rounds = Vec::with_capacity(READ_ROUNDS);
+    for _ in 0..READ_ROUNDS {
+        let (flatten_ns, copy_ns) = interleaved(
+            || resolver.flatten(final_state).map(|s| drop(black_box(s))),
+            || drop(black_box(flat.to_vec())),
+        )?;
+        let lookup_ns = median_over(&flat, |e| {
+            resolver.lookup(final_state, e.key).map(|found| {
+                black_box(found);
+            })
+        })?;
+        let diff_ns = median_over(&consecutive, |(a, b)| {
+            resolver.diff(*a, *b).map(|d| drop(black_box(d)))
+        })?;
+        rounds.push(ReadRound {
+            flatten_ns,
+            copy_ns,
+            lookup_ns,
+            diff_ns,
+        });
+    }
+    let (flattens, flatten_over_copy_spread) = median_round(&rounds, ReadRound::ratio);
+    let (lookups, lookup_ns_spread) = median_round(&rounds, |r| r.lookup_ns as f64);
+    let (diffs, diff_ns_spread) = median_round(&rounds, |r| r.diff_ns as f64);
     Ok(Figures {
         policy: name,
         workload: workload.name().to_owned(),
@@ -294,11 +374,14 @@ fn measure(
         entries_written_per_state_change: per_state(stats.stored_entries as f64),
         blocks_per_load: resolver.blocks(final_state)?.len() as u64,
         final_state_entries: flat.len() as u64,
-        flatten_ns,
-        copy_ns,
-        flatten_over_copy: flatten_ns as f64 / copy_ns.max(1) as f64,
-        lookup_ns,
-        diff_ns,
+        flatten_ns: flattens.flatten_ns,
+        copy_ns: flattens.copy_ns,
+        flatten_over_copy: flattens.ratio(),
+        lookup_ns: lookups.lookup_ns,
+        diff_ns: diffs.diff_ns,
+        flatten_over_copy_spread,
+        lookup_ns_spread,
+        diff_ns_spread,
         ingest_events_per_s: report.events_per_second(),
         ingest_first_tenth_events_per_s: first_tenth,
         ingest_last_tenth_events_per_s: last_tenth,
