@@ -995,7 +995,10 @@ fn bench_reports_every_policy_as_json() {
                 line[spread]["min"].as_f64().unwrap(),
                 line[spread]["max"].as_f64().unwrap(),
             );
-            assert!(min > 0.0 && min <= median && median <= max, "{spread} in {line}");
+            assert!(
+                min > 0.0 && min <= median && median <= max,
+                "{spread} in {line}"
+            );
         }
         assert!(line["bytes_per_state_change"].as_f64().unwrap() > 0.0);
         assert_eq!(line["state_events"], lines[0]["state_events"]);

@@ -319,6 +319,39 @@ fn aborted_and_dropped_writes_leave_nothing() {
     assert_eq!(store.read().unwrap().room_nid("!r:x").unwrap(), None);
 }
 
+/// Interned strings' NIDs are remembered from one write transaction to the next, but never
+/// from one that did not commit: its NIDs are handed out again.
+#[test]
+fn nids_of_an_uncommitted_transaction_are_not_remembered() {
+    let store = Store::in_memory().unwrap();
+    let mut tx = store.write().unwrap();
+    let a = tx.get_or_create_event("$a").unwrap();
+    tx.commit().unwrap();
+    // Aborted, then dropped: each time the next transaction hands the same NID to another
+    // string, and the string of the lost transaction is new again.
+    let mut next = None;
+    for (lost, other, aborted) in [("$aborted", "$b", true), ("$dropped", "$c", false)] {
+        let mut tx = store.write().unwrap();
+        let nid = tx.get_or_create_event(lost).unwrap();
+        if aborted {
+            tx.abort().unwrap();
+        } else {
+            drop(tx);
+        }
+        let mut tx = store.write().unwrap();
+        assert_eq!(tx.get_or_create_event("$a").unwrap(), a);
+        let reused = tx.get_or_create_event(other).unwrap();
+        assert_eq!(reused, nid, "the lost NID is handed out again");
+        let again = tx.get_or_create_event(lost).unwrap();
+        assert!(again > reused, "{lost} kept {again}, a NID it lost");
+        tx.commit().unwrap();
+        next = Some(again);
+    }
+    let rx = store.read().unwrap();
+    assert_eq!(rx.event_id(next.unwrap()).unwrap(), "$dropped");
+    assert!(rx.check().unwrap().is_clean());
+}
+
 #[test]
 fn state_persists_across_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ mod open;
 mod parallel;
 pub mod purge;
 mod read;
+mod recent;
 pub mod record;
 pub mod refs;
 pub mod source;
