@@ -319,8 +319,8 @@ fn aborted_and_dropped_writes_leave_nothing() {
     assert_eq!(store.read().unwrap().room_nid("!r:x").unwrap(), None);
 }
 
-/// Interned strings' NIDs are remembered from one write transaction to the next, but never
-/// from one that did not commit: its NIDs are handed out again.
+/// A write transaction that does not commit leaves no NID behind, in the tables or in any cache
+/// of the writers after it: its NIDs are handed out again, and its strings are new.
 #[test]
 fn nids_of_an_uncommitted_transaction_are_not_remembered() {
     let store = Store::in_memory().unwrap();

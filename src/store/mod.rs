@@ -16,7 +16,6 @@ mod open;
 mod parallel;
 pub mod purge;
 mod read;
-mod recent;
 pub mod record;
 pub mod refs;
 pub mod source;

@@ -8,7 +8,6 @@ use crate::nid::SnapshotNid;
 use crate::store::auth_index;
 use crate::store::intern;
 use crate::store::read::ReadTxn;
-use crate::store::recent::RecentSlot;
 use crate::store::tables;
 use crate::store::write::{WriteCounts, WriteTxn};
 use crate::store::writer::NEXT_SNAPSHOT;
@@ -55,7 +54,6 @@ pub struct Store {
     policy: Arc<dyn WritePolicy>,
     two_phase_commit: bool,
     block_cache: Arc<BlockCache>,
-    recent: Arc<RecentSlot>,
 }
 
 impl std::fmt::Debug for Store {
@@ -306,7 +304,6 @@ impl Store {
                 policy: Arc::clone(&options.policy),
                 two_phase_commit: options.two_phase_commit,
                 block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
-                recent: Arc::default(),
             })
         })
     }
@@ -346,8 +343,6 @@ impl Store {
                 counts: WriteCounts::default(),
                 poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
-                recent: self.recent.take(),
-                recent_slot: Arc::clone(&self.recent),
             })
         })
     }

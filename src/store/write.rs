@@ -11,7 +11,6 @@ use crate::store::Serials;
 use crate::store::intern;
 use crate::store::purge::Purged;
 use crate::store::read::StoreRead;
-use crate::store::recent::{RecentNids, RecentSlot};
 use crate::store::record::{EventRecord, RoomRecord};
 use crate::store::refs::Collected;
 use crate::store::writer::Writer;
@@ -31,10 +30,6 @@ pub struct WriteTxn {
     /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
     pub(super) poisoned: Option<String>,
     pub(super) block_cache: Arc<BlockCache>,
-    /// Strings' NIDs, taken from the store as the transaction began and given back if it
-    /// commits.
-    pub(super) recent: RecentNids,
-    pub(super) recent_slot: Arc<RecentSlot>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -99,7 +94,6 @@ impl WriteTxn {
             &*self.policy,
             &mut self.counts,
             &self.block_cache,
-            &mut self.recent,
         )
     }
 
@@ -268,10 +262,8 @@ impl WriteTxn {
             return Err(Error::Poisoned(why));
         }
         let (serial, serials) = (self.serial, Arc::clone(&self.serials));
-        let (recent, slot) = (self.recent, self.recent_slot);
         crate::error::guard(|| Ok(self.tx.commit()?))?;
         serials.committed.store(serial, Ordering::Relaxed);
-        slot.give_back(recent);
         Ok(())
     }
 

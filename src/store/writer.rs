@@ -19,10 +19,11 @@ use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
 use crate::store::membership::Membership;
-use crate::store::recent::RecentNids;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
 use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use std::collections::HashMap;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 /// The meta key of the snapshot NID counter.
 pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
@@ -62,8 +63,6 @@ pub(crate) struct Writer<'t> {
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
     block_cache: &'t BlockCache,
-    /// Strings' NIDs, for the whole transaction and beyond (`recent.rs`).
-    nids: &'t mut RecentNids,
     meta: Option<Table<'t, tables::Text, u64>>,
     forward: [Option<Table<'t, tables::Text, u64>>; 4],
     reverse: [Option<Table<'t, u64, tables::Text>>; 4],
@@ -93,6 +92,7 @@ pub(crate) struct Writer<'t> {
 
 #[derive(Default)]
 pub(super) struct Cache {
+    nids: [HashMap<Box<str>, u64, Xxh3DefaultBuilder>; 4],
     /// The last string of each kind looked up and found absent, until it is interned: receiving
     /// an event asks whether it is stored, then interns it.
     absent: [Option<Box<str>>; 4],
@@ -140,7 +140,6 @@ impl<'t> Writer<'t> {
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
         block_cache: &'t BlockCache,
-        nids: &'t mut RecentNids,
     ) -> Self {
         Writer {
             tx,
@@ -148,7 +147,6 @@ impl<'t> Writer<'t> {
             policy,
             counts,
             block_cache,
-            nids,
             meta: None,
             forward: [None, None, None, None],
             reverse: [None, None, None, None],
@@ -212,7 +210,7 @@ impl<'t> Writer<'t> {
         let misses: Vec<&str> = strings
             .iter()
             .copied()
-            .filter(|s| self.nids.get(kind.index, s).is_none())
+            .filter(|s| !self.cache.nids[kind.index].contains_key(*s))
             .collect();
         for s in &misses {
             intern::validate(kind.string, kind.may_be_empty, s)?;
@@ -229,13 +227,13 @@ impl<'t> Writer<'t> {
                 let next = &mut self.cache.next_nid[kind.index];
                 let nid = intern::create(tables, kind, s, next)?;
                 self.cache.absent[kind.index] = None;
-                self.nids.insert(kind.index, s, nid);
+                self.cache.nids[kind.index].insert(Box::from(s), nid);
             }
         }
         strings
             .iter()
             .map(|s| {
-                self.nids.get(kind.index, s).ok_or_else(|| {
+                self.cache.nids[kind.index].get(*s).copied().ok_or_else(|| {
                     Error::InvalidState(format!("{} {s:?} was not interned", kind.nid))
                 })
             })
@@ -258,8 +256,8 @@ impl<'t> Writer<'t> {
 
     /// The NID of `s`, if interned.
     pub fn lookup_nid(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
-        if let Some(nid) = self.nids.get(kind.index, s) {
-            return Ok(Some(nid));
+        if let Some(nid) = self.cache.nids[kind.index].get(s) {
+            return Ok(Some(*nid));
         }
         if self.cache.absent[kind.index].as_deref() == Some(s) {
             return Ok(None);
@@ -268,7 +266,7 @@ impl<'t> Writer<'t> {
         let found = intern::lookup(forward, s)?;
         match found {
             Some(nid) => {
-                self.nids.insert(kind.index, s, nid);
+                self.cache.nids[kind.index].insert(Box::from(s), nid);
             }
             None => self.cache.absent[kind.index] = Some(Box::from(s)),
         }
@@ -289,7 +287,7 @@ impl<'t> Writer<'t> {
         };
         open(self.tx, &mut self.forward[kind.index], kind.forward)?.remove(s.as_slice())?;
         if let Ok(s) = std::str::from_utf8(&s) {
-            self.nids.remove(kind.index, s);
+            self.cache.nids[kind.index].remove(s);
         }
         Ok(true)
     }
