@@ -978,12 +978,16 @@ fn bench_reports_every_policy_as_json() {
         ] {
             assert!(line.get(key).is_some(), "{key} missing from {line}");
         }
+        // Every ingest writes its events to the file; reads depend on what the page cache holds.
         for key in [
             "ingest_first_tenth_events_per_s",
             "ingest_last_tenth_events_per_s",
+            "ingest_writes_per_event",
+            "ingest_written_bytes_per_event",
         ] {
             assert!(line[key].as_f64().unwrap() > 0.0, "{key} in {line}");
         }
+        assert!(line["ingest_read_bytes_per_event"].as_f64().unwrap() >= 0.0);
         // Each read figure is the median round's: its rounds' spread brackets it.
         for (figure, spread) in [
             ("flatten_over_copy", "flatten_over_copy_spread"),

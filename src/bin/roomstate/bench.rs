@@ -6,6 +6,7 @@
 //! same process, since the machine is shared. The read figures are measured in several rounds:
 //! each figure is the median round's, with the lowest and highest round beside it.
 
+use crate::counted::{CountedFile, IoCounts, IoTotals};
 use crate::failure::{CliResult, Failure};
 use crate::plot::{Series, svg};
 use crate::workload::{GenConfig, Generator, Workload};
@@ -16,6 +17,7 @@ use std::hint::black_box;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One policy's figures: the `--json` line.
@@ -49,6 +51,16 @@ pub struct Figures {
     pub ingest_first_tenth_events_per_s: f64,
     #[serde(default)]
     pub ingest_last_tenth_events_per_s: f64,
+    /// What redb read from and wrote to the file during ingest, per event: calls (mostly one
+    /// 4 KiB page each) and bytes. Exact, unlike times on a shared machine.
+    #[serde(default)]
+    pub ingest_reads_per_event: f64,
+    #[serde(default)]
+    pub ingest_writes_per_event: f64,
+    #[serde(default)]
+    pub ingest_read_bytes_per_event: f64,
+    #[serde(default)]
+    pub ingest_written_bytes_per_event: f64,
     /// For the default policy only: the same history ingested as a trusted import (no
     /// authorization), in the same process right after, for the checks' cost.
     #[serde(default)]
@@ -263,6 +275,17 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
             f.ingest_last_tenth_events_per_s / f.ingest_first_tenth_events_per_s.max(1e-9)
         )?;
     }
+    for f in all {
+        writeln!(
+            out,
+            "{}: ingest read {:.0} B and wrote {:.0} B of the file per event ({:.2} reads, {:.2} writes)",
+            f.policy,
+            f.ingest_read_bytes_per_event,
+            f.ingest_written_bytes_per_event,
+            f.ingest_reads_per_event,
+            f.ingest_writes_per_event,
+        )?;
+    }
     for f in all.iter().filter(|f| f.trusted_events_per_s.is_some()) {
         let trusted = f.trusted_events_per_s.unwrap_or(0.0);
         writeln!(
@@ -292,7 +315,7 @@ pub fn run_one(name: &str, workload: Workload, scale: Scale) -> CliResult {
             .boxed_policy(policy::default_policy())
             .open(&trusted);
         let rate = store.map_err(Failure::from).and_then(|store| {
-            let report = ingest(&store, config(workload, scale), true)?.report;
+            let report = ingest(&store, config(workload, scale), true, None)?.report;
             Ok(report.events_per_second())
         });
         let _ = std::fs::remove_file(&trusted);
@@ -319,14 +342,19 @@ fn measure(
     scale: Scale,
 ) -> CliResult<Figures> {
     let _ = std::fs::remove_file(path);
-    let mut store = Store::builder().boxed_policy(policy).open(path)?;
+    let counts = Arc::new(IoCounts::default());
+    let mut store = Store::builder()
+        .boxed_policy(policy)
+        .open_backend(CountedFile::open(path, Arc::clone(&counts))?)?;
     let config = config(workload, scale);
     let name = store.policy().name().to_owned();
     let Ingested {
         report,
         samples,
         timeline,
-    } = ingest(&store, config, false)?;
+        io,
+    } = ingest(&store, config, false, Some(&counts))?;
+    let per_event = |x: u64| x as f64 / report.events.max(1) as f64;
     let (first_tenth, last_tenth) = tenths(&timeline);
     store.compact()?;
     // Measure reads on a freshly opened store, as after a restart: compaction leaves redb's page
@@ -385,6 +413,10 @@ fn measure(
         ingest_events_per_s: report.events_per_second(),
         ingest_first_tenth_events_per_s: first_tenth,
         ingest_last_tenth_events_per_s: last_tenth,
+        ingest_reads_per_event: per_event(io.reads),
+        ingest_writes_per_event: per_event(io.writes),
+        ingest_read_bytes_per_event: per_event(io.read_bytes),
+        ingest_written_bytes_per_event: per_event(io.written_bytes),
         trusted_events_per_s: None,
         peak_rss_bytes: peak_rss(),
         samples,
@@ -398,6 +430,8 @@ struct Ingested {
     samples: Vec<(u64, f64)>,
     /// (events committed, seconds of ingest) at each batch's commit.
     timeline: Vec<(u64, f64)>,
+    /// The file's reads and writes during ingest, sampling excluded; zero when not counted.
+    io: IoTotals,
 }
 
 /// The ingest rate over the first batches that hold a tenth of the events, and over the last
@@ -422,7 +456,13 @@ fn tenths(timeline: &[(u64, f64)]) -> (f64, f64) {
 
 /// Ingests the generated history, sampling state bytes per change as the state grows, and
 /// timing each batch (sampling excluded).
-fn ingest(store: &Store, config: GenConfig, trust: bool) -> CliResult<Ingested> {
+fn ingest(
+    store: &Store,
+    config: GenConfig,
+    trust: bool,
+    counts: Option<&IoCounts>,
+) -> CliResult<Ingested> {
+    let io_now = || counts.map(IoCounts::totals).unwrap_or_default();
     let options = IngestOptions {
         batch_size: 10_000,
         trust,
@@ -435,6 +475,8 @@ fn ingest(store: &Store, config: GenConfig, trust: bool) -> CliResult<Ingested> 
     let started = Instant::now();
     let mut sampling = 0.0;
     let mut timeline = vec![(0, 0.0)];
+    let io_before = io_now();
+    let mut sampling_io = IoTotals::default();
     for event in Generator::new(config) {
         sample_room.get_or_insert_with(|| event.room_id.clone());
         ingester.push_line(event.to_json_line().as_bytes())?;
@@ -444,14 +486,16 @@ fn ingest(store: &Store, config: GenConfig, trust: bool) -> CliResult<Ingested> 
             let at = started.elapsed().as_secs_f64() - sampling;
             timeline.push((report.events, at));
             if let Some(room) = sample_room.as_ref().filter(|_| report.batches % 4 == 0) {
-                let t = Instant::now();
+                let (t, io) = (Instant::now(), io_now());
                 samples.push(sample(store, room, report.state_events)?);
                 sampling += t.elapsed().as_secs_f64();
+                sampling_io = sampling_io + (io_now() - io);
             }
         }
     }
     let report = ingester.finish()?;
     timeline.push((report.events, started.elapsed().as_secs_f64() - sampling));
+    let io = io_now() - io_before - sampling_io;
     if let Some(room) = &sample_room {
         samples.push(sample(store, room, report.state_events)?);
     }
@@ -459,6 +503,7 @@ fn ingest(store: &Store, config: GenConfig, trust: bool) -> CliResult<Ingested> 
         report,
         samples,
         timeline,
+        io,
     })
 }
 

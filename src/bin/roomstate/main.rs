@@ -3,6 +3,7 @@
 
 mod auth_bench;
 mod bench;
+mod counted;
 mod demo;
 mod failure;
 mod federation;
