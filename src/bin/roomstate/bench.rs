@@ -82,7 +82,7 @@ pub struct Spread {
 const READ_ROUNDS: usize = 7;
 
 /// One round of the read measurements.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct ReadRound {
     flatten_ns: u64,
     copy_ns: u64,
@@ -104,12 +104,7 @@ fn median_round(rounds: &[ReadRound], figure: impl Fn(&ReadRound) -> f64) -> (Re
         min: sorted.first().map_or(0.0, &figure),
         max: sorted.last().map_or(0.0, &figure),
     };
-    let middle = sorted.get(sorted.len() / 2).copied().unwrap_or(ReadRound {
-        flatten_ns: 0,
-        copy_ns: 0,
-        lookup_ns: 0,
-        diff_ns: 0,
-    });
+    let middle = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     (middle, spread)
 }
 
