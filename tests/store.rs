@@ -502,12 +502,13 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
     }
 }
 
-/// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table) and before
-/// outliers were (version 3: no `outliers` table) are upgraded in place when opened: their events
-/// read as accepted and in their rooms' timelines.
+/// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table), before
+/// outliers were (version 3: no `outliers` table) and before JSON was compressed (version 4: no
+/// `json_dictionaries` table) are upgraded in place when opened: their events read as accepted
+/// and in their rooms' timelines.
 #[test]
-fn schema_2_and_3_stores_are_upgraded_when_opened() {
-    for old in [2, 3] {
+fn schema_2_3_and_4_stores_are_upgraded_when_opened() {
+    for old in [2, 3, 4] {
         upgrade_from(old);
     }
 }
@@ -517,6 +518,7 @@ fn upgrade_from(old: u64) {
     const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
     const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
     const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("outliers");
+    const DICTIONARIES: TableDefinition<u32, &[u8]> = TableDefinition::new("json_dictionaries");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.redb");
     let lines = concat!(
@@ -531,7 +533,10 @@ fn upgrade_from(old: u64) {
     // Take the store back to the old schema, as an older build wrote it.
     let db = redb::Database::open(&path).unwrap();
     let tx = db.begin_write().unwrap();
-    assert!(tx.delete_table(OUTLIERS).unwrap());
+    assert!(tx.delete_table(DICTIONARIES).unwrap());
+    if old < 4 {
+        assert!(tx.delete_table(OUTLIERS).unwrap());
+    }
     if old == 2 {
         assert!(tx.delete_table(OUTCOMES).unwrap());
     }
@@ -562,7 +567,7 @@ fn upgrade_from(old: u64) {
         .get(b"schema_version".as_slice())
         .unwrap()
         .map(|v| v.value());
-    assert_eq!(schema, Some(4));
+    assert_eq!(schema, Some(5));
 }
 
 #[test]

@@ -99,6 +99,7 @@ pub(crate) fn check<T: Tables + Sync>(tx: &T) -> Result<CheckReport> {
     check_rooms(tx, &interned, &snapshots, &mut tally, &mut report)?;
     check_outcomes(tx, &mut report)?;
     check_outliers(tx, &mut report)?;
+    crate::store::json::check_json(tx, &mut report)?;
     crate::store::auth_index_check::check_auth_index(tx, &mut report)?;
     check_refs(tx, &tally, &mut report)?;
     Ok(report)

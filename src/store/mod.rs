@@ -11,6 +11,7 @@ mod auth_index_check;
 pub mod check;
 pub(crate) mod codec;
 pub mod intern;
+mod json;
 pub mod membership;
 mod open;
 mod parallel;

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
 use crate::store::auth_index;
 use crate::store::intern;
+use crate::store::json::{self, JsonDictionaries};
 use crate::store::read::ReadTxn;
 use crate::store::tables;
 use crate::store::write::{WriteCounts, WriteTxn};
@@ -54,6 +55,7 @@ pub struct Store {
     policy: Arc<dyn WritePolicy>,
     two_phase_commit: bool,
     block_cache: Arc<BlockCache>,
+    json_dictionaries: Arc<JsonDictionaries>,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,6 +83,7 @@ pub struct StoreBuilder {
     cache_bytes: usize,
     block_cache_bytes: usize,
     two_phase_commit: bool,
+    json_training: Vec<u64>,
 }
 
 impl Default for StoreBuilder {
@@ -90,6 +93,7 @@ impl Default for StoreBuilder {
             cache_bytes: DEFAULT_CACHE_BYTES,
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             two_phase_commit: true,
+            json_training: json::TRAIN_AT.to_vec(),
         }
     }
 }
@@ -144,6 +148,29 @@ impl StoreBuilder {
     /// once written, so the cache needs no invalidation; see [`BlockCache`].
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
+        self
+    }
+
+    /// The numbers of stored events' JSON rows at which a compression dictionary is trained
+    /// from the rows stored so far (by default 2,000 and 100,000). Rows are compressed with the
+    /// latest dictionary; each dictionary is kept, so older rows stay readable. An empty list
+    /// trains none: rows written by this store stay raw, and rows compressed earlier still
+    /// read. `docs/format.md` gives the row layout.
+    ///
+    /// ```
+    /// # fn main() -> roomstate::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let store = roomstate::Store::builder()
+    ///     .json_training(&[500])
+    ///     .open(dir.path().join("s.redb"))?;
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn json_training(mut self, rows: &[u64]) -> Self {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        self.json_training = rows;
         self
     }
 
@@ -272,9 +299,14 @@ impl Store {
                 .map(|v| v.value());
             match found {
                 Some(tables::SCHEMA_VERSION) => tx.abort()?,
-                Some(tables::SCHEMA_WITHOUT_OUTCOMES | tables::SCHEMA_WITHOUT_OUTLIERS) => {
+                Some(
+                    tables::SCHEMA_WITHOUT_OUTCOMES
+                    | tables::SCHEMA_WITHOUT_OUTLIERS
+                    | tables::SCHEMA_WITHOUT_COMPRESSION,
+                ) => {
                     tx.open_table(tables::OUTCOMES)?;
                     tx.open_table(tables::OUTLIERS)?;
+                    tx.open_table(json::JSON_DICTIONARIES)?;
                     tx.open_table(tables::META)?
                         .insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
                     tx.commit()?;
@@ -304,6 +336,7 @@ impl Store {
                 policy: Arc::clone(&options.policy),
                 two_phase_commit: options.two_phase_commit,
                 block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
+                json_dictionaries: Arc::new(JsonDictionaries::new(options.json_training.clone())),
             })
         })
     }
@@ -324,6 +357,7 @@ impl Store {
             Ok(ReadTxn {
                 tx: self.db.begin_read()?,
                 block_cache: Arc::clone(&self.block_cache),
+                json_dictionaries: Arc::clone(&self.json_dictionaries),
             })
         })
     }
@@ -343,6 +377,7 @@ impl Store {
                 counts: WriteCounts::default(),
                 poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
+                json_dictionaries: Arc::clone(&self.json_dictionaries),
             })
         })
     }
@@ -439,5 +474,6 @@ pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(auth_index::AUTH_CHAINS)?;
     tx.open_table(auth_index::AUTH_LINKS)?;
     tx.open_table(auth_index::AUTH_LINKS_INTO)?;
+    tx.open_table(json::JSON_DICTIONARIES)?;
     Ok(())
 }

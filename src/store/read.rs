@@ -8,6 +8,7 @@ use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid}
 use crate::store::auth_index::{self, ReadIndex};
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
+use crate::store::json::{self, JsonDictionaries};
 use crate::store::membership::Membership;
 use crate::store::record::{EventOutcome, EventRecord, RoomRecord};
 use crate::store::stats::{StoreStats, TableSize, store_stats, table_sizes};
@@ -79,6 +80,7 @@ pub type ResolverOf<'a, T> =
 pub struct ReadTxn {
     pub(super) tx: redb::ReadTransaction,
     pub(super) block_cache: Arc<BlockCache>,
+    pub(super) json_dictionaries: Arc<JsonDictionaries>,
 }
 
 impl std::fmt::Debug for ReadTxn {
@@ -100,6 +102,10 @@ pub trait StoreRead: sealed::Sealed {
     /// The store's block cache, which the resolver reads through.
     #[doc(hidden)]
     fn block_cache(&self) -> &Arc<BlockCache>;
+
+    /// The store's prepared JSON dictionaries.
+    #[doc(hidden)]
+    fn json_dictionaries(&self) -> &JsonDictionaries;
 
     /// The resolver over this transaction's tables. In a [`WriteTxn`], drop it before writing.
     fn resolver(&self) -> Result<ResolverOf<'_, Self::Txn>> {
@@ -387,12 +393,10 @@ pub trait StoreRead: sealed::Sealed {
     fn event_json(&self, event: EventNid) -> Result<Option<String>> {
         crate::error::guard(|| {
             let table = self.txn().open(tables::EVENT_JSON)?;
-            let row = table.get(event.get())?;
-            row.map(|v| {
-                String::from_utf8(v.value().to_vec())
-                    .map_err(|e| Error::corrupt("event_json", event, e))
-            })
-            .transpose()
+            let Some(row) = table.get(event.get())? else {
+                return Ok(None);
+            };
+            json::decode_text(self.txn(), self.json_dictionaries(), event, row.value()).map(Some)
         })
     }
 
@@ -506,5 +510,8 @@ impl StoreRead for ReadTxn {
     }
     fn block_cache(&self) -> &Arc<BlockCache> {
         &self.block_cache
+    }
+    fn json_dictionaries(&self) -> &JsonDictionaries {
+        &self.json_dictionaries
     }
 }

@@ -128,6 +128,11 @@ pub(super) fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
         table_size(tx, tables::EVENTS, "events")?,
         table_size(tx, tables::ROOMS, "rooms")?,
         table_size(tx, tables::EVENT_JSON, "event_json")?,
+        table_size(
+            tx,
+            crate::store::json::JSON_DICTIONARIES,
+            "json_dictionaries",
+        )?,
         table_size(tx, tables::MEMBERSHIP, "membership")?,
         table_size(tx, tables::USER_ROOMS, "user_rooms")?,
         table_size(tx, tables::ROOM_EVENTS, "room_events")?,

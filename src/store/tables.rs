@@ -70,12 +70,14 @@ pub(crate) const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("o
 pub(crate) const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("outliers");
 
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
-/// Version 2 lacks [`OUTCOMES`] and [`OUTLIERS`], version 3 lacks [`OUTLIERS`]; opening such a
-/// store adds the tables (empty) and moves it to 4.
-pub(crate) const SCHEMA_VERSION: u64 = 4;
+/// Version 2 lacks [`OUTCOMES`] and [`OUTLIERS`], version 3 lacks [`OUTLIERS`], version 4 lacks
+/// `json_dictionaries` and holds every event's JSON raw; opening such a store adds the tables
+/// (empty) and moves it to 5. Raw JSON rows stay readable as they are.
+pub(crate) const SCHEMA_VERSION: u64 = 5;
 /// The earlier schemas that opening upgrades in place.
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
+pub(crate) const SCHEMA_WITHOUT_COMPRESSION: u64 = 4;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The [`META`] key of the auth order: 1 while every stored event's auth events have smaller

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use crate::store::Serials;
 use crate::store::intern;
+use crate::store::json::JsonDictionaries;
 use crate::store::purge::Purged;
 use crate::store::read::StoreRead;
 use crate::store::record::{EventRecord, RoomRecord};
@@ -30,6 +31,7 @@ pub struct WriteTxn {
     /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
     pub(super) poisoned: Option<String>,
     pub(super) block_cache: Arc<BlockCache>,
+    pub(super) json_dictionaries: Arc<JsonDictionaries>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -47,6 +49,9 @@ impl StoreRead for WriteTxn {
     }
     fn block_cache(&self) -> &Arc<BlockCache> {
         &self.block_cache
+    }
+    fn json_dictionaries(&self) -> &JsonDictionaries {
+        &self.json_dictionaries
     }
 }
 
@@ -94,6 +99,7 @@ impl WriteTxn {
             &*self.policy,
             &mut self.counts,
             &self.block_cache,
+            &self.json_dictionaries,
         )
     }
 

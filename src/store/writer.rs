@@ -18,6 +18,7 @@ use crate::store::WriteCounts;
 use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::intern::{self, Kind};
+use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
@@ -57,12 +58,13 @@ fn layout(
 }
 
 pub(crate) struct Writer<'t> {
-    tx: &'t WriteTransaction,
+    pub(super) tx: &'t WriteTransaction,
     /// The transaction's reason not to commit, set through [`Writer::poison`].
     poisoned: &'t mut Option<String>,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
     block_cache: &'t BlockCache,
+    pub(super) json_dictionaries: &'t JsonDictionaries,
     meta: Option<Table<'t, tables::Text, u64>>,
     forward: [Option<Table<'t, tables::Text, u64>>; 4],
     reverse: [Option<Table<'t, u64, tables::Text>>; 4],
@@ -112,6 +114,8 @@ pub(super) struct Cache {
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     rooms: NidMap<RoomNid, RoomRecord>,
+    /// The current JSON dictionary and when the next is due, once read.
+    pub(super) json: WriterJson,
 }
 
 fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
@@ -140,6 +144,7 @@ impl<'t> Writer<'t> {
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
         block_cache: &'t BlockCache,
+        json_dictionaries: &'t JsonDictionaries,
     ) -> Self {
         Writer {
             tx,
@@ -147,6 +152,7 @@ impl<'t> Writer<'t> {
             policy,
             counts,
             block_cache,
+            json_dictionaries,
             meta: None,
             forward: [None, None, None, None],
             reverse: [None, None, None, None],
@@ -663,20 +669,6 @@ impl<'t> Writer<'t> {
     pub fn clear_rejection(&mut self, event: EventNid) -> Result<()> {
         self.outcomes()?.remove(event.get())?;
         Ok(())
-    }
-
-    pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
-        self.event_json()?.insert(event.get(), json)?;
-        Ok(())
-    }
-
-    pub fn event_json_text(&mut self, event: EventNid) -> Result<Option<String>> {
-        let row = self.event_json()?.get(event.get())?;
-        row.map(|v| {
-            String::from_utf8(v.value().to_vec())
-                .map_err(|e| Error::corrupt("event_json", event, e))
-        })
-        .transpose()
     }
 
     /// Marks a stored event of `room` as an outlier (`true`) or as part of the room's timeline.

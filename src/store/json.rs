@@ -1,0 +1,367 @@
+//! Event JSON at rest, compressed with zstd and a dictionary trained from the store's own events.
+//!
+//! Event JSON is most of a store's bytes, and it repeats itself across events: the same keys,
+//! room ID, senders, and shapes of hashes and signatures. One event is too short for zstd to find
+//! that repetition inside it; a dictionary of what events have in common supplies it.
+//!
+//! A row of `event_json` is one of two things, told apart by its first bytes:
+//! - a zstd frame, starting with zstd's magic number `28 b5 2f fd`. Its header names the
+//!   dictionary it was compressed with (zstd's dictionary ID, derived from the dictionary's
+//!   content) and the JSON's length;
+//! - the JSON itself, as received. JSON text starts with `{` or white space, never with `0x28`
+//!   followed by the magic's other bytes: `(` is not JSON. Rows written before the first
+//!   dictionary, rows that would not shrink, and every row of a store from before compression
+//!   are kept this way.
+//!
+//! `json_dictionaries` keeps every dictionary ever trained, by ID, so a row stays readable when a
+//! newer dictionary takes over for new rows. Meta [`CURRENT_DICTIONARY_KEY`] names the one new
+//! rows use. A dictionary is trained when the table first holds [`TRAIN_AT`]`[0]` rows, from
+//! those rows, and again at each later threshold from rows spread over the whole table.
+//!
+//! Architecture invariant: this module treats JSON as bytes. It never parses it; readers get
+//! back exactly the bytes that were written.
+
+use crate::error::{Error, Result};
+use crate::nid::EventNid;
+use crate::store::check::CheckReport;
+use crate::store::read::Tables;
+use crate::store::writer::Writer;
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
+
+/// zstd dictionary ID to the dictionary's bytes, as `zstd::dict::from_samples` trained them.
+pub(crate) const JSON_DICTIONARIES: TableDefinition<u32, &[u8]> =
+    TableDefinition::new("json_dictionaries");
+/// The [`crate::store::tables::META`] key of the dictionary new rows are compressed with; absent until the
+/// first is trained.
+pub(crate) const CURRENT_DICTIONARY_KEY: &str = "json_dictionary";
+/// The [`crate::store::tables::META`] key of the row count of `event_json` when the current dictionary was
+/// trained.
+pub(crate) const TRAINED_AT_KEY: &str = "json_dictionary_trained_at";
+
+/// The row counts of `event_json` at which a dictionary is trained, unless the store was opened
+/// with others. The first comes early, so that little is stored raw; the second sees more kinds
+/// of event than a room's first ones.
+pub(crate) const TRAIN_AT: [u64; 2] = [2_000, 100_000];
+/// The dictionary's size. Larger ones measured no better on the generated workloads.
+const DICTIONARY_BYTES: usize = 32 << 10;
+/// At most this many rows are sampled to train a dictionary.
+const MAX_SAMPLES: u64 = 4_000;
+/// zstd's compression level: its default, fast enough to compress every event as it arrives.
+const LEVEL: i32 = 3;
+/// The longest JSON a frame may claim to hold. Matrix caps a PDU at 65,536 bytes; a larger claim
+/// is damage, refused before anything is allocated for it.
+const MAX_JSON_BYTES: u64 = 1 << 20;
+/// zstd's frame magic number, as it starts a frame.
+const FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A trained dictionary, prepared both ways.
+pub(crate) struct Dictionary {
+    id: u32,
+    compress: CDict<'static>,
+    decompress: DDict<'static>,
+}
+
+impl Dictionary {
+    fn prepare(id: u32, bytes: &[u8]) -> Result<Dictionary> {
+        let bad = || Error::corrupt("json_dictionaries", id, "not a zstd dictionary");
+        if zstd_safe::get_dict_id(bytes).map(|d| d.get()) != Some(id) {
+            return Err(bad());
+        }
+        Ok(Dictionary {
+            id,
+            compress: CDict::try_create(bytes, LEVEL).ok_or_else(bad)?,
+            decompress: DDict::try_create(bytes).ok_or_else(bad)?,
+        })
+    }
+}
+
+/// The store's dictionaries, prepared once and shared by every transaction. An ID names one
+/// content (zstd derives it from the content), so an entry never goes stale, even when the
+/// transaction that trained it aborted.
+pub struct JsonDictionaries {
+    prepared: RwLock<HashMap<u32, Arc<Dictionary>>>,
+    /// Row counts at which to train, ascending.
+    train_at: Vec<u64>,
+}
+
+impl JsonDictionaries {
+    pub(crate) fn new(train_at: Vec<u64>) -> JsonDictionaries {
+        JsonDictionaries {
+            prepared: RwLock::default(),
+            train_at,
+        }
+    }
+
+    /// The first training threshold above `rows`.
+    fn next_training(&self, rows: Option<u64>) -> Option<u64> {
+        self.train_at
+            .iter()
+            .copied()
+            .find(|&at| rows.is_none_or(|r| at > r))
+    }
+
+    /// Dictionary `id`, read through `tx` the first time it is asked for.
+    fn get<T: Tables>(&self, tx: &T, id: u32) -> Result<Arc<Dictionary>> {
+        // The map is only ever inserted into whole entries, so a panic elsewhere while it was
+        // locked cannot have left it inconsistent.
+        let known = self.prepared.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = known.get(&id) {
+            return Ok(Arc::clone(d));
+        }
+        drop(known);
+        let table = tx.open(JSON_DICTIONARIES)?;
+        let row = table.get(id)?.ok_or_else(|| {
+            Error::corrupt(
+                "json_dictionaries",
+                id,
+                "a row names this dictionary; it is missing",
+            )
+        })?;
+        let prepared = Arc::new(Dictionary::prepare(id, row.value())?);
+        self.remember(&prepared);
+        Ok(prepared)
+    }
+
+    fn remember(&self, dictionary: &Arc<Dictionary>) {
+        self.prepared
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dictionary.id, Arc::clone(dictionary));
+    }
+}
+
+thread_local! {
+    // Contexts hold zstd's working memory (a few hundred KiB to compress): one per thread,
+    // reused by every row, rather than one per row.
+    static COMPRESSOR: RefCell<Option<CCtx<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_failure(event: EventNid, code: zstd_safe::ErrorCode) -> Error {
+    Error::corrupt("event_json", event, zstd_safe::get_error_name(code))
+}
+
+/// A row's JSON: borrowed when it is stored raw.
+pub(crate) fn decode<'a, T: Tables>(
+    tx: &T,
+    dictionaries: &JsonDictionaries,
+    event: EventNid,
+    row: &'a [u8],
+) -> Result<Cow<'a, [u8]>> {
+    if !row.starts_with(&FRAME_MAGIC) {
+        return Ok(Cow::Borrowed(row));
+    }
+    let id = zstd_safe::get_dict_id_from_frame(row)
+        .ok_or_else(|| Error::corrupt("event_json", event, "a frame without a dictionary"))?;
+    let dictionary = dictionaries.get(tx, id.get())?;
+    let len = match zstd_safe::get_frame_content_size(row) {
+        Ok(Some(len)) if len <= MAX_JSON_BYTES => len as usize,
+        _ => {
+            return Err(Error::corrupt(
+                "event_json",
+                event,
+                "a frame without a length",
+            ));
+        }
+    };
+    let mut json = Vec::with_capacity(len);
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let dctx = match slot {
+            Some(dctx) => dctx,
+            None => slot.insert(DCtx::try_create().ok_or_else(out_of_memory)?),
+        };
+        dctx.decompress_using_ddict(&mut json, row, &dictionary.decompress)
+            .map_err(|code| zstd_failure(event, code))
+    })?;
+    if json.len() != len {
+        return Err(Error::corrupt(
+            "event_json",
+            event,
+            "a frame shorter than it says",
+        ));
+    }
+    Ok(Cow::Owned(json))
+}
+
+/// A row's JSON as text.
+pub(crate) fn decode_text<T: Tables>(
+    tx: &T,
+    dictionaries: &JsonDictionaries,
+    event: EventNid,
+    row: &[u8],
+) -> Result<String> {
+    let json = decode(tx, dictionaries, event, row)?.into_owned();
+    String::from_utf8(json).map_err(|e| Error::corrupt("event_json", event, e))
+}
+
+fn out_of_memory() -> Error {
+    Error::Io(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+}
+
+/// `json` as a frame, if the frame is shorter.
+fn compress(json: &[u8], dictionary: &Dictionary) -> Result<Option<Vec<u8>>> {
+    let mut frame = Vec::with_capacity(zstd_safe::compress_bound(json.len()));
+    COMPRESSOR.with_borrow_mut(|slot| {
+        let cctx = match slot {
+            Some(cctx) => cctx,
+            None => slot.insert(CCtx::try_create().ok_or_else(out_of_memory)?),
+        };
+        cctx.compress_using_cdict(&mut frame, json, &dictionary.compress)
+            .map_err(|code| {
+                Error::InvalidState(format!(
+                    "zstd failed to compress: {}",
+                    zstd_safe::get_error_name(code)
+                ))
+            })
+    })?;
+    Ok((frame.len() < json.len()).then_some(frame))
+}
+
+/// What a writer knows of the dictionaries, once read.
+#[derive(Default)]
+pub(super) struct WriterJson {
+    /// The current dictionary; `Some(None)` when there is none yet.
+    current: Option<Option<Arc<Dictionary>>>,
+    /// Rows to write before the next training; `None` when no threshold is left.
+    until_training: Option<u64>,
+}
+
+impl Writer<'_> {
+    /// Stores an event's JSON, compressed when a dictionary has been trained.
+    pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
+        let dictionary = self.current_dictionary()?;
+        let frame = match &dictionary {
+            Some(d) => compress(json, d)?,
+            None => None,
+        };
+        self.event_json()?
+            .insert(event.get(), frame.as_deref().unwrap_or(json))?;
+        if let Some(left) = &mut self.cache.json.until_training {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.train()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The event's JSON as text, if stored.
+    pub fn event_json_text(&mut self, event: EventNid) -> Result<Option<String>> {
+        let (tx, dictionaries) = (self.tx, self.json_dictionaries);
+        let Some(row) = self.event_json()?.get(event.get())? else {
+            return Ok(None);
+        };
+        decode_text(tx, dictionaries, event, row.value()).map(Some)
+    }
+
+    fn current_dictionary(&mut self) -> Result<Option<Arc<Dictionary>>> {
+        if let Some(current) = &self.cache.json.current {
+            return Ok(current.clone());
+        }
+        let meta = self.meta()?;
+        let id = meta
+            .get(CURRENT_DICTIONARY_KEY.as_bytes())?
+            .map(|v| v.value());
+        let trained_at = meta.get(TRAINED_AT_KEY.as_bytes())?.map(|v| v.value());
+        let current = match id {
+            Some(id) => {
+                let id = u32::try_from(id)
+                    .map_err(|_| Error::corrupt("meta", CURRENT_DICTIONARY_KEY, "not a u32"))?;
+                Some(self.json_dictionaries.get(self.tx, id)?)
+            }
+            None => None,
+        };
+        let rows = self.event_json()?.len()?;
+        self.cache.json.until_training = self
+            .json_dictionaries
+            .next_training(trained_at)
+            .map(|at| at.saturating_sub(rows).max(1));
+        self.cache.json.current = Some(current.clone());
+        Ok(current)
+    }
+
+    /// Trains a dictionary from rows spread over `event_json`, and makes it current.
+    fn train(&mut self) -> Result<()> {
+        let (tx, dictionaries) = (self.tx, self.json_dictionaries);
+        let table = self.event_json()?;
+        let rows = table.len()?;
+        let step = rows.div_ceil(MAX_SAMPLES).max(1) as usize;
+        let mut samples = Vec::new();
+        for row in table.iter()?.step_by(step) {
+            let (event, json) = row?;
+            let event = EventNid::new(event.value())
+                .ok_or_else(|| Error::corrupt("event_json", 0, "event NID 0"))?;
+            samples.push(decode(tx, dictionaries, event, json.value())?.into_owned());
+        }
+        let meta = self.meta()?;
+        meta.insert(TRAINED_AT_KEY.as_bytes(), rows)?;
+        // Too few or too uniform samples give no dictionary: new rows stay as they are, and the
+        // next threshold tries again.
+        if let Ok(bytes) = zstd::dict::from_samples(&samples, DICTIONARY_BYTES)
+            && let Some(id) = zstd_safe::get_dict_id(&bytes)
+        {
+            let dictionary = Arc::new(Dictionary::prepare(id.get(), &bytes)?);
+            let mut table = tx.open_table(JSON_DICTIONARIES)?;
+            if table.get(id.get())?.is_none() {
+                table.insert(id.get(), bytes.as_slice())?;
+            }
+            self.meta()?
+                .insert(CURRENT_DICTIONARY_KEY.as_bytes(), u64::from(id.get()))?;
+            dictionaries.remember(&dictionary);
+            self.cache.json.current = Some(Some(dictionary));
+        }
+        self.cache.json.until_training = dictionaries.next_training(Some(rows)).map(|at| at - rows);
+        Ok(())
+    }
+}
+
+/// Every dictionary prepares under its own ID, the current one exists, and every JSON row
+/// decodes to UTF-8 text.
+pub(crate) fn check_json<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<()> {
+    let dictionaries = JsonDictionaries::new(Vec::new());
+    for row in tx.open(JSON_DICTIONARIES)?.range::<u32>(..)? {
+        let (id, bytes) = row?;
+        report.rows += 1;
+        match Dictionary::prepare(id.value(), bytes.value()) {
+            Ok(d) => dictionaries.remember(&Arc::new(d)),
+            Err(e) => report.problem("json_dictionaries", id.value(), e),
+        }
+    }
+    let meta = tx.open(crate::store::tables::META)?;
+    if let Some(id) = meta
+        .get(CURRENT_DICTIONARY_KEY.as_bytes())?
+        .map(|v| v.value())
+    {
+        let known = u32::try_from(id).is_ok_and(|id| {
+            let prepared = dictionaries.prepared.read();
+            prepared.is_ok_and(|p| p.contains_key(&id))
+        });
+        if !known {
+            report.problem(
+                "meta",
+                CURRENT_DICTIONARY_KEY,
+                format!("no dictionary {id}"),
+            );
+        }
+    }
+    for row in tx
+        .open(crate::store::tables::EVENT_JSON)?
+        .range::<u64>(..)?
+    {
+        let (nid, json) = row?;
+        report.rows += 1;
+        let Some(event) = EventNid::new(nid.value()) else {
+            report.problem("event_json", 0, "event NID 0");
+            continue;
+        };
+        if let Err(e) = decode_text(tx, &dictionaries, event, json.value()) {
+            report.problem("event_json", event, e);
+        }
+    }
+    Ok(())
+}
