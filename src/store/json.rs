@@ -60,13 +60,22 @@ const MAX_JSON_BYTES: u64 = 1 << 20;
 const FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// A trained dictionary, prepared both ways.
-pub(crate) struct Dictionary {
+#[doc(hidden)]
+pub struct Dictionary {
     id: u32,
     compress: CDict<'static>,
     decompress: DDict<'static>,
 }
 
 impl Dictionary {
+    /// A dictionary trained from `samples`, as a store trains one; `None` when zstd finds too
+    /// little in common to make one. For tools and fuzzing.
+    pub fn train(samples: &[&[u8]]) -> Option<Dictionary> {
+        let bytes = zstd::dict::from_samples(samples, DICTIONARY_BYTES).ok()?;
+        let id = zstd_safe::get_dict_id(&bytes)?;
+        Dictionary::prepare(id.get(), &bytes).ok()
+    }
+
     fn prepare(id: u32, bytes: &[u8]) -> Result<Dictionary> {
         let bad = || Error::corrupt("json_dictionaries", id, "not a zstd dictionary");
         if zstd_safe::get_dict_id(bytes).map(|d| d.get()) != Some(id) {
@@ -142,10 +151,6 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
 }
 
-fn zstd_failure(event: EventNid, code: zstd_safe::ErrorCode) -> Error {
-    Error::corrupt("event_json", event, zstd_safe::get_error_name(code))
-}
-
 /// A row's JSON: borrowed when it is stored raw.
 pub(crate) fn decode<'a, T: Tables>(
     tx: &T,
@@ -153,21 +158,25 @@ pub(crate) fn decode<'a, T: Tables>(
     event: EventNid,
     row: &'a [u8],
 ) -> Result<Cow<'a, [u8]>> {
+    decode_with(row, event, |id| dictionaries.get(tx, id))
+}
+
+/// A row's JSON, with `find` giving the dictionary a frame names.
+fn decode_with<'a>(
+    row: &'a [u8],
+    event: impl std::fmt::Display + Copy,
+    find: impl FnOnce(u32) -> Result<Arc<Dictionary>>,
+) -> Result<Cow<'a, [u8]>> {
     if !row.starts_with(&FRAME_MAGIC) {
         return Ok(Cow::Borrowed(row));
     }
+    let corrupt = |what: &str| Error::corrupt("event_json", event, what);
     let id = zstd_safe::get_dict_id_from_frame(row)
-        .ok_or_else(|| Error::corrupt("event_json", event, "a frame without a dictionary"))?;
-    let dictionary = dictionaries.get(tx, id.get())?;
+        .ok_or_else(|| corrupt("a frame without a dictionary"))?;
+    let dictionary = find(id.get())?;
     let len = match zstd_safe::get_frame_content_size(row) {
         Ok(Some(len)) if len <= MAX_JSON_BYTES => len as usize,
-        _ => {
-            return Err(Error::corrupt(
-                "event_json",
-                event,
-                "a frame without a length",
-            ));
-        }
+        _ => return Err(corrupt("a frame without a length")),
     };
     let mut json = Vec::with_capacity(len);
     DECOMPRESSOR.with_borrow_mut(|slot| {
@@ -176,16 +185,32 @@ pub(crate) fn decode<'a, T: Tables>(
             None => slot.insert(DCtx::try_create().ok_or_else(out_of_memory)?),
         };
         dctx.decompress_using_ddict(&mut json, row, &dictionary.decompress)
-            .map_err(|code| zstd_failure(event, code))
+            .map_err(|code| corrupt(zstd_safe::get_error_name(code)))
     })?;
     if json.len() != len {
-        return Err(Error::corrupt(
-            "event_json",
-            event,
-            "a frame shorter than it says",
-        ));
+        return Err(corrupt("a frame shorter than it says"));
     }
     Ok(Cow::Owned(json))
+}
+
+/// A row as the store would write it with `dictionary`: a frame, or `json` itself when the frame
+/// would be no shorter. For tools and fuzzing; the store writes rows itself.
+#[doc(hidden)]
+pub fn encode_row(json: &[u8], dictionary: &Dictionary) -> Result<Vec<u8>> {
+    Ok(compress(json, dictionary)?.unwrap_or_else(|| json.to_vec()))
+}
+
+/// A row's JSON, as the store reads it, given the dictionaries the store holds. For tools and
+/// fuzzing.
+#[doc(hidden)]
+pub fn decode_row<'a>(row: &'a [u8], dictionaries: &[Arc<Dictionary>]) -> Result<Cow<'a, [u8]>> {
+    decode_with(row, "(a row)", |id| {
+        dictionaries
+            .iter()
+            .find(|d| d.id == id)
+            .cloned()
+            .ok_or_else(|| Error::corrupt("json_dictionaries", id, "no such dictionary"))
+    })
 }
 
 /// A row's JSON as text.

@@ -11,7 +11,8 @@ mod auth_index_check;
 pub mod check;
 pub(crate) mod codec;
 pub mod intern;
-mod json;
+#[doc(hidden)]
+pub mod json;
 pub mod membership;
 mod open;
 mod parallel;
