@@ -11,7 +11,7 @@ use crate::failure::{CliResult, Failure};
 use crate::plot::{Series, svg};
 use crate::workload::{GenConfig, Generator, Workload};
 use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
-use roomstate::{SnapshotNid, StateEntry, Store, StoreRead, policy};
+use roomstate::{EventNid, SnapshotNid, StateEntry, Store, StoreRead, policy};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::io::Write;
@@ -44,6 +44,16 @@ pub struct Figures {
     pub lookup_ns_spread: Spread,
     #[serde(default)]
     pub diff_ns_spread: Spread,
+    /// Event JSON per event: as ingested, and as stored (the `event_json` table's values).
+    #[serde(default)]
+    pub json_bytes_per_event: f64,
+    #[serde(default)]
+    pub json_stored_bytes_per_event: f64,
+    /// Reading one event's JSON by NID, decompression included.
+    #[serde(default)]
+    pub json_read_ns: u64,
+    #[serde(default)]
+    pub json_read_ns_spread: Spread,
     pub ingest_events_per_s: f64,
     /// Ingest over the first batches that hold a tenth of the events, and over the last: how
     /// far the rate falls as the store grows.
@@ -88,6 +98,7 @@ struct ReadRound {
     copy_ns: u64,
     lookup_ns: u64,
     diff_ns: u64,
+    json_read_ns: u64,
 }
 
 impl ReadRound {
@@ -281,6 +292,19 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
             f.ingest_writes_per_event,
         )?;
     }
+    for f in all {
+        writeln!(
+            out,
+            "{}: event JSON {:.0} B per event as given, {:.0} B stored ({:.3}); a read {} ns ({:.0} to {:.0})",
+            f.policy,
+            f.json_bytes_per_event,
+            f.json_stored_bytes_per_event,
+            f.json_stored_bytes_per_event / f.json_bytes_per_event.max(1e-9),
+            f.json_read_ns,
+            f.json_read_ns_spread.min,
+            f.json_read_ns_spread.max,
+        )?;
+    }
     for f in all.iter().filter(|f| f.trusted_events_per_s.is_some()) {
         let trusted = f.trusted_events_per_s.unwrap_or(0.0);
         writeln!(
@@ -348,6 +372,7 @@ fn measure(
         samples,
         timeline,
         io,
+        json_bytes,
     } = ingest(&store, config, false, Some(&counts))?;
     let per_event = |x: u64| x as f64 / report.events.max(1) as f64;
     let (first_tenth, last_tenth) = tenths(&timeline);
@@ -363,6 +388,11 @@ fn measure(
     let (final_state, consecutive) = probes(&rx)?;
     let resolver = rx.resolver()?;
     let flat: Vec<StateEntry> = resolver.flatten(final_state)?.into_vec();
+    // Event NIDs count from 1 with no gaps in a generated history.
+    let some_events: Vec<EventNid> = (1..=report.events).filter_map(EventNid::new).collect();
+    let json = stats.table("event_json");
+    // A row's stored bytes include its 8-byte key.
+    let json_stored = json.map_or(0, |t| t.stored_bytes.saturating_sub(8 * t.rows));
     let mut rounds = Vec::with_capacity(READ_ROUNDS);
     for _ in 0..READ_ROUNDS {
         let (flatten_ns, copy_ns) = interleaved(
@@ -377,16 +407,21 @@ fn measure(
         let diff_ns = median_over(&consecutive, |(a, b)| {
             resolver.diff(*a, *b).map(|d| drop(black_box(d)))
         })?;
+        let json_read_ns = median_over(&some_events, |e| {
+            rx.event_json(*e).map(|j| drop(black_box(j)))
+        })?;
         rounds.push(ReadRound {
             flatten_ns,
             copy_ns,
             lookup_ns,
             diff_ns,
+            json_read_ns,
         });
     }
     let (flattens, flatten_over_copy_spread) = median_round(&rounds, ReadRound::ratio);
     let (lookups, lookup_ns_spread) = median_round(&rounds, |r| r.lookup_ns as f64);
     let (diffs, diff_ns_spread) = median_round(&rounds, |r| r.diff_ns as f64);
+    let (json_reads, json_read_ns_spread) = median_round(&rounds, |r| r.json_read_ns as f64);
     Ok(Figures {
         policy: name,
         workload: workload.name().to_owned(),
@@ -405,6 +440,10 @@ fn measure(
         flatten_over_copy_spread,
         lookup_ns_spread,
         diff_ns_spread,
+        json_bytes_per_event: per_event(json_bytes),
+        json_stored_bytes_per_event: per_event(json_stored),
+        json_read_ns: json_reads.json_read_ns,
+        json_read_ns_spread,
         ingest_events_per_s: report.events_per_second(),
         ingest_first_tenth_events_per_s: first_tenth,
         ingest_last_tenth_events_per_s: last_tenth,
@@ -427,6 +466,8 @@ struct Ingested {
     timeline: Vec<(u64, f64)>,
     /// The file's reads and writes during ingest, sampling excluded; zero when not counted.
     io: IoTotals,
+    /// Event JSON given, in bytes.
+    json_bytes: u64,
 }
 
 /// The ingest rate over the first batches that hold a tenth of the events, and over the last
@@ -472,9 +513,12 @@ fn ingest(
     let mut timeline = vec![(0, 0.0)];
     let io_before = io_now();
     let mut sampling_io = IoTotals::default();
+    let mut json_bytes = 0;
     for event in Generator::new(config) {
         sample_room.get_or_insert_with(|| event.room_id.clone());
-        ingester.push_line(event.to_json_line().as_bytes())?;
+        let line = event.to_json_line();
+        json_bytes += line.len() as u64;
+        ingester.push_line(line.as_bytes())?;
         let report = ingester.report();
         if report.batches != last_batches {
             last_batches = report.batches;
@@ -499,6 +543,7 @@ fn ingest(
         samples,
         timeline,
         io,
+        json_bytes,
     })
 }
 
