@@ -163,12 +163,13 @@ fn a_store_from_before_compression_is_read_and_then_compressed() {
         .open(&path)
         .unwrap();
     assert_json_as_given(&store, old);
-    let (before, _) = json_bytes(&store);
     ingest_into(&store, new);
     assert_json_as_given(&store, &events);
-    let (after, dictionaries) = json_bytes(&store);
+    let (stored, dictionaries) = json_bytes(&store);
     assert_eq!(dictionaries, 1);
-    assert!(after - before < before / 2, "{before} then {after}");
+    // The first training compressed the old rows too, since it learnt from every one of them.
+    let raw: u64 = events.iter().map(|e| e.to_json_line().len() as u64).sum();
+    assert!(stored * 10 < raw * 6, "{stored} bytes stored of {raw}");
     assert!(store.read().unwrap().check().unwrap().is_clean());
     drop(store);
     assert_eq!(raw::schema(&path), Some(5));

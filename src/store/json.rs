@@ -9,9 +9,10 @@
 //!   dictionary it was compressed with (zstd's dictionary ID, derived from the dictionary's
 //!   content) and the JSON's length;
 //! - the JSON itself, as received. JSON text starts with `{` or white space, never with `0x28`
-//!   followed by the magic's other bytes: `(` is not JSON. Rows written before the first
-//!   dictionary, rows that would not shrink, and every row of a store from before compression
-//!   are kept this way.
+//!   followed by the magic's other bytes: `(` is not JSON. Rows that would not shrink, rows of a
+//!   store too small to have trained a dictionary, and rows of a store from before compression
+//!   are kept this way. The first training compresses the rows it learnt from, when it learnt
+//!   from every row (up to [`MAX_SAMPLES`]).
 //!
 //! `json_dictionaries` keeps every dictionary ever trained, by ID, so a row stays readable when a
 //! newer dictionary takes over for new rows. Meta [`CURRENT_DICTIONARY_KEY`] names the one new
@@ -317,11 +318,18 @@ impl Writer<'_> {
         let rows = table.len()?;
         let step = rows.div_ceil(MAX_SAMPLES).max(1) as usize;
         let mut samples = Vec::new();
+        // The rows still raw, when every row is a sample: compressed below, so that a store
+        // holds raw rows only until its first training.
+        let mut raw = Vec::new();
         for row in table.iter()?.step_by(step) {
             let (event, json) = row?;
             let event = EventNid::new(event.value())
                 .ok_or_else(|| Error::corrupt("event_json", 0, "event NID 0"))?;
-            samples.push(decode(tx, dictionaries, event, json.value())?.into_owned());
+            let json = decode(tx, dictionaries, event, json.value())?;
+            if step == 1 && matches!(json, Cow::Borrowed(_)) {
+                raw.push((event, samples.len()));
+            }
+            samples.push(json.into_owned());
         }
         let meta = self.meta()?;
         meta.insert(TRAINED_AT_KEY.as_bytes(), rows)?;
@@ -338,6 +346,12 @@ impl Writer<'_> {
             self.meta()?
                 .insert(CURRENT_DICTIONARY_KEY.as_bytes(), u64::from(id.get()))?;
             dictionaries.remember(&dictionary);
+            let table = self.event_json()?;
+            for (event, sample) in raw {
+                if let Some(frame) = compress(&samples[sample], &dictionary)? {
+                    table.insert(event.get(), frame.as_slice())?;
+                }
+            }
             self.cache.json.current = Some(Some(dictionary));
         }
         self.cache.json.until_training = dictionaries.next_training(Some(rows)).map(|at| at - rows);
