@@ -7,7 +7,7 @@ use common::{NamedState, StringNames};
 use roomstate::{Membership, Store, StoreRead};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -840,15 +840,19 @@ fn skip_bad_lines_and_resolver_choice() {
 fn store_failures_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A store redb cannot read: one of the damaged files of docs/design.md's redb report.
-    let gz =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redb-4.6.0-get-panics.redb.gz");
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-        .read_to_end(&mut bytes)
-        .unwrap();
+    // A store redb cannot read: one cut to half its length. (The damaged files of
+    // docs/design.md's redb report trip a debug assertion in redb before our foreign-file check,
+    // so they fail differently in debug and release builds; `tests/corruption.rs` runs them.)
+    let (history, _) = gen_hq(d);
     let damaged = d.join("damaged.redb");
-    std::fs::write(&damaged, bytes).unwrap();
+    roomstate(d, &["--db", path_str(&damaged), "ingest", path_str(&history)], None).ok();
+    let len = std::fs::metadata(&damaged).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     roomstate(d, &["--db", path_str(&damaged), "stats"], None).fails(2, "store failure:");
 }
 
