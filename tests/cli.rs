@@ -845,7 +845,12 @@ fn store_failures_exit_2() {
     // so they fail differently in debug and release builds; `tests/corruption.rs` runs them.)
     let (history, _) = gen_hq(d);
     let damaged = d.join("damaged.redb");
-    roomstate(d, &["--db", path_str(&damaged), "ingest", path_str(&history)], None).ok();
+    roomstate(
+        d,
+        &["--db", path_str(&damaged), "ingest", path_str(&history)],
+        None,
+    )
+    .ok();
     let len = std::fs::metadata(&damaged).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
