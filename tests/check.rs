@@ -326,3 +326,78 @@ fn the_auth_order_holds_until_a_trusted_import_breaks_it_and_check_holds_meta_to
         "{problems:?}"
     );
 }
+
+const AUTH_POSITIONS: TableDefinition<u64, u64> = TableDefinition::new("auth_positions");
+const AUTH_CHAINS: TableDefinition<u64, u64> = TableDefinition::new("auth_chains");
+const AUTH_LINKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("auth_links");
+const AUTH_LINKS_INTO: TableDefinition<(u64, u64), ()> = TableDefinition::new("auth_links_into");
+
+/// One damage to the auth-chain index, done with redb itself.
+type IndexDamage = fn(&redb::WriteTransaction);
+
+/// Each way of damaging the auth-chain index is reported against the table it is in, and the
+/// rest of the store still reads.
+#[test]
+fn damage_to_the_auth_chain_index_is_reported_in_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    ingested(&path);
+    let damages: [(&str, &str, IndexDamage); 5] = [
+        ("a position row removed", "auth_positions", |tx| {
+            let mut t = tx.open_table(AUTH_POSITIONS).unwrap();
+            t.pop_last().unwrap().unwrap();
+        }),
+        ("a chain row naming another event", "auth_chains", |tx| {
+            let mut t = tx.open_table(AUTH_CHAINS).unwrap();
+            let (at, event) = t
+                .last()
+                .unwrap()
+                .map(|(k, v)| (k.value(), v.value()))
+                .unwrap();
+            t.insert(at, event + 1).unwrap();
+        }),
+        ("a link without its mirror", "auth_links", |tx| {
+            let mut into = tx.open_table(AUTH_LINKS_INTO).unwrap();
+            into.pop_first().unwrap().unwrap();
+        }),
+        ("a mirror without its link", "auth_links_into", |tx| {
+            let mut links = tx.open_table(AUTH_LINKS).unwrap();
+            links.pop_last().unwrap().unwrap();
+        }),
+        ("a link to no event", "auth_links", |tx| {
+            let far = (1u64 << 60) | 1;
+            let (origin, _) = {
+                let links = tx.open_table(AUTH_LINKS).unwrap();
+                links.first().unwrap().unwrap().0.value()
+            };
+            tx.open_table(AUTH_LINKS)
+                .unwrap()
+                .insert((origin, far), ())
+                .unwrap();
+            tx.open_table(AUTH_LINKS_INTO)
+                .unwrap()
+                .insert((far, origin), ())
+                .unwrap();
+        }),
+    ];
+    for (what, table, damage) in damages {
+        let copy = dir.path().join("damaged.redb");
+        std::fs::copy(&path, &copy).unwrap();
+        {
+            let db = redb::Database::open(&copy).unwrap();
+            let tx = db.begin_write().unwrap();
+            damage(&tx);
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&copy).unwrap();
+        let rx = store.read().unwrap();
+        let report = rx.check().unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.table == table),
+            "{what}: {:?}",
+            report.problems
+        );
+        let room = rx.room_nid("!hq:server0.test").unwrap().unwrap();
+        assert!(rx.room(room).unwrap().is_some(), "{what}");
+    }
+}
