@@ -997,11 +997,16 @@ fn bench_reports_every_policy_as_json() {
             assert!(line[key].as_f64().unwrap() > 0.0, "{key} in {line}");
         }
         assert!(line["ingest_read_bytes_per_event"].as_f64().unwrap() >= 0.0);
+        // Too few events to train a dictionary at this scale: the JSON is stored as given.
+        let given = line["json_bytes_per_event"].as_f64().unwrap();
+        let stored = line["json_stored_bytes_per_event"].as_f64().unwrap();
+        assert!(given > 100.0 && stored > 0.0 && stored <= given, "{line}");
         // Each read figure is the median round's: its rounds' spread brackets it.
         for (figure, spread) in [
             ("flatten_over_copy", "flatten_over_copy_spread"),
             ("lookup_ns", "lookup_ns_spread"),
             ("diff_ns", "diff_ns_spread"),
+            ("json_read_ns", "json_read_ns_spread"),
         ] {
             let median = line[figure].as_f64().unwrap();
             let (min, max) = (
@@ -1024,6 +1029,33 @@ fn bench_reports_every_policy_as_json() {
     };
     assert!(bytes("full") > bytes("tiered"));
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
+}
+
+/// `bench` runs on every workload: `forky`'s merges need state resolution.
+#[test]
+fn bench_runs_the_default_on_every_workload() {
+    for workload in ["hq", "many", "forky"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_roomstate"))
+            .args([
+                "bench",
+                "--one",
+                "tiered",
+                "--scale",
+                "tiny",
+                "--workload",
+                workload,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{workload}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(line["workload"], workload);
+        assert!(line["events"].as_u64().unwrap() > 0, "{line}");
+    }
 }
 
 /// The join bench at its smallest: every figure present, and the outliers the state and its

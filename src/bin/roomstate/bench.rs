@@ -10,7 +10,7 @@ use crate::counted::{CountedFile, IoCounts, IoTotals};
 use crate::failure::{CliResult, Failure};
 use crate::plot::{Series, svg};
 use crate::workload::{GenConfig, Generator, Workload};
-use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
+use roomstate::ingest::{IngestOptions, Ingester, MatrixResolver};
 use roomstate::{EventNid, SnapshotNid, StateEntry, Store, StoreRead, policy};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
@@ -504,7 +504,8 @@ fn ingest(
         trust,
         ..IngestOptions::default()
     };
-    let mut ingester = Ingester::new(store, options, TrivialMerge);
+    // forky's merges conflict: Matrix state resolution settles them, as a homeserver would.
+    let mut ingester = Ingester::new(store, options, MatrixResolver::default());
     let mut samples = Vec::new();
     let mut last_batches = 0;
     let mut sample_room = None;
