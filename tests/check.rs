@@ -251,35 +251,67 @@ fn damaged_bytes_never_print_a_panic_and_are_found_or_harmless() {
     let states = some_states(&path);
     assert!(states.len() > 10_000);
     let mut rng = common::Rng(7);
-    let (mut hooked, mut found) = (0, 0);
-    for trial in 0..200 {
-        let mut bytes = original.clone();
-        for _ in 0..1 + rng.below(8) {
-            let at = rng.below(bytes.len() as u64) as usize;
-            bytes[at] ^= 1 << rng.below(8);
-        }
-        let damaged = dir.path().join(format!("d{trial}.redb"));
-        std::fs::write(&damaged, &bytes).unwrap();
-        let out = cli(&damaged, &["check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "trial {trial}: {stderr}");
-        assert!(stderr.lines().count() <= 1, "trial {trial}: {stderr}");
-        match out.status.code() {
-            Some(2) => found += 1,
-            Some(0) => {
-                std::fs::write(&damaged, &bytes).unwrap();
-                let got = some_states(&damaged);
-                assert!(
-                    got == states,
-                    "trial {trial}: check passed, yet states changed"
-                );
-            }
-            _ => panic!("trial {trial}: {stderr}"),
-        }
-        hooked += usize::from(stderr.contains("the store is damaged"));
-        std::fs::remove_file(&damaged).unwrap();
-    }
+    let damages: Vec<Vec<usize>> = (0..200)
+        .map(|_| {
+            (0..1 + rng.below(8))
+                .map(|_| {
+                    let at = rng.below(original.len() as u64) as usize;
+                    at << 3 | rng.below(8) as usize
+                })
+                .collect()
+        })
+        .collect();
+    // Each trial runs the CLI, which waits on its child: two threads keep both cores busy.
+    let outcomes: Vec<(bool, bool)> = std::thread::scope(|scope| {
+        let halves: Vec<_> = damages
+            .chunks(100)
+            .enumerate()
+            .map(|(half, chunk)| {
+                let (dir, original, states) = (dir.path(), &original, &states);
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, bits)| trial(dir, original, states, half * 100 + i, bits))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let found = outcomes.iter().filter(|(f, _)| *f).count();
+    let hooked = outcomes.iter().filter(|(_, h)| *h).count();
     eprintln!("200 damaged stores: {found} found by check, {hooked} met a panic inside redb");
+}
+
+/// One damaged copy, `bits` flipped (byte << 3 | bit): whether `check` found it, and whether it
+/// met a panic inside redb.
+fn trial(dir: &Path, original: &[u8], states: &[u8], trial: usize, bits: &[usize]) -> (bool, bool) {
+    let mut bytes = original.to_vec();
+    for bit in bits {
+        bytes[bit >> 3] ^= 1 << (bit & 7);
+    }
+    let damaged = dir.join(format!("d{trial}.redb"));
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = cli(&damaged, &["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "trial {trial}: {stderr}");
+    assert!(stderr.lines().count() <= 1, "trial {trial}: {stderr}");
+    let found = match out.status.code() {
+        Some(2) => true,
+        Some(0) => {
+            std::fs::write(&damaged, &bytes).unwrap();
+            let got = some_states(&damaged);
+            assert!(
+                got == states,
+                "trial {trial}: check passed, yet states changed"
+            );
+            false
+        }
+        _ => panic!("trial {trial}: {stderr}"),
+    };
+    std::fs::remove_file(&damaged).unwrap();
+    (found, stderr.contains("the store is damaged"))
 }
 
 /// The meta row that says every stored event's auth events are older than it.
