@@ -61,10 +61,17 @@ fn damage_is_reported_with_the_row_it_is_in() {
                 let (k, v) = blocks.first().unwrap().unwrap();
                 (k.value(), v.value().to_vec())
             };
-            // Swap the first two entries' bytes: unsorted, and no longer its hash.
-            let width = if bytes[0] == 2 { 12 } else { 24 };
-            if bytes.len() > 2 * width {
-                let (a, b) = bytes[1..1 + 2 * width].split_at_mut(width);
+            // Swap the first two entries' bytes: unsorted, and no longer its hash. Entries
+            // end the block in every layout, each of the same width.
+            let entries = roomstate::block::BlockView::parse(&bytes).unwrap().len();
+            let width = match bytes[0] {
+                1 => 24,
+                2 => 12,
+                _ => usize::from((bytes[1] & 0x0f) + (bytes[1] >> 4) + bytes[2]),
+            };
+            let start = bytes.len() - entries * width;
+            if entries >= 2 && width > 0 {
+                let (a, b) = bytes[start..start + 2 * width].split_at_mut(width);
                 a.swap_with_slice(b);
             } else {
                 bytes.push(0);

@@ -172,7 +172,7 @@ fn a_store_from_before_compression_is_read_and_then_compressed() {
     assert!(stored * 10 < raw * 6, "{stored} bytes stored of {raw}");
     assert!(store.read().unwrap().check().unwrap().is_clean());
     drop(store);
-    assert_eq!(raw::schema(&path), Some(5));
+    assert_eq!(raw::schema(&path), Some(6));
 }
 
 /// A damaged frame, or one naming a dictionary the store lacks, is an error naming the event;

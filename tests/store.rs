@@ -503,12 +503,12 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
 }
 
 /// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table), before
-/// outliers were (version 3: no `outliers` table) and before JSON was compressed (version 4: no
-/// `json_dictionaries` table) are upgraded in place when opened: their events read as accepted
-/// and in their rooms' timelines.
+/// outliers were (version 3: no `outliers` table), before JSON was compressed (version 4: no
+/// `json_dictionaries` table) and before blocks were packed (version 5) are upgraded in place
+/// when opened: their events read as accepted and in their rooms' timelines.
 #[test]
-fn schema_2_3_and_4_stores_are_upgraded_when_opened() {
-    for old in [2, 3, 4] {
+fn schema_2_to_5_stores_are_upgraded_when_opened() {
+    for old in [2, 3, 4, 5] {
         upgrade_from(old);
     }
 }
@@ -533,7 +533,9 @@ fn upgrade_from(old: u64) {
     // Take the store back to the old schema, as an older build wrote it.
     let db = redb::Database::open(&path).unwrap();
     let tx = db.begin_write().unwrap();
-    assert!(tx.delete_table(DICTIONARIES).unwrap());
+    if old < 5 {
+        assert!(tx.delete_table(DICTIONARIES).unwrap());
+    }
     if old < 4 {
         assert!(tx.delete_table(OUTLIERS).unwrap());
     }
@@ -567,7 +569,7 @@ fn upgrade_from(old: u64) {
         .get(b"schema_version".as_slice())
         .unwrap()
         .map(|v| v.value());
-    assert_eq!(schema, Some(5));
+    assert_eq!(schema, Some(6));
 }
 
 #[test]

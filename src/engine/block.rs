@@ -1,12 +1,14 @@
 //! State entries and state blocks: sorted runs of entries in a fixed little-endian layout that is
 //! read in place, keyed by the xxh3-128 hash of their bytes.
 //!
-//! Layout (see `docs/format.md`): one tag byte, then a fixed number of bytes per entry: type NID,
-//! state-key NID, event NID, each little-endian. [`BLOCK_FORMAT_FIXED12`] stores them as `u32`s
-//! (12 bytes an entry) when every NID of the block fits, which is all of them below four
-//! billion; [`BLOCK_FORMAT_FIXED24`] as `u64`s otherwise. Both are read in place and searched by
-//! bisection; widening a `u32` costs nothing next to a copy. An event NID of 0 is a tombstone:
-//! the key is removed by this block.
+//! Layout (see `docs/format.md`): one tag byte, then the same number of bytes for every entry, so
+//! that every layout is read in place and searched by bisection. [`BLOCK_FORMAT_PACKED`] stores
+//! each NID as its distance from the block's smallest, in as few bytes as the block's largest
+//! distance needs: a block of memberships spends no byte on the type and three on each state key
+//! and event. [`BLOCK_FORMAT_FIXED12`] stores `u32` NIDs, [`BLOCK_FORMAT_FIXED24`] `u64` ones.
+//! The writer packs blocks of up to [`PACKED_MAX_ENTRIES`] entries, and gives larger ones a
+//! fixed layout, which flattens faster. An event NID of 0 is a tombstone: the key is removed by
+//! this block.
 
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
@@ -21,7 +23,8 @@ pub const BLOCK_FORMAT_FIXED12: u8 = 2;
 pub const ENTRY_BYTES: usize = 24;
 /// Bytes per entry with `u32` NIDs.
 pub const NARROW_ENTRY_BYTES: usize = 12;
-const HEADER_BYTES: usize = 1;
+/// The tag byte of the packed layout: per-block bases and byte widths.
+pub const BLOCK_FORMAT_PACKED: u8 = 3;
 
 /// One entry of a resolved state: the event that holds a (type, state key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,15 +88,124 @@ impl BlockHash {
     }
 }
 
-/// Encodes entries that are sorted by key with no key twice. Checks both, so that a block on
-/// disk is always searchable.
+/// Blocks of more entries than this are written in a fixed-width layout: flattening them, one
+/// pass over every entry, takes half the time it takes packed (`cargo bench --bench block`), and
+/// a store rewrites them rarely. Smaller blocks, the runs rewritten at every state change, are
+/// packed.
+pub const PACKED_MAX_ENTRIES: usize = 4_096;
+
+/// Encodes entries that are sorted by key with no key twice: packed, or in a fixed-width layout
+/// beyond [`PACKED_MAX_ENTRIES`]. Checks the order, so that a block on disk is always
+/// searchable.
 pub fn encode_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
-    if let Some(w) = entries.windows(2).find(|w| w[0].key >= w[1].key) {
-        return Err(Error::InvalidState(format!(
+    check_order(entries)?;
+    Ok(if entries.len() > PACKED_MAX_ENTRIES {
+        fixed(entries)
+    } else {
+        pack(entries)
+    })
+}
+
+/// Encodes entries in the packed layout, whatever their number. For tests and benches.
+#[doc(hidden)]
+pub fn encode_packed_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
+    check_order(entries)?;
+    Ok(pack(entries))
+}
+
+/// Encodes entries in the fixed-width layout: `u32` NIDs when all fit, `u64` otherwise. For
+/// tests and benches.
+#[doc(hidden)]
+pub fn encode_fixed_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
+    check_order(entries)?;
+    Ok(fixed(entries))
+}
+
+fn check_order(entries: &[DeltaEntry]) -> Result<()> {
+    match entries.windows(2).find(|w| w[0].key >= w[1].key) {
+        Some(w) => Err(Error::InvalidState(format!(
             "block entries out of order or repeated at {:?}",
             w[1].key
-        )));
+        ))),
+        None => Ok(()),
     }
+}
+
+fn pack(entries: &[DeltaEntry]) -> Vec<u8> {
+    let events = || entries.iter().filter_map(|e| e.event).map(EventNid::get);
+    // Sorted by type first, so the first entry has the smallest type.
+    let bases = [
+        entries.first().map_or(0, |e| e.key.ty.get()),
+        entries.iter().map(|e| e.key.key.get()).min().unwrap_or(0),
+        events().min().unwrap_or(0),
+    ];
+    // An event is stored as its distance from the base plus one, leaving 0 for a tombstone.
+    let fields = |e: &DeltaEntry| {
+        [
+            e.key.ty.get() - bases[0],
+            e.key.key.get() - bases[1],
+            e.event.map_or(0, |n| n.get() - bases[2] + 1),
+        ]
+    };
+    let widths = [
+        width_of(entries.last().map_or(0, |e| fields(e)[0])),
+        width_of(entries.iter().map(|e| fields(e)[1]).max().unwrap_or(0)),
+        width_of(events().max().map_or(0, |n| n - bases[2] + 1)),
+    ];
+    let stride: usize = widths.iter().sum();
+    let mut out = Vec::with_capacity(PACKED_MAX_HEADER + entries.len() * stride);
+    out.push(BLOCK_FORMAT_PACKED);
+    // Each width is at most 8, so each fits its nibble.
+    out.push((widths[0] | widths[1] << 4) as u8);
+    out.push(widths[2] as u8);
+    put_varint(&mut out, entries.len() as u64);
+    for base in bases {
+        put_varint(&mut out, base);
+    }
+    for e in entries {
+        for (value, width) in fields(e).into_iter().zip(widths) {
+            out.extend_from_slice(&value.to_le_bytes()[..width]);
+        }
+    }
+    out
+}
+
+/// The packed header's size at most: tag, widths, and four varints of up to ten bytes.
+const PACKED_MAX_HEADER: usize = 3 + 4 * 10;
+
+/// Bytes needed to hold `value` (0 for 0).
+fn width_of(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).div_ceil(8)
+}
+
+/// Appends `value` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads a LEB128 varint from the front of `bytes`; `None` if it is cut or exceeds 64 bits.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        let bits = u64::from(byte & 0x7f);
+        if shift == 63 && bits > 1 {
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn fixed(entries: &[DeltaEntry]) -> Vec<u8> {
     let words = |e: &DeltaEntry| {
         [
             e.key.ty.get(),
@@ -104,25 +216,19 @@ pub fn encode_block(entries: &[DeltaEntry]) -> Result<Vec<u8>> {
     let narrow = entries
         .iter()
         .all(|e| words(e).iter().all(|w| u32::try_from(*w).is_ok()));
-    let width = if narrow {
-        NARROW_ENTRY_BYTES
+    let mut out = vec![if narrow {
+        BLOCK_FORMAT_FIXED12
     } else {
-        ENTRY_BYTES
-    };
-    let mut out = Vec::with_capacity(HEADER_BYTES + entries.len() * width);
-    if narrow {
-        out.push(BLOCK_FORMAT_FIXED12);
-        for w in entries.iter().flat_map(words) {
-            // Every word was checked to fit above.
-            out.extend_from_slice(&u32::try_from(w).unwrap_or(u32::MAX).to_le_bytes());
-        }
-    } else {
-        out.push(BLOCK_FORMAT_FIXED24);
-        for w in entries.iter().flat_map(words) {
+        BLOCK_FORMAT_FIXED24
+    }];
+    for w in entries.iter().flat_map(words) {
+        if narrow {
+            out.extend_from_slice(&w.to_le_bytes()[..4]);
+        } else {
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
-    Ok(out)
+    out
 }
 
 /// A block's bytes, checked for shape and read in place.
@@ -135,6 +241,142 @@ pub struct BlockView<'a> {
 enum Entries<'a> {
     Wide(&'a [[u8; ENTRY_BYTES]]),
     Narrow(&'a [[u8; NARROW_ENTRY_BYTES]]),
+    Packed(Packed<'a>),
+}
+
+/// Bytes an entry's three fields are read from at once: each field starts at most 16 bytes in
+/// (two fields of at most 8 before it) and is read as 8 bytes, then masked to its width.
+const WINDOW: usize = 24;
+
+/// The little-endian `u64` at `offset` (at most 16) of a window.
+#[inline(always)]
+fn load(window: &[u8; WINDOW], offset: usize) -> u64 {
+    // The bound lets the compiler drop the range check; offsets are at most 16 by construction.
+    let offset = offset.min(WINDOW - 8);
+    window
+        .get(offset..)
+        .and_then(|w| w.first_chunk::<8>())
+        .map_or(0, |w| u64::from_le_bytes(*w))
+}
+
+/// The packed layout's entries: each field is `width` little-endian bytes added to its base.
+#[derive(Clone, Copy)]
+struct Packed<'a> {
+    body: &'a [u8],
+    len: usize,
+    stride: usize,
+    /// Where each field starts within an entry.
+    offsets: [usize; 3],
+    masks: [u64; 3],
+    bases: [u64; 3],
+}
+
+impl<'a> Packed<'a> {
+    fn parse(mut header: &'a [u8]) -> Result<Self, BlockShapeError> {
+        let bad = BlockShapeError::BadHeader;
+        let (&[types_keys, events], rest) = header.split_first_chunk::<2>().ok_or(bad)?;
+        header = rest;
+        let widths = [
+            usize::from(types_keys & 0x0f),
+            usize::from(types_keys >> 4),
+            usize::from(events),
+        ];
+        if widths.iter().any(|&w| w > 8) {
+            return Err(bad);
+        }
+        let len = take_varint(&mut header).ok_or(bad)?;
+        let mut bases = [0; 3];
+        for base in &mut bases {
+            *base = take_varint(&mut header).ok_or(bad)?;
+        }
+        let stride = widths.iter().sum::<usize>();
+        // Entries of no bytes all hold one key: more than one of them repeats it.
+        let len = usize::try_from(len).map_err(|_| bad)?;
+        if stride == 0 && len > 1 {
+            return Err(bad);
+        }
+        if len.checked_mul(stride) != Some(header.len()) {
+            return Err(BlockShapeError::Truncated(header.len()));
+        }
+        let mask = |w: usize| u64::MAX.checked_shr(64 - 8 * w as u32).unwrap_or(0);
+        Ok(Packed {
+            body: header,
+            len,
+            stride,
+            offsets: [0, widths[0], widths[0] + widths[1]],
+            masks: widths.map(mask),
+            bases,
+        })
+    }
+
+    /// Entry `i`'s type, state-key and event NIDs. The sums wrap: the writer never stores a
+    /// distance that overflows its base, and a damaged block that does decodes to some NIDs,
+    /// which `check` finds out of order or under the wrong hash.
+    #[inline(always)]
+    fn words(&self, i: usize) -> [u64; 3] {
+        let at = i * self.stride;
+        let [t, k, e] = match self.body.get(at..).and_then(|b| b.first_chunk::<WINDOW>()) {
+            Some(window) => self.offsets.map(|o| load(window, o)),
+            None => self.offsets.map(|o| load(&self.tail(at), o)),
+        };
+        let event = match e & self.masks[2] {
+            0 => 0,
+            n => self.bases[2].wrapping_add(n - 1),
+        };
+        [
+            self.bases[0].wrapping_add(t & self.masks[0]),
+            self.bases[1].wrapping_add(k & self.masks[1]),
+            event,
+        ]
+    }
+
+    /// The bytes from `at` to the end of the body, padded with zeros to a window: the last
+    /// entries, where a whole window would run past the end.
+    #[cold]
+    fn tail(&self, at: usize) -> [u8; WINDOW] {
+        let mut window = [0; WINDOW];
+        let rest = self.body.get(at..).unwrap_or(&[]);
+        let n = rest.len().min(WINDOW);
+        if let (Some(to), Some(from)) = (window.get_mut(..n), rest.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        window
+    }
+
+    fn rows(self, range: Range<usize>) -> PackedRows<'a> {
+        let range = if range.start <= range.end && range.end <= self.len {
+            range
+        } else {
+            0..0
+        };
+        PackedRows {
+            packed: self,
+            next: range.start,
+            end: range.end,
+        }
+    }
+}
+
+/// A range of a packed block's entries, decoded one by one. Its own type rather than a mapped
+/// range, whose closure the compiler kept out of line: that made flatten four times slower.
+struct PackedRows<'a> {
+    packed: Packed<'a>,
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for PackedRows<'_> {
+    type Item = [u64; 3];
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<[u64; 3]> {
+        if self.next >= self.end {
+            return None;
+        }
+        let words = self.packed.words(self.next);
+        self.next += 1;
+        Some(words)
+    }
 }
 
 impl fmt::Debug for BlockView<'_> {
@@ -154,6 +396,8 @@ pub enum BlockShapeError {
     UnknownFormat(u8),
     /// The body is not a whole number of entries.
     Truncated(usize),
+    /// A packed block's header is cut short or names impossible widths.
+    BadHeader,
 }
 
 impl fmt::Display for BlockShapeError {
@@ -162,6 +406,7 @@ impl fmt::Display for BlockShapeError {
             BlockShapeError::Empty => f.write_str("empty block"),
             BlockShapeError::UnknownFormat(t) => write!(f, "unknown block format {t}"),
             BlockShapeError::Truncated(n) => write!(f, "body of {n} bytes is not whole entries"),
+            BlockShapeError::BadHeader => f.write_str("packed block header is damaged"),
         }
     }
 }
@@ -179,6 +424,11 @@ impl<'a> BlockView<'a> {
                 let (e, rest) = body.as_chunks::<NARROW_ENTRY_BYTES>();
                 (Entries::Narrow(e), rest)
             }
+            BLOCK_FORMAT_PACKED => {
+                return Ok(BlockView {
+                    entries: Entries::Packed(Packed::parse(body)?),
+                });
+            }
             other => return Err(BlockShapeError::UnknownFormat(other)),
         };
         if !rest.is_empty() {
@@ -192,6 +442,7 @@ impl<'a> BlockView<'a> {
         match self.entries {
             Entries::Wide(e) => e.len(),
             Entries::Narrow(e) => e.len(),
+            Entries::Packed(p) => p.len,
         }
     }
 
@@ -205,6 +456,7 @@ impl<'a> BlockView<'a> {
         match self.entries {
             Entries::Wide(e) => e.get(index).and_then(|c| key_of(wide(c))),
             Entries::Narrow(e) => e.get(index).and_then(|c| key_of(narrow(c))),
+            Entries::Packed(p) => (index < p.len).then(|| key_of(p.words(index))).flatten(),
         }
     }
 
@@ -213,6 +465,7 @@ impl<'a> BlockView<'a> {
         match self.entries {
             Entries::Wide(e) => e.get(index).and_then(|c| entry_of(wide(c))),
             Entries::Narrow(e) => e.get(index).and_then(|c| entry_of(narrow(c))),
+            Entries::Packed(p) => (index < p.len).then(|| entry_of(p.words(index))).flatten(),
         }
     }
 
@@ -261,9 +514,11 @@ impl<'a> BlockView<'a> {
         newer: &[DeltaEntry],
         out: &mut S,
     ) -> Result<(), usize> {
+        let start = range.start;
         match self.entries {
-            Entries::Wide(e) => overlay(e, range, wide, newer, out),
-            Entries::Narrow(e) => overlay(e, range, narrow, newer, out),
+            Entries::Wide(e) => overlay(start, fixed_rows(e, range).map(wide), newer, out),
+            Entries::Narrow(e) => overlay(start, fixed_rows(e, range).map(narrow), newer, out),
+            Entries::Packed(p) => overlay(start, p.rows(range), newer, out),
         }
     }
 }
@@ -302,22 +557,20 @@ impl MergeSink for Vec<DeltaEntry> {
 /// comparison, and one the newer entries replace one more; keys the block lacks are placed by
 /// [`place_newer`], off the hot loop.
 #[inline(always)]
-fn overlay<const N: usize, S: MergeSink>(
-    chunks: &[[u8; N]],
-    range: Range<usize>,
-    words: impl Fn(&[u8; N]) -> [u64; 3] + Copy,
+fn overlay<S: MergeSink>(
+    start: usize,
+    rows: impl Iterator<Item = [u64; 3]>,
     newer: &[DeltaEntry],
     out: &mut S,
 ) -> Result<(), usize> {
-    let start = range.start;
-    let slice = chunks.get(range).unwrap_or(&[]);
     let mut taken = 0;
     let next_key = |taken: usize| newer.get(taken).map_or(u128::MAX, |e| packed(e.key));
     let mut next = next_key(0);
-    for (i, chunk) in slice.iter().enumerate() {
-        let [t, k, e] = words(chunk);
+    let mut i = 0;
+    for [t, k, e] in rows {
+        i += 1;
         let (Some(ty), Some(key)) = (TypeNid::new(t), StateKeyNid::new(k)) else {
-            return Err(start + i);
+            return Err(start + i - 1);
         };
         let key = StateKey { ty, key };
         let at = packed(key);
@@ -341,6 +594,14 @@ fn overlay<const N: usize, S: MergeSink>(
         out.put(n.key, n.event);
     }
     Ok(())
+}
+
+/// The entries of `range` of a fixed-width layout; none when the range is out of bounds.
+fn fixed_rows<const N: usize>(
+    chunks: &[[u8; N]],
+    range: Range<usize>,
+) -> std::slice::Iter<'_, [u8; N]> {
+    chunks.get(range).unwrap_or(&[]).iter()
 }
 
 /// Emits the newer entries from `newer[taken..]` whose keys are below `key`; returns how many
@@ -436,15 +697,114 @@ mod tests {
             DeltaEntry::remove(key(5, 3)),
             DeltaEntry::set(key(5, 9), EventNid::new(11).unwrap()),
         ];
+        let fixed = encode_fixed_block(&entries).unwrap();
+        assert_eq!(fixed.len(), 1 + 3 * NARROW_ENTRY_BYTES);
+        let packed = encode_block(&entries).unwrap();
+        // Header: tag, widths, count and bases 1, 1, 10; then a byte per field.
+        assert_eq!(packed[..7], [BLOCK_FORMAT_PACKED, 0x11, 1, 3, 1, 1, 10]);
+        assert_eq!(packed.len(), 7 + 3 * 3);
+        for bytes in [fixed, packed] {
+            let view = BlockView::parse(&bytes).unwrap();
+            let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
+            assert_eq!(back, entries);
+            assert_eq!(view.find(key(5, 3)), Ok(Some(None)));
+            assert_eq!(view.find(key(5, 9)), Ok(Some(EventNid::new(11))));
+            assert_eq!(view.find(key(5, 4)), Ok(None));
+            assert_eq!(view.find(key(9, 9)), Ok(None));
+        }
+    }
+
+    #[test]
+    fn packed_widths_follow_the_spread_of_each_field() {
+        // One type, state keys 70,000 apart, events 300 apart: no type byte, three key bytes,
+        // two event bytes.
+        let entries: Vec<DeltaEntry> = (0..4u64)
+            .map(|i| {
+                DeltaEntry::set(
+                    key(5, 100 + i * 70_000),
+                    EventNid::new(1_000_000 + i * 100).unwrap(),
+                )
+            })
+            .collect();
         let bytes = encode_block(&entries).unwrap();
-        assert_eq!(bytes.len(), 1 + 3 * NARROW_ENTRY_BYTES);
+        assert_eq!(bytes[1..3], [0x30, 2]);
         let view = BlockView::parse(&bytes).unwrap();
-        let back: Vec<_> = view.iter().map(|e| e.unwrap()).collect();
-        assert_eq!(back, entries);
-        assert_eq!(view.find(key(5, 3)), Ok(Some(None)));
-        assert_eq!(view.find(key(5, 9)), Ok(Some(EventNid::new(11))));
-        assert_eq!(view.find(key(5, 4)), Ok(None));
-        assert_eq!(view.find(key(9, 9)), Ok(None));
+        assert_eq!(view.iter().map(|e| e.unwrap()).collect::<Vec<_>>(), entries);
+        // The largest NIDs take eight bytes, and nothing overflows.
+        let top = vec![
+            DeltaEntry::set(key(1, 1), EventNid::new(1).unwrap()),
+            DeltaEntry::set(
+                StateKey::new(TypeNid::MAX, StateKeyNid::MAX),
+                EventNid::new(u64::MAX).unwrap(),
+            ),
+        ];
+        let bytes = encode_block(&top).unwrap();
+        assert_eq!(bytes[1..3], [0x88, 8]);
+        let view = BlockView::parse(&bytes).unwrap();
+        assert_eq!(view.iter().map(|e| e.unwrap()).collect::<Vec<_>>(), top);
+        // No entries, one entry, and only tombstones.
+        for entries in [
+            vec![],
+            vec![DeltaEntry::remove(key(2, 2))],
+            vec![DeltaEntry::remove(key(2, 2)), DeltaEntry::remove(key(2, 3))],
+        ] {
+            let bytes = encode_block(&entries).unwrap();
+            let view = BlockView::parse(&bytes).unwrap();
+            assert_eq!(view.iter().map(|e| e.unwrap()).collect::<Vec<_>>(), entries);
+        }
+    }
+
+    #[test]
+    fn only_large_blocks_are_fixed_width() {
+        let entries = |n: u64| -> Vec<DeltaEntry> {
+            (1..=n)
+                .map(|i| DeltaEntry::set(key(5, i), EventNid::new(i).unwrap()))
+                .collect()
+        };
+        let limit = PACKED_MAX_ENTRIES as u64;
+        assert_eq!(
+            encode_block(&entries(limit)).unwrap()[0],
+            BLOCK_FORMAT_PACKED
+        );
+        let large = encode_block(&entries(limit + 1)).unwrap();
+        assert_eq!(large[0], BLOCK_FORMAT_FIXED12);
+        assert_eq!(
+            BlockView::parse(&large).unwrap().len(),
+            PACKED_MAX_ENTRIES + 1
+        );
+    }
+
+    #[test]
+    fn damaged_packed_headers_are_refused() {
+        let entries = vec![
+            DeltaEntry::set(key(1, 1), EventNid::new(10).unwrap()),
+            DeltaEntry::set(key(1, 2), EventNid::new(12).unwrap()),
+        ];
+        let bytes = encode_block(&entries).unwrap();
+        for cut in 1..bytes.len() {
+            assert!(BlockView::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wide = bytes.clone();
+        wide[2] = 9;
+        assert_eq!(
+            BlockView::parse(&wide).err(),
+            Some(BlockShapeError::BadHeader)
+        );
+        // Entries of no bytes, more than one of them: every one would hold the same key.
+        let empty_entries = [BLOCK_FORMAT_PACKED, 0, 0, 2, 1, 1, 1];
+        assert_eq!(
+            BlockView::parse(&empty_entries).err(),
+            Some(BlockShapeError::BadHeader)
+        );
+        // A base so large that adding the stored distance overflows wraps (to a damaged entry
+        // here, type 0), rather than panicking.
+        let mut huge = vec![BLOCK_FORMAT_PACKED, 0x01, 1, 1];
+        huge.extend_from_slice(&[0xff; 9]);
+        huge.push(0x01);
+        huge.extend_from_slice(&[1, 1, 1, 1]);
+        let view = BlockView::parse(&huge).unwrap();
+        assert_eq!(view.entry_at(0), None);
+        assert_eq!(view.iter().next(), Some(Err(0)));
     }
 
     #[test]
@@ -453,7 +813,7 @@ mod tests {
             DeltaEntry::set(key(1, 1), EventNid::new(u64::from(u32::MAX) + 1).unwrap()),
             DeltaEntry::set(key(5, 1 << 40), EventNid::new(3).unwrap()),
         ];
-        let bytes = encode_block(&entries).unwrap();
+        let bytes = encode_fixed_block(&entries).unwrap();
         assert_eq!(bytes[0], BLOCK_FORMAT_FIXED24);
         assert_eq!(bytes.len(), 1 + 2 * ENTRY_BYTES);
         let view = BlockView::parse(&bytes).unwrap();
@@ -472,7 +832,7 @@ mod tests {
             DeltaEntry::set(key(1, 3), EventNid::new(12).unwrap()),
             DeltaEntry::remove(key(1, 4)),
         ];
-        let bytes = encode_block(&entries).unwrap();
+        let bytes = encode_fixed_block(&entries).unwrap();
         let view = BlockView::parse(&bytes).unwrap();
         let earlier = StateEntry {
             key: key(1, 1),

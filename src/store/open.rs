@@ -302,7 +302,8 @@ impl Store {
                 Some(
                     tables::SCHEMA_WITHOUT_OUTCOMES
                     | tables::SCHEMA_WITHOUT_OUTLIERS
-                    | tables::SCHEMA_WITHOUT_COMPRESSION,
+                    | tables::SCHEMA_WITHOUT_COMPRESSION
+                    | tables::SCHEMA_WITHOUT_PACKED_BLOCKS,
                 ) => {
                     tx.open_table(tables::OUTCOMES)?;
                     tx.open_table(tables::OUTLIERS)?;

@@ -1,0 +1,56 @@
+//! Reading one block of 100,000 memberships in each layout (`cargo bench --bench block`): the
+//! packed layout the writer uses, and the fixed 12-byte one older stores hold. Flatten is one
+//! pass over the block ([`BlockView::overlay`]); a lookup is a binary search of it.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use roomstate::block::{BlockView, encode_fixed_block, encode_packed_block};
+use roomstate::{DeltaEntry, EventNid, StateEntry, StateKey, StateKeyNid, TypeNid};
+use std::hint::black_box;
+
+const ENTRIES: u64 = 100_000;
+
+/// Members with state keys from 65,536 up, each joined by an event among two million.
+fn entries() -> Vec<DeltaEntry> {
+    (0..ENTRIES)
+        .map(|i| {
+            let key = StateKeyNid::new(65_536 + i * 3).expect("nonzero");
+            let event = EventNid::new(1 + (i * 7_919) % 2_000_000).expect("nonzero");
+            DeltaEntry::set(StateKey::new(TypeNid::MEMBER, key), event)
+        })
+        .collect()
+}
+
+fn layouts(c: &mut Criterion) {
+    let entries = entries();
+    let layouts = [
+        ("packed", encode_packed_block(&entries).expect("sorted")),
+        ("fixed12", encode_fixed_block(&entries).expect("sorted")),
+    ];
+    for (name, bytes) in &layouts {
+        println!(
+            "{name}: {} bytes, {:.2} per entry",
+            bytes.len(),
+            bytes.len() as f64 / ENTRIES as f64
+        );
+        let view = BlockView::parse(bytes).expect("parses");
+        let mut group = c.benchmark_group(*name);
+        group.bench_function("flatten 100k", |b| {
+            b.iter(|| {
+                let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len());
+                view.overlay(0..view.len(), &[], &mut out).expect("decodes");
+                black_box(out)
+            })
+        });
+        let mut i = 0;
+        group.bench_function("lookup", |b| {
+            b.iter(|| {
+                i = (i + 7_919) % entries.len();
+                black_box(view.find(entries[i].key).expect("decodes"))
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, layouts);
+criterion_main!(benches);
