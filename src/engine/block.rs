@@ -317,7 +317,10 @@ impl<'a> Packed<'a> {
         let at = i * self.stride;
         let [t, k, e] = match self.body.get(at..).and_then(|b| b.first_chunk::<WINDOW>()) {
             Some(window) => self.offsets.map(|o| load(window, o)),
-            None => self.offsets.map(|o| load(&self.tail(at), o)),
+            None => {
+                let window = self.tail(at);
+                self.offsets.map(|o| load(&window, o))
+            }
         };
         let event = match e & self.masks[2] {
             0 => 0,
