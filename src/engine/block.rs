@@ -1,5 +1,5 @@
-//! State entries and state blocks: sorted runs of entries in a fixed little-endian layout that is
-//! read in place, keyed by the xxh3-128 hash of their bytes.
+//! State entries and state blocks: sorted runs of entries in little-endian layouts that are read
+//! in place, keyed by the xxh3-128 hash of their bytes.
 //!
 //! Layout (see `docs/format.md`): one tag byte, then the same number of bytes for every entry, so
 //! that every layout is read in place and searched by bisection. [`BLOCK_FORMAT_PACKED`] stores
@@ -223,6 +223,7 @@ fn fixed(entries: &[DeltaEntry]) -> Vec<u8> {
     }];
     for w in entries.iter().flat_map(words) {
         if narrow {
+            // Every word was checked to fit 32 bits above: its low four bytes are all of it.
             out.extend_from_slice(&w.to_le_bytes()[..4]);
         } else {
             out.extend_from_slice(&w.to_le_bytes());
