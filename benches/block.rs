@@ -1,6 +1,7 @@
-//! Reading one block of 100,000 memberships in each layout (`cargo bench --bench block`): the
-//! packed layout the writer uses, and the fixed 12-byte one older stores hold. Flatten is one
-//! pass over the block ([`BlockView::overlay`]); a lookup is a binary search of it.
+//! Reading blocks in each layout (`cargo bench --bench block`): the packed layout the writer uses
+//! for runs of up to 4,096 entries, and the fixed 12-byte one it uses beyond. Flatten is one pass
+//! over the block ([`BlockView::overlay`]); a lookup is a binary search of it. Measured on one
+//! block of 100,000 memberships, and on a run of 20 of them, which a read also parses.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use roomstate::block::{BlockView, encode_fixed_block, encode_packed_block};
@@ -46,6 +47,26 @@ fn layouts(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 7_919) % entries.len();
                 black_box(view.find(entries[i].key).expect("decodes"))
+            })
+        });
+        group.finish();
+    }
+    // A run of 20 recent changes, as a state change rewrites: parsing is paid per block read.
+    let run: Vec<DeltaEntry> = entries.iter().step_by(5_000).copied().collect();
+    for (name, bytes) in [
+        ("packed", encode_packed_block(&run).expect("sorted")),
+        ("fixed12", encode_fixed_block(&run).expect("sorted")),
+    ] {
+        let mut group = c.benchmark_group(name);
+        group.bench_function("parse a 20-entry run", |b| {
+            b.iter(|| black_box(BlockView::parse(black_box(&bytes)).expect("parses").len()))
+        });
+        let view = BlockView::parse(&bytes).expect("parses");
+        group.bench_function("flatten a 20-entry run", |b| {
+            b.iter(|| {
+                let mut out: Vec<StateEntry> = Vec::with_capacity(run.len());
+                view.overlay(0..view.len(), &[], &mut out).expect("decodes");
+                black_box(out)
             })
         });
         group.finish();
