@@ -34,6 +34,21 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    /// Flips a bit, cuts the bytes short, or appends up to eight random bytes.
+    fn damage(&mut self, bytes: &mut Vec<u8>) {
+        match self.next() % 3 {
+            0 => {
+                let i = self.next() as usize % bytes.len();
+                bytes[i] ^= 1 << (self.next() % 8);
+            }
+            1 => bytes.truncate(self.next() as usize % bytes.len()),
+            _ => {
+                let extra = self.next() % 9;
+                bytes.extend((0..extra).map(|_| self.next() as u8));
+            }
+        }
+    }
 }
 
 /// Valid records with bytes flipped, cut short or extended: every decoder either decodes or
@@ -57,14 +72,7 @@ fn damaged_records_decode_or_are_corrupt() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for case in 0..20_000 {
         let mut bytes = originals[case % 2].clone();
-        match rng.next() % 3 {
-            0 => {
-                let i = rng.next() as usize % bytes.len();
-                bytes[i] ^= 1 << (rng.next() % 8);
-            }
-            1 => bytes.truncate(rng.next() as usize % bytes.len()),
-            _ => bytes.extend((0..rng.next() % 9).map(|_| rng.next() as u8)),
-        }
+        rng.damage(&mut bytes);
         for result in [
             EventRecord::from_bytes(&bytes).map(|_| ()),
             RoomRecord::from_bytes(&bytes).map(|_| ()),
@@ -105,14 +113,7 @@ fn damaged_blocks_decode_or_are_refused() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for case in 0..20_000 {
         let mut bytes = originals[case % 2].clone();
-        match rng.next() % 3 {
-            0 => {
-                let i = rng.next() as usize % bytes.len();
-                bytes[i] ^= 1 << (rng.next() % 8);
-            }
-            1 => bytes.truncate(rng.next() as usize % bytes.len()),
-            _ => bytes.extend((0..rng.next() % 9).map(|_| rng.next() as u8)),
-        }
+        rng.damage(&mut bytes);
         let Ok(view) = BlockView::parse(&bytes) else {
             continue;
         };
