@@ -30,12 +30,14 @@
 use crate::error::{Error, Result};
 use crate::matrix::auth::Authorizer;
 use crate::matrix::input::{Failure, InputKind, Outcome, Request, Verdict, receive};
+use crate::matrix::prepare::{Ahead, pipelined};
 use crate::store::Store;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -371,40 +373,47 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             tx.set_durable(durable)?;
             let mut tally = BatchTally::default();
             let mut early_bad = Vec::new();
-            let mut retry = false;
-            {
+            let retry = {
                 let mut w = tx.writer();
-                for (index, pending) in self.pending.iter().enumerate() {
-                    if late.contains(&index) {
-                        continue;
-                    }
-                    let auth = (!self.options.trust).then_some(&mut self.authorizer);
-                    match receive_pending(&mut w, &mut self.resolver, auth, pending) {
-                        Ok(outcome) => tally.count(&outcome),
-                        Err(Failed::Store(e)) => return Err(e),
-                        Err(Failed::Early(bad)) => {
-                            if self.options.on_bad_line == OnBadLine::Stop {
-                                return Err(Error::BadLine(Box::new(bad)));
-                            }
-                            early_bad.push(bad);
+                let (store, options) = (self.store, &self.options);
+                let (resolver, authorizer) = (&mut self.resolver, &mut self.authorizer);
+                let authorizing = !options.trust;
+                let stopped = pipelined(
+                    &self.pending,
+                    |pending| line_ahead(pending, store, authorizing),
+                    |index, pending, ahead| {
+                        if late.contains(&index) {
+                            return Ok(ControlFlow::Continue(()));
                         }
-                        Err(Failed::Late(bad)) => {
-                            if self.options.on_bad_line == OnBadLine::Stop {
-                                return Err(Error::BadLine(Box::new(bad)));
+                        let auth = authorizing.then_some(&mut *authorizer);
+                        match receive_pending(&mut w, resolver, auth, pending, ahead) {
+                            Ok(outcome) => tally.count(&outcome),
+                            Err(Failed::Store(e)) => return Err(e),
+                            Err(Failed::Early(bad)) => {
+                                if options.on_bad_line == OnBadLine::Stop {
+                                    return Err(Error::BadLine(Box::new(bad)));
+                                }
+                                early_bad.push(bad);
                             }
-                            late.push(index);
-                            late_bad.push(bad);
-                            retry = true;
-                            break;
+                            Err(Failed::Late(bad)) => {
+                                if options.on_bad_line == OnBadLine::Stop {
+                                    return Err(Error::BadLine(Box::new(bad)));
+                                }
+                                late.push(index);
+                                late_bad.push(bad);
+                                return Ok(ControlFlow::Break(()));
+                            }
                         }
-                    }
-                }
+                        Ok(ControlFlow::Continue(()))
+                    },
+                )?;
                 // Snapshots computed on the way (the state after a merged-away branch, say) that
                 // no event or room ended up using go now, not at the next compaction.
-                if !retry {
+                if stopped.is_none() {
                     w.collect_garbage()?;
                 }
-            }
+                stopped.is_some()
+            };
             if retry {
                 tx.abort()?;
                 self.resolver.rolled_back();
@@ -444,6 +453,7 @@ fn receive_pending<R: StateResolver>(
     resolver: &mut R,
     auth: Option<&mut Authorizer>,
     pending: &Pending,
+    mut ahead: Option<LineAhead>,
 ) -> Result<Outcome, Failed> {
     let bytes = match &pending.body {
         Body::Json(bytes) => bytes,
@@ -452,15 +462,19 @@ fn receive_pending<R: StateResolver>(
     // Most lines are bare PDUs: an envelope is looked for only in a line with neither an event
     // ID nor a type of its own, which stored nothing.
     let mut auth = auth;
-    let bare = request_of(&None, bytes);
-    let verdict = match receive(w, resolver, auth.as_deref_mut(), &bare) {
+    let bare = request_of(&None, bytes, &mut ahead);
+    let verdict = match receive(w, resolver, auth.as_deref_mut(), bare) {
         Err(
             no_id @ Failure::Early {
                 problem: Problem::NotAPdu,
                 ..
             },
         ) => match read_envelope(bytes).map_err(|p| Failed::Early(pending.bad(None, p)))? {
-            Some(envelope) => receive(w, resolver, auth, &request_of(&Some(envelope), bytes)),
+            Some(envelope) => {
+                let envelope = Some(envelope);
+                let request = request_of(&envelope, bytes, &mut ahead);
+                receive(w, resolver, auth, request)
+            }
             None => Err(no_id),
         },
         other => other,
@@ -508,13 +522,57 @@ fn read_envelope(line: &[u8]) -> Result<Option<Envelope<'_>>, Problem> {
     }
 }
 
-/// What to receive for a line: its envelope's event, or the bare PDU as a new event.
-fn request_of<'a>(envelope: &'a Option<Envelope<'a>>, line: &'a [u8]) -> Request<'a> {
+/// The work done ahead for a line's PDU, on the preparing thread: where the PDU sits in the
+/// line (the line itself, or an envelope's `event`), and what was done to it.
+struct LineAhead {
+    start: usize,
+    len: usize,
+    ahead: Ahead,
+}
+
+/// Prepares the PDU a line holds. The writer uses the work only if it receives that same span
+/// of the line: it decides for itself what the line holds, as if nothing had been done ahead.
+fn line_ahead(pending: &Pending, store: &Store, authorizing: bool) -> Option<LineAhead> {
+    let Body::Json(line) = &pending.body else {
+        return None;
+    };
+    let envelope = read_envelope(line).ok().flatten();
+    let pdu = match envelope.as_ref().and_then(|e| e.event) {
+        Some(raw) => raw.get().as_bytes(),
+        None => line.as_slice(),
+    };
+    Some(LineAhead {
+        start: offset_in(line, pdu),
+        len: pdu.len(),
+        ahead: Ahead::of(pdu, store, authorizing),
+    })
+}
+
+/// Where `part`, a slice of `line`, starts in it.
+fn offset_in(line: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize)
+}
+
+/// What to receive for a line: its envelope's event, or the bare PDU as a new event, with the
+/// work done ahead for it, if any was.
+fn request_of<'a>(
+    envelope: &'a Option<Envelope<'a>>,
+    line: &'a [u8],
+    ahead: &mut Option<LineAhead>,
+) -> Request<'a> {
+    let mut ahead_for = |json: &[u8]| {
+        let same = |a: &&mut LineAhead| a.start == offset_in(line, json) && a.len == json.len();
+        match ahead.as_mut().filter(same) {
+            Some(_) => ahead.take().map(|a| a.ahead).unwrap_or_default(),
+            None => Ahead::default(),
+        }
+    };
     match envelope {
         None => Request {
             kind: InputKind::New,
             json: line,
             state_before: None,
+            ahead: ahead_for(line),
         },
         Some(e) => Request {
             // The kind was checked by `read_envelope`.
@@ -528,6 +586,7 @@ fn request_of<'a>(envelope: &'a Option<Envelope<'a>>, line: &'a [u8]) -> Request
                 .state_before
                 .as_ref()
                 .map(|ids| ids.iter().map(|id| &**id).collect()),
+            ahead: ahead_for(e.event.map_or(line, |raw| raw.get().as_bytes())),
         },
     }
 }

@@ -56,7 +56,9 @@ pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 pub use engine::source::{BlockSource, Resolver, SnapshotSource};
 pub use error::{Error, Result, StringKind};
-pub use matrix::roomserver::{InputEvent, InputKind, InputOutcome, Missing, Received, RoomServer};
+pub use matrix::roomserver::{
+    InputEvent, InputKind, InputOutcome, Missing, PreparedEvent, Received, RoomServer,
+};
 pub use matrix::stateres::MatrixResolver;
 pub use membership::Membership;
 pub use nid::{EventNid, NidKind, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};

@@ -7,7 +7,7 @@
 use roomstate::matrix::query::{self, StateIds};
 use roomstate::matrix::roomserver::{InputEvent, InputKind, InputOutcome, Received, RoomServer};
 use roomstate::workload::{GenConfig, GenEvent, Generator, RoomVersion, Workload};
-use roomstate::{EventNid, MatrixResolver, Store, StoreRead};
+use roomstate::{EventNid, MatrixResolver, PreparedEvent, Store, StoreRead};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 fn history(workload: Workload, version: RoomVersion) -> Vec<GenEvent> {
@@ -94,10 +94,14 @@ fn room_view(store: &Store, room_id: &str) -> (Vec<String>, BTreeMap<String, Str
 
 /// A server that joins the room: it holds only what it was sent, and fetches from the full
 /// history what a real server would fetch over federation.
+///
+/// Every other event is received prepared ([`PreparedEvent`]), as a reader thread would hand it
+/// over: nothing may tell the two apart.
 struct Joiner<'a> {
     full: &'a Full,
     store: Store,
     server: RoomServer,
+    received: usize,
 }
 
 impl<'a> Joiner<'a> {
@@ -106,6 +110,7 @@ impl<'a> Joiner<'a> {
             full,
             store: Store::in_memory().unwrap(),
             server: RoomServer::new(),
+            received: 0,
         }
     }
 
@@ -115,8 +120,15 @@ impl<'a> Joiner<'a> {
         if let Some(state) = state {
             event = event.with_state_before(state);
         }
+        self.received += 1;
         let mut tx = self.store.write().unwrap();
-        let got = self.server.receive(&mut tx, &event).unwrap();
+        let got = if self.received.is_multiple_of(2) {
+            let prepared = PreparedEvent::new(&event, &self.store, true);
+            let mut batch = self.server.batch(&mut tx);
+            batch.receive_prepared(prepared).unwrap()
+        } else {
+            self.server.receive(&mut tx, &event).unwrap()
+        };
         tx.commit().unwrap();
         got
     }
@@ -464,6 +476,21 @@ fn a_bad_event_is_a_typed_error_and_the_transaction_goes_on() {
         matches!(&err, roomstate::Error::BadEvent { event_id: Some(id), .. } if id == "$x"),
         "{err}"
     );
+    // Prepared on another thread, a bad event fails the same way, at the same point. This one
+    // passes the store's own reading and fails the rules' (its sender is no user ID).
+    let no_user = events[1].to_json_line().replace(
+        &format!("\"sender\":\"{}\"", events[1].sender),
+        "\"sender\":\"nobody\"",
+    );
+    assert_ne!(no_user, events[1].to_json_line());
+    for pdu in [b"{\"event_id\":\"$x\"}".as_slice(), no_user.as_bytes()] {
+        let event = InputEvent::new(pdu);
+        let plain = server.receive(&mut tx, &event).unwrap_err().to_string();
+        let prepared = PreparedEvent::new(&event, &store, true);
+        let ahead = server.batch(&mut tx).receive_prepared(prepared);
+        assert_eq!(ahead.unwrap_err().to_string(), plain);
+        assert!(pdu.len() < 20 || plain.contains("not an event"), "{plain}");
+    }
     let state = [events[0].event_id.clone()];
     let err = server
         .receive(

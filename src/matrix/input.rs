@@ -7,12 +7,13 @@ use crate::error::{Error, Problem, Result};
 use crate::matrix::auth::{Authorizer, Incoming, rules_for};
 use crate::matrix::event::{Pdu, PduJson};
 use crate::matrix::pdu::{EventRef, Fields, Loose, Parsed, fields};
+use crate::matrix::prepare::Ahead;
 use crate::matrix::reference;
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
 use crate::nid::{EventNid, NidMap, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
 use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
-use crate::store::{EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
+use crate::store::{CompressedJson, EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
 use ruma_common::OwnedEventId;
 
 /// How an event reaches the store: the three kinds of input federation delivers.
@@ -98,6 +99,8 @@ pub(crate) struct Request<'a> {
     pub(crate) kind: InputKind,
     pub(crate) json: &'a [u8],
     pub(crate) state_before: Option<Vec<&'a str>>,
+    /// What was done ahead for `json`, on another thread perhaps.
+    pub(crate) ahead: Ahead,
 }
 
 /// Why an event was not stored.
@@ -463,8 +466,11 @@ pub(crate) fn receive<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
     auth: Option<&mut Authorizer>,
-    req: &Request<'_>,
+    req: Request<'_>,
 ) -> Result<Verdict, Failure> {
+    let mut req = req;
+    let ahead = std::mem::take(&mut req.ahead);
+    let req = &req;
     let bad = |(event_id, problem)| Failure::Early { event_id, problem };
     let fields = fields(req.json).map_err(bad)?;
     let mut auth = auth;
@@ -527,8 +533,12 @@ pub(crate) fn receive<R: StateResolver>(
     let judge = match auth {
         Some(authorizer) => {
             // The rules read the event through ruma's types, which check the IDs' grammar.
-            let json = serde_json::from_slice::<PduJson>(req.json)
-                .map_err(|e| early(Problem::NotAnEvent(e.to_string())))?;
+            let json = ahead
+                .rules_view
+                .unwrap_or_else(|| {
+                    serde_json::from_slice::<PduJson>(req.json).map_err(|e| e.to_string())
+                })
+                .map_err(|e| early(Problem::NotAnEvent(e)))?;
             let id = OwnedEventId::try_from(&*parsed.event_id).ok();
             let pdu = json.named(|| Ok(id))?.ok_or_else(|| {
                 early(Problem::BadField {
@@ -543,10 +553,11 @@ pub(crate) fn receive<R: StateResolver>(
     let event = Arriving {
         p: &parsed,
         json: req.json,
+        json_ahead: ahead.json,
         kind: req.kind,
         upgrade,
     };
-    let outcome = store_event(w, resolver, judge, &event, checked)?;
+    let outcome = store_event(w, resolver, judge, event, checked)?;
     Ok(Verdict::Stored {
         event_id: parsed.event_id.into_owned(),
         outcome,
@@ -574,6 +585,8 @@ fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T>
 struct Arriving<'a> {
     p: &'a Parsed<'a>,
     json: &'a [u8],
+    /// `json` compressed ahead, if it was.
+    json_ahead: Option<CompressedJson>,
     kind: InputKind,
     /// The NID of the outlier it upgrades.
     upgrade: Option<EventNid>,
@@ -584,7 +597,7 @@ fn store_event<R: StateResolver>(
     w: &mut Writer<'_>,
     resolver: &mut R,
     judge: Option<(&mut Authorizer, Pdu)>,
-    a: &Arriving<'_>,
+    a: Arriving<'_>,
     checked: Checked,
 ) -> Result<Outcome, Failure> {
     let p = a.p;
@@ -639,7 +652,7 @@ fn store_event<R: StateResolver>(
         };
         record.rejected = rejection.is_some();
         w.put_event(event, &record)?;
-        w.put_event_json(event, a.json)?;
+        w.put_event_json(event, a.json, a.json_ahead)?;
         w.set_outlier(room, event, true)?;
         if let Some(rejection) = &rejection {
             w.put_rejection(event, rejection)?;
@@ -694,7 +707,7 @@ fn store_event<R: StateResolver>(
     w.put_event(event, &record)?;
     match a.upgrade {
         Some(_) => w.set_outlier(room, event, false)?,
-        None => w.put_event_json(event, a.json)?,
+        None => w.put_event_json(event, a.json, a.json_ahead)?,
     }
     w.add_room_event(room, room_record.event_count, event)?;
     room_record.event_count += 1;

@@ -10,6 +10,7 @@ pub(crate) mod auth_difference;
 pub(crate) mod event;
 pub(crate) mod input;
 pub(crate) mod pdu;
+pub(crate) mod prepare;
 pub mod query;
 pub(crate) mod reference;
 pub mod resolver;

@@ -33,6 +33,7 @@
 use crate::error::{Error, Result};
 use crate::matrix::auth::Authorizer;
 use crate::matrix::input::{Failure, Outcome, Request, Verdict, receive};
+use crate::matrix::prepare::Ahead;
 use crate::matrix::resolver::StateResolver;
 use crate::matrix::stateres::MatrixResolver;
 use crate::nid::{EventNid, SnapshotNid};
@@ -42,6 +43,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 pub use crate::matrix::input::{InputKind, Missing};
+pub use crate::matrix::prepare::PreparedEvent;
 
 /// One event to receive: how it arrives, its PDU, and optionally the state before it.
 #[derive(Clone, Debug)]
@@ -90,11 +92,24 @@ impl<'a> InputEvent<'a> {
         self
     }
 
+    pub(crate) fn kind_of(&self) -> InputKind {
+        self.kind
+    }
+
+    pub(crate) fn pdu(&self) -> &'a [u8] {
+        self.pdu
+    }
+
+    pub(crate) fn state_before(&self) -> Option<&[&'a str]> {
+        self.state_before.as_deref()
+    }
+
     fn request(&self) -> Request<'_> {
         Request {
             kind: self.kind,
             json: self.pdu,
             state_before: self.state_before.clone(),
+            ahead: Ahead::default(),
         }
     }
 }
@@ -285,12 +300,34 @@ impl<R> std::fmt::Debug for Batch<'_, R> {
 impl<R: StateResolver> Batch<'_, R> {
     /// Receives one event: [`RoomServer::receive`] says what comes back.
     pub fn receive(&mut self, event: &InputEvent<'_>) -> Result<Received> {
-        let request = event.request();
+        self.receive_request(event.request())
+    }
+
+    /// Receives an event prepared on another thread ([`PreparedEvent`]), with the same outcome
+    /// and the same rows as [`receive`](Self::receive) without the work done ahead.
+    pub fn receive_prepared(&mut self, event: PreparedEvent) -> Result<Received> {
+        let PreparedEvent {
+            kind,
+            pdu,
+            state_before,
+            ahead,
+        } = event;
+        self.receive_request(Request {
+            kind,
+            json: &pdu,
+            state_before: state_before
+                .as_ref()
+                .map(|ids| ids.iter().map(String::as_str).collect()),
+            ahead,
+        })
+    }
+
+    fn receive_request(&mut self, request: Request<'_>) -> Result<Received> {
         let w = &mut self.writer;
         let server = &mut *self.server;
         let auth = (!server.trusted).then_some(&mut server.authorizer);
         let verdict =
-            crate::error::guard(|| match receive(w, &mut server.resolver, auth, &request) {
+            crate::error::guard(|| match receive(w, &mut server.resolver, auth, request) {
                 Ok(verdict) => Ok(Ok(verdict)),
                 Err(Failure::Store(e)) => Err(e),
                 Err(Failure::Early { event_id, problem }) => {

@@ -97,6 +97,9 @@ impl Dictionary {
 /// trained it aborted.
 pub struct JsonDictionaries {
     prepared: RwLock<HashMap<u32, Arc<Dictionary>>>,
+    /// The dictionary a writer last found current or trained: what
+    /// [`compress_ahead`](Self::compress_ahead) guesses new rows will use.
+    latest: RwLock<Option<Arc<Dictionary>>>,
     /// Row counts at which to train, ascending.
     train_at: Vec<u64>,
 }
@@ -105,6 +108,7 @@ impl JsonDictionaries {
     pub(crate) fn new(train_at: Vec<u64>) -> JsonDictionaries {
         JsonDictionaries {
             prepared: RwLock::default(),
+            latest: RwLock::default(),
             train_at,
         }
     }
@@ -137,6 +141,22 @@ impl JsonDictionaries {
         let prepared = Arc::new(Dictionary::prepare(id, row.value())?);
         self.remember(&prepared);
         Ok(prepared)
+    }
+
+    /// `json` compressed with the dictionary writers used last, on the caller's thread; `None`
+    /// before any is known, or when zstd fails (the writer then compresses, and reports it).
+    pub(crate) fn compress_ahead(&self, json: &[u8]) -> Option<CompressedJson> {
+        let latest = self.latest.read().unwrap_or_else(PoisonError::into_inner);
+        let dictionary = Arc::clone(latest.as_ref()?);
+        drop(latest);
+        Some(CompressedJson {
+            dictionary: dictionary.id,
+            frame: compress(json, &dictionary).ok()?,
+        })
+    }
+
+    fn set_latest(&self, dictionary: &Option<Arc<Dictionary>>) {
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = dictionary.clone();
     }
 
     fn remember(&self, dictionary: &Arc<Dictionary>) {
@@ -250,6 +270,17 @@ fn compress(json: &[u8], dictionary: &Dictionary) -> Result<Option<Vec<u8>>> {
     Ok((frame.len() < json.len()).then_some(frame))
 }
 
+/// An event's JSON compressed before its write, on any thread, with the dictionary the store's
+/// writers used last ([`JsonDictionaries::compress_ahead`]). A writer takes it only when that
+/// dictionary is still its current one, and compresses the JSON itself otherwise: zstd turns the
+/// same bytes and dictionary into the same frame, so the row is the same either way.
+#[derive(Debug)]
+pub struct CompressedJson {
+    dictionary: u32,
+    /// `None`: the frame would be no shorter than the JSON, which is stored as it is.
+    frame: Option<Vec<u8>>,
+}
+
 /// Rows' JSON to train from, and which of them are raw rows (their event, their index).
 type Samples = (Vec<Vec<u8>>, Vec<(EventNid, usize)>);
 
@@ -263,12 +294,19 @@ pub(super) struct WriterJson {
 }
 
 impl Writer<'_> {
-    /// Stores an event's JSON, compressed when a dictionary has been trained.
-    pub fn put_event_json(&mut self, event: EventNid, json: &[u8]) -> Result<()> {
+    /// Stores an event's JSON, compressed when a dictionary has been trained: the frame
+    /// compressed `ahead`, when it was with the current dictionary.
+    pub(crate) fn put_event_json(
+        &mut self,
+        event: EventNid,
+        json: &[u8],
+        ahead: Option<CompressedJson>,
+    ) -> Result<()> {
         let dictionary = self.current_dictionary()?;
-        let frame = match &dictionary {
-            Some(d) => compress(json, d)?,
-            None => None,
+        let frame = match (&dictionary, ahead) {
+            (Some(d), Some(ahead)) if ahead.dictionary == d.id => ahead.frame,
+            (Some(d), _) => compress(json, d)?,
+            (None, _) => None,
         };
         self.event_json()?
             .insert(event.get(), frame.as_deref().unwrap_or(json))?;
@@ -312,6 +350,7 @@ impl Writer<'_> {
             .json_dictionaries
             .next_training(trained_at)
             .map(|at| at.saturating_sub(rows).max(1));
+        self.json_dictionaries.set_latest(&current);
         self.cache.json.current = Some(current.clone());
         Ok(current)
     }
@@ -332,7 +371,9 @@ impl Writer<'_> {
                     table.insert(event.get(), frame.as_slice())?;
                 }
             }
-            self.cache.json.current = Some(Some(dictionary));
+            let current = Some(dictionary);
+            self.json_dictionaries.set_latest(&current);
+            self.cache.json.current = Some(current);
         }
         self.cache.json.until_training = self
             .json_dictionaries

@@ -32,11 +32,12 @@ pub use stats::{AUTH_INDEX_TABLES, STATE_TABLES, StoreStats, TableSize, state_by
 pub use write::{WriteCounts, WriteTxn};
 
 // What the Matrix layer may use beyond the public API: the batch writer, the interning kinds,
-// and the auth-chain walk with the rooms it met.
+// the auth-chain walk with the rooms it met, and JSON compressed ahead of its write.
 pub(crate) use auth_chain::auth_chain;
 pub(crate) use auth_index::{
     ChainKeys, IndexRead, ReadIndex, difference as indexed_auth_difference,
 };
 pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
+pub(crate) use json::CompressedJson;
 pub(crate) use open::Serials;
 pub(crate) use writer::Writer;

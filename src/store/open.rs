@@ -290,6 +290,11 @@ impl Store {
         StoreBuilder::default()
     }
 
+    /// An event's JSON compressed as a writer of this store would, on the caller's thread.
+    pub(crate) fn compress_ahead(&self, json: &[u8]) -> Option<json::CompressedJson> {
+        self.json_dictionaries.compress_ahead(json)
+    }
+
     fn init(db: Database, options: &StoreBuilder) -> Result<Store> {
         crate::error::guard(|| {
             let tx = db.begin_write()?;

@@ -9,7 +9,7 @@ use crate::failure::{CliResult, Failure};
 use crate::workload::{Generator, Workload};
 use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
 use roomstate::matrix::query;
-use roomstate::{EventNid, InputEvent, InputOutcome, RoomServer, Store, StoreRead};
+use roomstate::{EventNid, InputEvent, InputOutcome, PreparedEvent, RoomServer, Store, StoreRead};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -267,39 +267,26 @@ struct Envelope {
 
 fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
     let start = Instant::now();
-    let mut server = RoomServer::new();
-    let mut lines = std::io::BufReader::new(std::fs::File::open(path)?).lines();
-    let mut outliers = 0u64;
-    let mut join = None;
-    let mut ended = false;
-    while !ended && join.is_none() {
-        let mut tx = store.write()?;
-        // The join's commit makes the outliers durable with it: a crash before it loses the
-        // join, which starts again.
-        tx.set_durable(false)?;
-        let mut batch = server.batch(&mut tx);
-        for _ in 0..OUTLIERS_PER_COMMIT {
-            let Some(line) = lines.next() else {
-                ended = true;
-                break;
-            };
-            let envelope: Envelope = serde_json::from_str(&line?)
-                .map_err(|e| Failure::Store(format!("a bad answer line: {e}")))?;
-            if envelope.kind != "outlier" {
-                join = Some(envelope);
-                break;
-            }
-            let got = batch.receive(&InputEvent::outlier(envelope.event.get().as_bytes()))?;
-            expect(&got.outcome, &InputOutcome::Outlier)?;
-            outliers += 1;
-        }
-        drop(batch);
-        tx.commit()?;
-    }
+    let lines = std::io::BufReader::new(std::fs::File::open(path)?).lines();
+    // A reader thread parses and compresses each event while this one stores the one before,
+    // as a homeserver receiving a `send_join` answer would.
+    let (outliers, join) = std::thread::scope(|scope| {
+        let (ready, prepared) = crossbeam::channel::bounded(4);
+        let reader = scope.spawn(move || read_answer(lines, store, &ready));
+        let stored = store_outliers(store, &prepared);
+        drop(prepared);
+        let read = reader
+            .join()
+            .map_err(|_| Failure::Store("the reading thread panicked".into()))?;
+        let (outliers, join) = stored?;
+        read?;
+        Ok::<_, Failure>((outliers, join))
+    })?;
     let outliers_ms = ms(start);
     let joined = Instant::now();
     let join = join.ok_or_else(|| Failure::Store("the answer has no join".into()))?;
     let state = join.state_before.unwrap_or_default();
+    let mut server = RoomServer::new();
     let mut tx = store.write()?;
     let event = InputEvent::new(join.event.get().as_bytes()).with_state_before(&state);
     let got = server.receive(&mut tx, &event)?;
@@ -317,6 +304,89 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
         state_ids_ms: 0.0,
         auth_chain_ms: 0.0,
     })
+}
+
+/// What the reading thread hands the writing one: an outlier ready to store, or the join.
+enum Answered {
+    Outlier(PreparedEvent),
+    Join(Envelope),
+}
+
+/// Reads the answer's lines, preparing each outlier, until the join (sent last). Events are
+/// handed over in chunks: waking the other thread for each would cost more than it saves.
+fn read_answer(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    store: &Store,
+    ready: &crossbeam::channel::Sender<Vec<Answered>>,
+) -> CliResult {
+    let mut chunk = Vec::with_capacity(64);
+    for line in lines {
+        let envelope: Envelope = serde_json::from_str(&line?)
+            .map_err(|e| Failure::Store(format!("a bad answer line: {e}")))?;
+        let last = envelope.kind != "outlier";
+        chunk.push(if last {
+            Answered::Join(envelope)
+        } else {
+            let event = InputEvent::outlier(envelope.event.get().as_bytes());
+            Answered::Outlier(PreparedEvent::new(&event, store, true))
+        });
+        if chunk.len() == chunk.capacity() || last {
+            // The writer stopped on an error of its own, which it reports.
+            if ready
+                .send(std::mem::replace(&mut chunk, Vec::with_capacity(64)))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if last {
+            return Ok(());
+        }
+    }
+    ready.send(chunk).ok();
+    Ok(())
+}
+
+/// Stores the outliers as they come, in transactions of [`OUTLIERS_PER_COMMIT`], and returns
+/// their count and the join.
+fn store_outliers(
+    store: &Store,
+    prepared: &crossbeam::channel::Receiver<Vec<Answered>>,
+) -> CliResult<(u64, Option<Envelope>)> {
+    let mut server = RoomServer::new();
+    let mut outliers = 0u64;
+    let mut incoming = prepared.iter().flatten();
+    loop {
+        let mut tx = store.write()?;
+        // The join's commit makes the outliers durable with it: a crash before it loses the
+        // join, which starts again.
+        tx.set_durable(false)?;
+        let mut batch = server.batch(&mut tx);
+        let mut join = None;
+        let mut ended = true;
+        for answered in incoming.by_ref() {
+            match answered {
+                Answered::Outlier(event) => {
+                    let got = batch.receive_prepared(event)?;
+                    expect(&got.outcome, &InputOutcome::Outlier)?;
+                    outliers += 1;
+                }
+                Answered::Join(envelope) => {
+                    join = Some(envelope);
+                    break;
+                }
+            }
+            if outliers.is_multiple_of(OUTLIERS_PER_COMMIT as u64) {
+                ended = false;
+                break;
+            }
+        }
+        drop(batch);
+        tx.commit()?;
+        if ended || join.is_some() {
+            return Ok((outliers, join));
+        }
+    }
 }
 
 fn expect(got: &InputOutcome, want: &InputOutcome) -> CliResult {
