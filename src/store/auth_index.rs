@@ -784,17 +784,8 @@ impl Writer<'_> {
                 return Ok(next);
             }
         }
-        let chain = match self.cache.next_chain {
-            Some(c) => c,
-            None => self
-                .meta()?
-                .get(NEXT_CHAIN_KEY.as_bytes())?
-                .map_or(1, |v| v.value()),
-        };
-        let own = Position::new(chain, 1)?;
-        self.meta()?.insert(NEXT_CHAIN_KEY.as_bytes(), chain + 1)?;
-        self.cache.next_chain = Some(chain + 1);
-        Ok(own)
+        let chain = self.take_counter(NEXT_CHAIN_KEY, 1)?;
+        Position::new(chain, 1)
     }
 
     /// Whether an earlier event of `own`'s chain links to `target` or above on its chain, so

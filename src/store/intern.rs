@@ -100,26 +100,10 @@ pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<
     })
 }
 
-/// Interns `s`, which the caller knows is absent from `forward`, under the next NID. `next` is
-/// the caller's copy of the kind's counter (read from `meta` when `None`): a batch reads it once
-/// and writes it back after each string.
-pub(crate) fn create(
-    tables: InternTables<'_, '_>,
-    kind: Kind,
-    s: &str,
-    next: &mut Option<u64>,
-) -> Result<u64> {
+/// Interns `s`, which the caller knows is absent from `forward`, under `nid`: the kind's
+/// counter, which the caller moves on.
+pub(crate) fn create(tables: InternTables<'_, '_>, kind: Kind, s: &str, nid: u64) -> Result<()> {
     validate(kind.string, kind.may_be_empty, s)?;
-    let nid = match *next {
-        Some(n) => n,
-        None => tables
-            .meta
-            .get(kind.counter.as_bytes())?
-            .map_or(kind.first_dynamic, |v| v.value()),
-    };
-    let after = nid
-        .checked_add(1)
-        .ok_or_else(|| Error::InvalidState(format!("{} NIDs exhausted", kind.nid)))?;
     tables.forward.insert(s.as_bytes(), nid)?;
     // A counter behind the rows it hands out means a damaged file; never overwrite a row.
     if tables.reverse.insert(nid, s.as_bytes())?.is_some() {
@@ -129,16 +113,13 @@ pub(crate) fn create(
             "counter reused an existing NID",
         ));
     }
-    tables.meta.insert(kind.counter.as_bytes(), after)?;
-    *next = Some(after);
-    Ok(nid)
+    Ok(())
 }
 
-/// The three tables interning writes: a kind's two directions and the counters.
+/// The two tables interning writes: a kind's two directions.
 pub(crate) struct InternTables<'a, 't> {
     pub forward: &'a mut Table<'t, Text, u64>,
     pub reverse: &'a mut Table<'t, u64, Text>,
-    pub meta: &'a mut Table<'t, Text, u64>,
 }
 
 /// The NID of `s`, if interned. Never creates.

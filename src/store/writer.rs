@@ -17,6 +17,7 @@ use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::store::WriteCounts;
 use crate::store::auth_index::{self, Position};
 use crate::store::codec;
+use crate::store::counters::Counters;
 use crate::store::intern::{self, Kind};
 use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
@@ -87,6 +88,8 @@ pub(crate) struct Writer<'t> {
     auth_chains: Option<Table<'t, u64, u64>>,
     auth_links: Option<Table<'t, (u64, u64), ()>>,
     auth_links_into: Option<Table<'t, (u64, u64), ()>>,
+    /// The NID counters handed out from, written back when the writer is dropped.
+    pub(super) counters: Counters,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
     /// previous event, its room and its strings are almost always the ones just written.
     pub(super) cache: Cache,
@@ -98,14 +101,10 @@ pub(super) struct Cache {
     /// The last string of each kind looked up and found absent, until it is interned: receiving
     /// an event asks whether it is stored, then interns it.
     absent: [Option<Box<str>>; 4],
-    /// Each kind's next NID, read from `meta` once per writer.
-    next_nid: [Option<u64>; 4],
     /// Whether every stored event's auth events are older than it, once read.
     auth_order: Option<bool>,
     /// Whether the auth-chain index is complete, once read.
     pub(super) auth_index: Option<bool>,
-    /// The next auth chain's number, read from `meta` once per writer.
-    pub(super) next_chain: Option<u64>,
     /// Events' auth-chain positions: a new event's auth events are almost always recent.
     pub(super) positions: NidMap<EventNid, Option<Position>>,
     /// Per auth chain written to, the highest sequence number its links reach on each other
@@ -175,6 +174,7 @@ impl<'t> Writer<'t> {
             auth_chains: None,
             auth_links: None,
             auth_links_into: None,
+            counters: Counters::default(),
             cache: Cache::default(),
         }
     }
@@ -225,13 +225,12 @@ impl<'t> Writer<'t> {
             // A repeat is cached by now, and an event looked up just before it is interned is
             // remembered absent: neither asks the B-tree again.
             if self.lookup_nid(kind, s)?.is_none() {
+                let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
                 let tables = intern::InternTables {
                     forward: open(self.tx, &mut self.forward[kind.index], kind.forward)?,
                     reverse: open(self.tx, &mut self.reverse[kind.index], kind.reverse)?,
-                    meta: open(self.tx, &mut self.meta, tables::META)?,
                 };
-                let next = &mut self.cache.next_nid[kind.index];
-                let nid = intern::create(tables, kind, s, next)?;
+                intern::create(tables, kind, s, nid)?;
                 self.cache.absent[kind.index] = None;
                 self.cache.nids[kind.index].insert(Box::from(s), nid);
             }
@@ -390,16 +389,9 @@ impl<'t> Writer<'t> {
             return SnapshotNid::new(nid)
                 .ok_or_else(|| Error::corrupt("snapshot_hashes", hash, "zero NID"));
         }
-        let meta = self.meta()?;
-        let next = meta
-            .get(NEXT_SNAPSHOT.as_bytes())?
-            .map_or(SnapshotNid::EMPTY.get() + 1, |v| v.value());
+        let next = self.take_counter(NEXT_SNAPSHOT, SnapshotNid::EMPTY.get() + 1)?;
         let nid = SnapshotNid::new(next)
             .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "zero NID"))?;
-        let after = next
-            .checked_add(1)
-            .ok_or_else(|| Error::corrupt("meta", NEXT_SNAPSHOT, "counter exhausted"))?;
-        meta.insert(NEXT_SNAPSHOT.as_bytes(), after)?;
         // A counter behind the rows it hands out means a damaged file; never overwrite a row.
         if self.snapshots()?.insert(next, record.as_slice())?.is_some() {
             return Err(Error::corrupt(

@@ -1,0 +1,61 @@
+//! The counters in `meta` that hand out NIDs (events, types, state keys, rooms, snapshots) and
+//! auth-chain numbers. A writer reads each once, moves it on in memory, and writes it back once,
+//! when it is dropped: one row write per batch, where one per NID handed out was a B-tree insert
+//! for most events.
+//!
+//! A writer borrows its transaction, so it is dropped before the transaction can commit: the
+//! counters are always written with the rows they numbered. When writing them back fails, the
+//! transaction is poisoned and cannot commit, so a NID is never handed out twice.
+
+use crate::error::{Error, Result};
+use crate::store::writer::Writer;
+use redb::ReadableTable;
+
+/// Counters moved on and not yet written back, by `meta` key. A writer uses at most six.
+#[derive(Default)]
+pub(super) struct Counters(Vec<(&'static str, u64)>);
+
+impl Writer<'_> {
+    /// The value of the counter `key` (`first` when the store never set it), which the counter
+    /// then moves past.
+    pub(crate) fn take_counter(&mut self, key: &'static str, first: u64) -> Result<u64> {
+        let value = match self.counters.0.iter().find(|(k, _)| *k == key) {
+            Some((_, value)) => *value,
+            None => self
+                .meta()?
+                .get(key.as_bytes())?
+                .map_or(first, |v| v.value()),
+        };
+        let after = value
+            .checked_add(1)
+            .ok_or_else(|| Error::corrupt("meta", key, "counter exhausted"))?;
+        match self.counters.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, held)) => *held = after,
+            None => self.counters.0.push((key, after)),
+        }
+        Ok(value)
+    }
+
+    /// Writes the counters back to `meta`.
+    pub(super) fn write_counters(&mut self) -> Result<()> {
+        for (key, value) in std::mem::take(&mut self.counters.0) {
+            self.meta()?.insert(key.as_bytes(), value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // Unwinding from a panic inside redb is no time to call it again; the transaction is
+        // failing anyway, and is poisoned so that it cannot commit.
+        let result = if std::thread::panicking() {
+            Err(Error::InvalidState("a panic while writing".into()))
+        } else {
+            self.write_counters()
+        };
+        if let Err(e) = result {
+            self.poison(format!("writing back the NID counters failed: {e}"));
+        }
+    }
+}
