@@ -2153,3 +2153,34 @@ fn a_stop_at_a_bad_line_ends_an_endless_input() {
     assert_eq!(bad.line, 3);
     assert!(stored(&store, "$c") && stored(&store, "$oc"));
 }
+
+/// The report counts the B-tree operations of the committed batches: a handful to a few dozen
+/// per new event, and only look-ups for events already stored.
+#[test]
+fn the_report_counts_btree_operations() {
+    let lines = generated(Workload::Hq, 3, 60, 200, 2);
+    let text = joined(&lines);
+    let store = Store::in_memory().unwrap();
+    let first = ingest(
+        &store,
+        text.as_bytes(),
+        options(100, OnBadLine::Stop),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    let per_event = first.btree_ops as f64 / first.events as f64;
+    assert!((5.0..60.0).contains(&per_event), "{per_event} per event");
+    let again = ingest(
+        &store,
+        text.as_bytes(),
+        options(100, OnBadLine::Stop),
+        MatrixResolver::default(),
+    )
+    .unwrap();
+    assert_eq!(again.duplicates, first.events);
+    let per_duplicate = again.btree_ops as f64 / again.duplicates as f64;
+    assert!(
+        (1.0..per_event / 2.0).contains(&per_duplicate),
+        "{per_duplicate} per duplicate, {per_event} per new event"
+    );
+}

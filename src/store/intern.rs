@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result, StringKind};
 use crate::nid::{FIRST_DYNAMIC_NID, NidKind, WELL_KNOWN_STATE_KEYS, WELL_KNOWN_TYPES};
+use crate::store::counted::Counted;
 use crate::store::tables::{self, Text};
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 /// The spec's limit on room IDs, event IDs, types and state keys, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -118,8 +119,8 @@ pub(crate) fn create(tables: InternTables<'_, '_>, kind: Kind, s: &str, nid: u64
 
 /// The two tables interning writes: a kind's two directions.
 pub(crate) struct InternTables<'a, 't> {
-    pub forward: &'a mut Table<'t, Text, u64>,
-    pub reverse: &'a mut Table<'t, u64, Text>,
+    pub forward: &'a mut Counted<'t, Text, u64>,
+    pub reverse: &'a mut Counted<'t, u64, Text>,
 }
 
 /// The NID of `s`, if interned. Never creates.

@@ -10,6 +10,7 @@ mod auth_index;
 mod auth_index_check;
 pub mod check;
 pub(crate) mod codec;
+mod counted;
 mod counters;
 pub mod intern;
 #[doc(hidden)]

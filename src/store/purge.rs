@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid};
 use crate::store::codec;
+use crate::store::counted::Counted;
 use crate::store::intern;
 use crate::store::record::EventRecord;
 use crate::store::refs::Collected;
@@ -94,7 +95,7 @@ impl Writer<'_> {
 }
 
 /// Removes up to [`CHUNK`] of a room's outlier rows and returns their events.
-fn take_outliers(table: &mut redb::Table<'_, (u64, u64), ()>, room: u64) -> Result<Vec<u64>> {
+fn take_outliers(table: &mut Counted<'_, (u64, u64), ()>, room: u64) -> Result<Vec<u64>> {
     let keys: Vec<(u64, u64)> = table
         .range((room, 0)..=(room, u64::MAX))?
         .take(CHUNK)
@@ -109,7 +110,7 @@ fn take_outliers(table: &mut redb::Table<'_, (u64, u64), ()>, room: u64) -> Resu
 /// Removes up to [`CHUNK`] rows keyed `(room, _)` and returns each as (the key's second half,
 /// the value).
 fn take_chunk<V: redb::Value + 'static>(
-    table: &mut redb::Table<'_, (u64, u64), V>,
+    table: &mut Counted<'_, (u64, u64), V>,
     room: u64,
 ) -> Result<Vec<(u64, u64)>>
 where

@@ -15,8 +15,9 @@ use crate::engine::block::BlockHash;
 use crate::engine::snapshot::{decode_snapshot, snapshot_hash};
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
+use crate::store::counted::Counted;
 use crate::store::writer::Writer;
-use redb::{ReadableTable, Table};
+use redb::ReadableTable;
 use std::fmt;
 
 /// What a garbage collection deleted.
@@ -37,7 +38,7 @@ impl<K> CountKey for K where K: redb::Key + 'static + for<'a> redb::Value<SelfTy
 
 /// Moves `key`'s count in `refs` by `delta` and returns (old, new). A zero count has no row.
 fn shift<K: CountKey>(
-    refs: &mut Table<'_, K, u64>,
+    refs: &mut Counted<'_, K, u64>,
     key: K,
     delta: i64,
     table: &'static str,
@@ -57,7 +58,7 @@ fn shift<K: CountKey>(
 
 /// Keeps `key` listed as unreferenced exactly while its count is zero.
 fn relist<K: CountKey>(
-    unreferenced: &mut Table<'_, K, ()>,
+    unreferenced: &mut Counted<'_, K, ()>,
     key: K,
     (old, new): (u64, u64),
 ) -> Result<()> {
@@ -146,6 +147,6 @@ impl Writer<'_> {
 }
 
 /// Removes and returns the first row of a table whose values are `()`.
-fn pop_first<K: CountKey>(table: &mut Table<'_, K, ()>) -> Result<Option<(K, ())>> {
+fn pop_first<K: CountKey>(table: &mut Counted<'_, K, ()>) -> Result<Option<(K, ())>> {
     Ok(table.pop_first()?.map(|(k, _)| (k.value(), ())))
 }

@@ -27,6 +27,8 @@ pub struct WriteTxn {
     pub(super) serials: Arc<Serials>,
     pub(super) policy: Arc<dyn WritePolicy>,
     pub(super) counts: WriteCounts,
+    /// B-tree operations of the transaction's writers ([`WriteCounts::btree_ops`]).
+    pub(super) btree_ops: std::cell::Cell<u64>,
     /// Why the transaction may hold half an operation and must not commit: a write failed
     /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
     pub(super) poisoned: Option<String>,
@@ -64,6 +66,9 @@ pub struct WriteCounts {
     pub entries: u64,
     /// New snapshot rows.
     pub snapshots: u64,
+    /// B-tree operations on the store's tables (gets, range scans, inserts, removes), as the
+    /// writer asked for them: what one event costs redb.
+    pub btree_ops: u64,
 }
 
 macro_rules! get_or_create {
@@ -98,6 +103,7 @@ impl WriteTxn {
             &mut self.poisoned,
             &*self.policy,
             &mut self.counts,
+            &self.btree_ops,
             &self.block_cache,
             &self.json_dictionaries,
         )
@@ -152,7 +158,10 @@ impl WriteTxn {
 
     /// What this transaction has written so far.
     pub fn counts(&self) -> WriteCounts {
-        self.counts
+        WriteCounts {
+            btree_ops: self.btree_ops.get(),
+            ..self.counts
+        }
     }
 
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.

@@ -17,13 +17,15 @@ use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::store::WriteCounts;
 use crate::store::auth_index::{self, Position};
 use crate::store::codec;
+use crate::store::counted::Counted;
 use crate::store::counters::Counters;
 use crate::store::intern::{self, Kind};
 use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
-use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
+use std::cell::Cell;
 use std::collections::HashMap;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
@@ -31,8 +33,8 @@ use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 pub(crate) const NEXT_SNAPSHOT: &str = "next_snapshot_nid";
 
 type Bytes = &'static [u8];
-type BlockTable<'t> = Table<'t, u128, Bytes>;
-type SnapshotTable<'t> = Table<'t, u64, Bytes>;
+type BlockTable<'t> = Counted<'t, u128, Bytes>;
+type SnapshotTable<'t> = Counted<'t, u64, Bytes>;
 
 /// Where a plan puts the new snapshot: its parent, where its tail starts among the parent's
 /// blocks, and how many tail blocks it keeps.
@@ -64,30 +66,32 @@ pub(crate) struct Writer<'t> {
     poisoned: &'t mut Option<String>,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
+    /// The B-tree operations of the writer's tables, counted by them.
+    btree_ops: &'t Cell<u64>,
     block_cache: &'t BlockCache,
     pub(super) json_dictionaries: &'t JsonDictionaries,
-    meta: Option<Table<'t, tables::Text, u64>>,
-    forward: [Option<Table<'t, tables::Text, u64>>; 4],
-    reverse: [Option<Table<'t, u64, tables::Text>>; 4],
-    blocks: Option<Table<'t, u128, Bytes>>,
-    snapshots: Option<Table<'t, u64, Bytes>>,
-    snapshot_hashes: Option<Table<'t, u128, u64>>,
-    events: Option<Table<'t, u64, Bytes>>,
-    rooms: Option<Table<'t, u64, Bytes>>,
-    event_json: Option<Table<'t, u64, Bytes>>,
-    outcomes: Option<Table<'t, u64, Bytes>>,
-    membership: Option<Table<'t, (u64, u64), u8>>,
-    user_rooms: Option<Table<'t, (u64, u64), ()>>,
-    room_events: Option<Table<'t, (u64, u64), u64>>,
-    outliers: Option<Table<'t, (u64, u64), ()>>,
-    snapshot_refs: Option<Table<'t, u64, u64>>,
-    block_refs: Option<Table<'t, u128, u64>>,
-    unreferenced_snapshots: Option<Table<'t, u64, ()>>,
-    unreferenced_blocks: Option<Table<'t, u128, ()>>,
-    auth_positions: Option<Table<'t, u64, u64>>,
-    auth_chains: Option<Table<'t, u64, u64>>,
-    auth_links: Option<Table<'t, (u64, u64), ()>>,
-    auth_links_into: Option<Table<'t, (u64, u64), ()>>,
+    meta: Option<Counted<'t, tables::Text, u64>>,
+    forward: [Option<Counted<'t, tables::Text, u64>>; 4],
+    reverse: [Option<Counted<'t, u64, tables::Text>>; 4],
+    blocks: Option<Counted<'t, u128, Bytes>>,
+    snapshots: Option<Counted<'t, u64, Bytes>>,
+    snapshot_hashes: Option<Counted<'t, u128, u64>>,
+    events: Option<Counted<'t, u64, Bytes>>,
+    rooms: Option<Counted<'t, u64, Bytes>>,
+    event_json: Option<Counted<'t, u64, Bytes>>,
+    outcomes: Option<Counted<'t, u64, Bytes>>,
+    membership: Option<Counted<'t, (u64, u64), u8>>,
+    user_rooms: Option<Counted<'t, (u64, u64), ()>>,
+    room_events: Option<Counted<'t, (u64, u64), u64>>,
+    outliers: Option<Counted<'t, (u64, u64), ()>>,
+    snapshot_refs: Option<Counted<'t, u64, u64>>,
+    block_refs: Option<Counted<'t, u128, u64>>,
+    unreferenced_snapshots: Option<Counted<'t, u64, ()>>,
+    unreferenced_blocks: Option<Counted<'t, u128, ()>>,
+    auth_positions: Option<Counted<'t, u64, u64>>,
+    auth_chains: Option<Counted<'t, u64, u64>>,
+    auth_links: Option<Counted<'t, (u64, u64), ()>>,
+    auth_links_into: Option<Counted<'t, (u64, u64), ()>>,
     /// The NID counters handed out from, written back when the writer is dropped.
     pub(super) counters: Counters,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
@@ -119,19 +123,20 @@ pub(super) struct Cache {
 
 fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
     tx: &'t WriteTransaction,
-    slot: &'s mut Option<Table<'t, K, V>>,
+    ops: &'t Cell<u64>,
+    slot: &'s mut Option<Counted<'t, K, V>>,
     def: TableDefinition<'_, K, V>,
-) -> Result<&'s mut Table<'t, K, V>> {
+) -> Result<&'s mut Counted<'t, K, V>> {
     match slot {
         Some(table) => Ok(table),
-        None => Ok(slot.insert(tx.open_table(def)?)),
+        None => Ok(slot.insert(Counted::new(tx.open_table(def)?, ops))),
     }
 }
 
 macro_rules! table {
     ($name:ident, $def:expr, $k:ty, $v:ty) => {
-        pub(crate) fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>> {
-            open(self.tx, &mut self.$name, $def)
+        pub(crate) fn $name(&mut self) -> Result<&mut Counted<'t, $k, $v>> {
+            open(self.tx, self.btree_ops, &mut self.$name, $def)
         }
     };
 }
@@ -142,6 +147,7 @@ impl<'t> Writer<'t> {
         poisoned: &'t mut Option<String>,
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
+        btree_ops: &'t Cell<u64>,
         block_cache: &'t BlockCache,
         json_dictionaries: &'t JsonDictionaries,
     ) -> Self {
@@ -150,6 +156,7 @@ impl<'t> Writer<'t> {
             poisoned,
             policy,
             counts,
+            btree_ops,
             block_cache,
             json_dictionaries,
             meta: None,
@@ -227,8 +234,18 @@ impl<'t> Writer<'t> {
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
                 let tables = intern::InternTables {
-                    forward: open(self.tx, &mut self.forward[kind.index], kind.forward)?,
-                    reverse: open(self.tx, &mut self.reverse[kind.index], kind.reverse)?,
+                    forward: open(
+                        self.tx,
+                        self.btree_ops,
+                        &mut self.forward[kind.index],
+                        kind.forward,
+                    )?,
+                    reverse: open(
+                        self.tx,
+                        self.btree_ops,
+                        &mut self.reverse[kind.index],
+                        kind.reverse,
+                    )?,
                 };
                 intern::create(tables, kind, s, nid)?;
                 self.cache.absent[kind.index] = None;
@@ -267,7 +284,12 @@ impl<'t> Writer<'t> {
         if self.cache.absent[kind.index].as_deref() == Some(s) {
             return Ok(None);
         }
-        let forward = open(self.tx, &mut self.forward[kind.index], kind.forward)?;
+        let forward = open(
+            self.tx,
+            self.btree_ops,
+            &mut self.forward[kind.index],
+            kind.forward,
+        )?;
         let found = intern::lookup(forward, s)?;
         match found {
             Some(nid) => {
@@ -280,17 +302,33 @@ impl<'t> Writer<'t> {
 
     /// The string behind `nid`.
     pub fn string(&mut self, kind: Kind, nid: u64) -> Result<String> {
-        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        let reverse = open(
+            self.tx,
+            self.btree_ops,
+            &mut self.reverse[kind.index],
+            kind.reverse,
+        )?;
         intern::resolve(reverse, kind, nid)
     }
 
     /// Removes an interned string both ways; true if it was interned.
     pub(crate) fn forget(&mut self, kind: Kind, nid: u64) -> Result<bool> {
-        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        let reverse = open(
+            self.tx,
+            self.btree_ops,
+            &mut self.reverse[kind.index],
+            kind.reverse,
+        )?;
         let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
             return Ok(false);
         };
-        open(self.tx, &mut self.forward[kind.index], kind.forward)?.remove(s.as_slice())?;
+        open(
+            self.tx,
+            self.btree_ops,
+            &mut self.forward[kind.index],
+            kind.forward,
+        )?
+        .remove(s.as_slice())?;
         if let Ok(s) = std::str::from_utf8(&s) {
             self.cache.nids[kind.index].remove(s);
         }
@@ -299,7 +337,12 @@ impl<'t> Writer<'t> {
 
     /// Fails unless `nid` is interned as `kind`.
     pub fn require(&mut self, kind: Kind, nid: u64) -> Result<()> {
-        let reverse = open(self.tx, &mut self.reverse[kind.index], kind.reverse)?;
+        let reverse = open(
+            self.tx,
+            self.btree_ops,
+            &mut self.reverse[kind.index],
+            kind.reverse,
+        )?;
         match reverse.get(nid)? {
             Some(_) => Ok(()),
             None => Err(Error::UnknownNid {

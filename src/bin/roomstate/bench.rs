@@ -71,6 +71,9 @@ pub struct Figures {
     pub ingest_read_bytes_per_event: f64,
     #[serde(default)]
     pub ingest_written_bytes_per_event: f64,
+    /// B-tree operations (gets, range scans, inserts, removes) per event during ingest.
+    #[serde(default)]
+    pub ingest_btree_ops_per_event: f64,
     /// For the default policy only: the same history ingested as a trusted import (no
     /// authorization), in the same process right after, for the checks' cost.
     #[serde(default)]
@@ -284,12 +287,13 @@ fn print_table(all: &[Figures], out: &mut impl Write) -> CliResult {
     for f in all {
         writeln!(
             out,
-            "{}: ingest read {:.0} B and wrote {:.0} B of the file per event ({:.2} reads, {:.2} writes)",
+            "{}: ingest read {:.0} B and wrote {:.0} B of the file per event ({:.2} reads, {:.2} writes); {:.1} B-tree operations per event",
             f.policy,
             f.ingest_read_bytes_per_event,
             f.ingest_written_bytes_per_event,
             f.ingest_reads_per_event,
             f.ingest_writes_per_event,
+            f.ingest_btree_ops_per_event,
         )?;
     }
     for f in all {
@@ -456,6 +460,7 @@ fn measure(
         ingest_writes_per_event: per_event(io.writes),
         ingest_read_bytes_per_event: per_event(io.read_bytes),
         ingest_written_bytes_per_event: per_event(io.written_bytes),
+        ingest_btree_ops_per_event: per_event(report.btree_ops),
         trusted_events_per_s: None,
         peak_rss_bytes: peak_rss(),
         samples,

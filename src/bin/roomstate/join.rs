@@ -34,6 +34,9 @@ pub struct JoinFigures {
     pub total_ms: f64,
     /// The joining process's peak resident set.
     pub peak_rss_bytes: u64,
+    /// The joining server: B-tree operations per outlier stored.
+    #[serde(default)]
+    pub btree_ops_per_outlier: f64,
     /// The resident server: `/state_ids` of the last event (the state and its auth chain).
     pub state_ids_ms: f64,
     /// The resident server: the auth chain of the whole current state.
@@ -71,6 +74,10 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
     println!(
         "  joining server: {:.0} ms in all ({:.0} ms outliers, {:.0} ms the join), peak {mib:.0} MiB",
         figures.total_ms, figures.outliers_ms, figures.join_ms
+    );
+    println!(
+        "  joining server: {:.1} B-tree operations per outlier",
+        figures.btree_ops_per_outlier
     );
     println!(
         "  resident server: /state_ids {:.0} ms, auth chain of the current state {:.0} ms",
@@ -270,7 +277,7 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
     let lines = std::io::BufReader::new(std::fs::File::open(path)?).lines();
     // A reader thread parses and compresses each event while this one stores the one before,
     // as a homeserver receiving a `send_join` answer would.
-    let (outliers, join) = std::thread::scope(|scope| {
+    let (outliers, btree_ops, join) = std::thread::scope(|scope| {
         let (ready, prepared) = crossbeam::channel::bounded(4);
         let reader = scope.spawn(move || read_answer(lines, store, &ready));
         let stored = store_outliers(store, &prepared);
@@ -278,9 +285,9 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
         let read = reader
             .join()
             .map_err(|_| Failure::Store("the reading thread panicked".into()))?;
-        let (outliers, join) = stored?;
+        let (outliers, btree_ops, join) = stored?;
         read?;
-        Ok::<_, Failure>((outliers, join))
+        Ok::<_, Failure>((outliers, btree_ops, join))
     })?;
     let outliers_ms = ms(start);
     let joined = Instant::now();
@@ -301,6 +308,7 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
         join_ms,
         total_ms: ms(start),
         peak_rss_bytes: peak_rss(),
+        btree_ops_per_outlier: btree_ops as f64 / outliers.max(1) as f64,
         state_ids_ms: 0.0,
         auth_chain_ms: 0.0,
     })
@@ -348,13 +356,13 @@ fn read_answer(
 }
 
 /// Stores the outliers as they come, in transactions of [`OUTLIERS_PER_COMMIT`], and returns
-/// their count and the join.
+/// their count, the B-tree operations that took, and the join.
 fn store_outliers(
     store: &Store,
     prepared: &crossbeam::channel::Receiver<Vec<Answered>>,
-) -> CliResult<(u64, Option<Envelope>)> {
+) -> CliResult<(u64, u64, Option<Envelope>)> {
     let mut server = RoomServer::new();
-    let mut outliers = 0u64;
+    let (mut outliers, mut btree_ops) = (0u64, 0u64);
     let mut incoming = prepared.iter().flatten();
     loop {
         let mut tx = store.write()?;
@@ -382,9 +390,10 @@ fn store_outliers(
             }
         }
         drop(batch);
+        btree_ops += tx.counts().btree_ops;
         tx.commit()?;
         if ended || join.is_some() {
-            return Ok((outliers, join));
+            return Ok((outliers, btree_ops, join));
         }
     }
 }
