@@ -116,7 +116,8 @@ pub(super) struct Cache {
     pub(super) chain_links: NidMap<u64, NidMap<u64, u64>>,
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
-    rooms: NidMap<RoomNid, RoomRecord>,
+    /// Room records, and rooms without one: every outlier of a join asks for its room's.
+    rooms: NidMap<RoomNid, Option<RoomRecord>>,
     /// The current JSON dictionary and when the next is due, once read.
     pub(super) json: WriterJson,
 }
@@ -655,12 +656,9 @@ impl<'t> Writer<'t> {
                 row.map(|v| codec::decode("rooms", room, v.value()))
                     .transpose()?
             };
-            match record {
-                Some(r) => self.cache.rooms.insert(room, r),
-                None => return Ok(None),
-            };
+            self.cache.rooms.insert(room, record);
         }
-        Ok(self.cache.rooms.get(&room))
+        Ok(self.cache.rooms.get(&room).and_then(Option::as_ref))
     }
 
     /// Forgets what the per-batch caches hold, after rows were deleted under them.
@@ -673,7 +671,7 @@ impl<'t> Writer<'t> {
         self.move_snapshot_ref(old, record.current_state)?;
         let bytes = codec::encode(record)?;
         self.rooms()?.insert(room.get(), bytes.as_slice())?;
-        self.cache.rooms.insert(room, record.clone());
+        self.cache.rooms.insert(room, Some(record.clone()));
         Ok(())
     }
 
