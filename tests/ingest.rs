@@ -2161,22 +2161,14 @@ fn the_report_counts_btree_operations() {
     let lines = generated(Workload::Hq, 3, 60, 200, 2);
     let text = joined(&lines);
     let store = Store::in_memory().unwrap();
-    let first = ingest(
-        &store,
-        text.as_bytes(),
-        options(100, OnBadLine::Stop),
-        MatrixResolver::default(),
-    )
-    .unwrap();
+    let run = || {
+        let options = options(100, OnBadLine::Stop);
+        ingest(&store, text.as_bytes(), options, MatrixResolver::default()).unwrap()
+    };
+    let first = run();
     let per_event = first.btree_ops as f64 / first.events as f64;
     assert!((5.0..60.0).contains(&per_event), "{per_event} per event");
-    let again = ingest(
-        &store,
-        text.as_bytes(),
-        options(100, OnBadLine::Stop),
-        MatrixResolver::default(),
-    )
-    .unwrap();
+    let again = run();
     assert_eq!(again.duplicates, first.events);
     let per_duplicate = again.btree_ops as f64 / again.duplicates as f64;
     assert!(

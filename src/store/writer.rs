@@ -234,19 +234,11 @@ impl<'t> Writer<'t> {
             // remembered absent: neither asks the B-tree again.
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
+                // Two tables at once: borrowed field by field, not through `forward_table`.
+                let (tx, ops) = (self.tx, self.btree_ops);
                 let tables = intern::InternTables {
-                    forward: open(
-                        self.tx,
-                        self.btree_ops,
-                        &mut self.forward[kind.index],
-                        kind.forward,
-                    )?,
-                    reverse: open(
-                        self.tx,
-                        self.btree_ops,
-                        &mut self.reverse[kind.index],
-                        kind.reverse,
-                    )?,
+                    forward: open(tx, ops, &mut self.forward[kind.index], kind.forward)?,
+                    reverse: open(tx, ops, &mut self.reverse[kind.index], kind.reverse)?,
                 };
                 intern::create(tables, kind, s, nid)?;
                 self.cache.absent[kind.index] = None;
@@ -277,6 +269,18 @@ impl<'t> Writer<'t> {
         Ok(known)
     }
 
+    /// The string-to-NID table of `kind`.
+    fn forward_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, tables::Text, u64>> {
+        let slot = &mut self.forward[kind.index];
+        open(self.tx, self.btree_ops, slot, kind.forward)
+    }
+
+    /// The NID-to-string table of `kind`.
+    fn reverse_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, u64, tables::Text>> {
+        let slot = &mut self.reverse[kind.index];
+        open(self.tx, self.btree_ops, slot, kind.reverse)
+    }
+
     /// The NID of `s`, if interned.
     pub fn lookup_nid(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
         if let Some(nid) = self.cache.nids[kind.index].get(s) {
@@ -285,12 +289,7 @@ impl<'t> Writer<'t> {
         if self.cache.absent[kind.index].as_deref() == Some(s) {
             return Ok(None);
         }
-        let forward = open(
-            self.tx,
-            self.btree_ops,
-            &mut self.forward[kind.index],
-            kind.forward,
-        )?;
+        let forward = self.forward_table(kind)?;
         let found = intern::lookup(forward, s)?;
         match found {
             Some(nid) => {
@@ -303,33 +302,17 @@ impl<'t> Writer<'t> {
 
     /// The string behind `nid`.
     pub fn string(&mut self, kind: Kind, nid: u64) -> Result<String> {
-        let reverse = open(
-            self.tx,
-            self.btree_ops,
-            &mut self.reverse[kind.index],
-            kind.reverse,
-        )?;
+        let reverse = self.reverse_table(kind)?;
         intern::resolve(reverse, kind, nid)
     }
 
     /// Removes an interned string both ways; true if it was interned.
     pub(crate) fn forget(&mut self, kind: Kind, nid: u64) -> Result<bool> {
-        let reverse = open(
-            self.tx,
-            self.btree_ops,
-            &mut self.reverse[kind.index],
-            kind.reverse,
-        )?;
+        let reverse = self.reverse_table(kind)?;
         let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
             return Ok(false);
         };
-        open(
-            self.tx,
-            self.btree_ops,
-            &mut self.forward[kind.index],
-            kind.forward,
-        )?
-        .remove(s.as_slice())?;
+        self.forward_table(kind)?.remove(s.as_slice())?;
         if let Ok(s) = std::str::from_utf8(&s) {
             self.cache.nids[kind.index].remove(s);
         }
@@ -338,12 +321,7 @@ impl<'t> Writer<'t> {
 
     /// Fails unless `nid` is interned as `kind`.
     pub fn require(&mut self, kind: Kind, nid: u64) -> Result<()> {
-        let reverse = open(
-            self.tx,
-            self.btree_ops,
-            &mut self.reverse[kind.index],
-            kind.reverse,
-        )?;
+        let reverse = self.reverse_table(kind)?;
         match reverse.get(nid)? {
             Some(_) => Ok(()),
             None => Err(Error::UnknownNid {
