@@ -124,7 +124,7 @@ pub struct IngestReport {
     pub batches: u64,
     /// Bad lines skipped (with [`OnBadLine::Skip`]).
     pub bad_lines: u64,
-    /// B-tree operations the committed batches made ([`crate::store::WriteCounts::btree_ops`]).
+    /// B-tree operations the committed batches made ([`crate::store::WriteTxn::btree_ops`]).
     pub btree_ops: u64,
     /// The first of them, in full.
     pub listed_bad_lines: Vec<BadLine>,
@@ -422,7 +422,7 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
                 self.authorizer.rolled_back();
                 continue;
             }
-            let btree_ops = tx.counts().btree_ops;
+            let btree_ops = tx.btree_ops();
             tx.commit()?;
             self.report.btree_ops += btree_ops;
             let mut bad: Vec<BadLine> = early_bad.into_iter().chain(late_bad).collect();

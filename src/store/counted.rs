@@ -1,6 +1,6 @@
 //! The writer's tables, counting their B-tree operations: each forwards to redb's table and adds
 //! one to its transaction's count per get, range, first, last, insert and remove. `bench`
-//! reports the count per event ([`crate::store::WriteCounts::btree_ops`]).
+//! reports the count per event ([`crate::store::WriteTxn::btree_ops`]).
 
 use redb::{
     AccessGuard, Key, Range, ReadableTable, ReadableTableMetadata, StorageError, Table, TableStats,

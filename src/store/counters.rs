@@ -19,20 +19,19 @@ impl Writer<'_> {
     /// The value of the counter `key` (`first` when the store never set it), which the counter
     /// then moves past.
     pub(crate) fn take_counter(&mut self, key: &'static str, first: u64) -> Result<u64> {
-        let value = match self.counters.0.iter().find(|(k, _)| *k == key) {
-            Some((_, value)) => *value,
-            None => self
-                .meta()?
-                .get(key.as_bytes())?
-                .map_or(first, |v| v.value()),
+        let slot = match self.counters.0.iter().position(|(k, _)| *k == key) {
+            Some(slot) => slot,
+            None => {
+                let stored = self.meta()?.get(key.as_bytes())?.map(|v| v.value());
+                self.counters.0.push((key, stored.unwrap_or(first)));
+                self.counters.0.len() - 1
+            }
         };
-        let after = value
+        let held = &mut self.counters.0[slot].1;
+        let value = *held;
+        *held = value
             .checked_add(1)
             .ok_or_else(|| Error::corrupt("meta", key, "counter exhausted"))?;
-        match self.counters.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, held)) => *held = after,
-            None => self.counters.0.push((key, after)),
-        }
         Ok(value)
     }
 

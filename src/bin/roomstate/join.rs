@@ -390,7 +390,7 @@ fn store_outliers(
             }
         }
         drop(batch);
-        btree_ops += tx.counts().btree_ops;
+        btree_ops += tx.btree_ops();
         tx.commit()?;
         if ended || join.is_some() {
             return Ok((outliers, btree_ops, join));
