@@ -241,12 +241,22 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// The [`Error::Damaged`] for a panic's payload: caught by [`guard`], or by joining a thread of
 /// our own that read the store.
 pub(crate) fn damaged(payload: Box<dyn std::any::Any + Send>) -> Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    Error::Damaged(message)
+    Error::Damaged(panic_message(&*payload))
+}
+
+/// A panic's message. crossbeam's scopes hand back the panics of their threads as a list.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    type Panics = Vec<Box<dyn std::any::Any + Send>>;
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        return (*s).to_owned();
+    }
+    if let Some(s) = payload.downcast_ref::<String>() {
+        return s.clone();
+    }
+    match payload.downcast_ref::<Panics>().and_then(|p| p.first()) {
+        Some(first) => panic_message(&**first),
+        None => "a panic without a message".to_owned(),
+    }
 }
 
 /// The spec's limit on an event's size, which also bounds the memory one line may take.
@@ -392,5 +402,23 @@ impl fmt::Display for BadLine {
             write!(f, " (event {id})")?;
         }
         write!(f, ": {}", self.problem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic on a thread of a crossbeam scope reaches `damaged` inside a list.
+    #[test]
+    fn a_scoped_threads_panic_keeps_its_message() {
+        let payload = crossbeam::thread::scope(|s| {
+            s.spawn(|_| panic!("page 7 is damaged"));
+        })
+        .unwrap_err();
+        let Error::Damaged(message) = damaged(payload) else {
+            panic!("not Damaged");
+        };
+        assert_eq!(message, "page 7 is damaged");
     }
 }

@@ -7,24 +7,26 @@ use redb::{
     Value,
 };
 use std::borrow::Borrow;
-use std::cell::Cell;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 type Result<T> = std::result::Result<T, StorageError>;
 
 /// A table of a write transaction, its operations counted in `ops`.
 pub(crate) struct Counted<'t, K: Key + 'static, V: Value + 'static> {
     table: Table<'t, K, V>,
-    ops: &'t Cell<u64>,
+    ops: &'t AtomicU64,
 }
 
 impl<'t, K: Key + 'static, V: Value + 'static> Counted<'t, K, V> {
-    pub(crate) fn new(table: Table<'t, K, V>, ops: &'t Cell<u64>) -> Self {
+    pub(crate) fn new(table: Table<'t, K, V>, ops: &'t AtomicU64) -> Self {
         Counted { table, ops }
     }
 
     fn count(&self) {
-        self.ops.set(self.ops.get() + 1);
+        // Only the transaction's one writer counts: an atomic keeps the transaction `Sync`
+        // without a lock.
+        self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
     /// [`Table::insert`].

@@ -5,7 +5,10 @@
 //!
 //! A writer borrows its transaction, so it is dropped before the transaction can commit: the
 //! counters are always written with the rows they numbered. When writing them back fails, the
-//! transaction is poisoned and cannot commit, so a NID is never handed out twice.
+//! transaction is poisoned and cannot commit, so a NID is never handed out twice. A writer never
+//! dropped (a `Batch` passed to `mem::forget`) cannot commit its rows without its counters
+//! either: it read them from `meta`, whose table it then holds open, and redb refuses to commit
+//! a transaction whose tables were leaked.
 
 use crate::error::{Error, Result};
 use crate::store::writer::Writer;
@@ -46,6 +49,9 @@ impl Writer<'_> {
 
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
+        if self.counters.0.is_empty() {
+            return;
+        }
         // Unwinding from a panic inside redb is no time to call it again; the transaction is
         // failing anyway, and is poisoned so that it cannot commit.
         let result = if std::thread::panicking() {

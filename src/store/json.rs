@@ -149,10 +149,8 @@ impl JsonDictionaries {
         let latest = self.latest.read().unwrap_or_else(PoisonError::into_inner);
         let dictionary = Arc::clone(latest.as_ref()?);
         drop(latest);
-        Some(CompressedJson {
-            dictionary: dictionary.id,
-            frame: compress(json, &dictionary).ok()?,
-        })
+        let frame = compress(json, &dictionary).ok()?;
+        Some(CompressedJson { dictionary, frame })
     }
 
     fn set_latest(&self, dictionary: &Option<Arc<Dictionary>>) {
@@ -274,11 +272,21 @@ fn compress(json: &[u8], dictionary: &Dictionary) -> Result<Option<Vec<u8>>> {
 /// writers used last ([`JsonDictionaries::compress_ahead`]). A writer takes it only when that
 /// dictionary is still its current one, and compresses the JSON itself otherwise: zstd turns the
 /// same bytes and dictionary into the same frame, so the row is the same either way.
-#[derive(Debug)]
 pub struct CompressedJson {
-    dictionary: u32,
+    /// The dictionary itself, not its ID: zstd derives an ID from part of a dictionary only, so
+    /// two trainings (one in a transaction that aborted) could share an ID.
+    dictionary: Arc<Dictionary>,
     /// `None`: the frame would be no shorter than the JSON, which is stored as it is.
     frame: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CompressedJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompressedJson")
+            .field("dictionary", &self.dictionary.id)
+            .field("frame_bytes", &self.frame.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// Rows' JSON to train from, and which of them are raw rows (their event, their index).
@@ -304,7 +312,7 @@ impl Writer<'_> {
     ) -> Result<()> {
         let dictionary = self.current_dictionary()?;
         let frame = match (&dictionary, ahead) {
-            (Some(d), Some(ahead)) if ahead.dictionary == d.id => ahead.frame,
+            (Some(d), Some(ahead)) if Arc::ptr_eq(&ahead.dictionary, d) => ahead.frame,
             (Some(d), _) => compress(json, d)?,
             (None, _) => None,
         };

@@ -381,7 +381,7 @@ impl Store {
                 serials: Arc::clone(&self.serials),
                 policy: Arc::clone(&self.policy),
                 counts: WriteCounts::default(),
-                btree_ops: std::cell::Cell::new(0),
+                tally: Default::default(),
                 poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
                 json_dictionaries: Arc::clone(&self.json_dictionaries),

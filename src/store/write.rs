@@ -14,7 +14,7 @@ use crate::store::purge::Purged;
 use crate::store::read::StoreRead;
 use crate::store::record::{EventRecord, RoomRecord};
 use crate::store::refs::Collected;
-use crate::store::writer::Writer;
+use crate::store::writer::{Writer, WriterTally};
 use redb::Durability;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,8 +27,8 @@ pub struct WriteTxn {
     pub(super) serials: Arc<Serials>,
     pub(super) policy: Arc<dyn WritePolicy>,
     pub(super) counts: WriteCounts,
-    /// B-tree operations of the transaction's writers ([`WriteTxn::btree_ops`]).
-    pub(super) btree_ops: std::cell::Cell<u64>,
+    /// What its writers leave behind beyond their writes.
+    pub(super) tally: WriterTally,
     /// Why the transaction may hold half an operation and must not commit: a write failed
     /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
     pub(super) poisoned: Option<String>,
@@ -100,7 +100,7 @@ impl WriteTxn {
             &mut self.poisoned,
             &*self.policy,
             &mut self.counts,
-            &self.btree_ops,
+            &self.tally,
             &self.block_cache,
             &self.json_dictionaries,
         )
@@ -162,7 +162,7 @@ impl WriteTxn {
     /// range scans, inserts and removes, reads included. What its events cost redb, which
     /// `bench` reports per event.
     pub fn btree_ops(&self) -> u64 {
-        self.btree_ops.get()
+        self.tally.btree_ops.load(Ordering::Relaxed)
     }
 
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.

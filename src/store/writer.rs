@@ -25,8 +25,8 @@ use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
 use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
-use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 /// The meta key of the snapshot NID counter.
@@ -60,14 +60,21 @@ fn layout(
     (parent, tail_start, keep)
 }
 
+/// What a transaction keeps of its writers beyond their writes.
+#[derive(Debug, Default)]
+pub(crate) struct WriterTally {
+    /// B-tree operations of every writer's tables ([`WriteTxn::btree_ops`](super::WriteTxn::btree_ops)).
+    pub(crate) btree_ops: AtomicU64,
+}
+
 pub(crate) struct Writer<'t> {
     pub(super) tx: &'t WriteTransaction,
     /// The transaction's reason not to commit, set through [`Writer::poison`].
     poisoned: &'t mut Option<String>,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
-    /// The B-tree operations of the writer's tables, counted by them.
-    btree_ops: &'t Cell<u64>,
+    /// The B-tree operations of the writer's tables.
+    pub(super) tally: &'t WriterTally,
     block_cache: &'t BlockCache,
     pub(super) json_dictionaries: &'t JsonDictionaries,
     meta: Option<Counted<'t, tables::Text, u64>>,
@@ -124,7 +131,7 @@ pub(super) struct Cache {
 
 fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
     tx: &'t WriteTransaction,
-    ops: &'t Cell<u64>,
+    ops: &'t AtomicU64,
     slot: &'s mut Option<Counted<'t, K, V>>,
     def: TableDefinition<'_, K, V>,
 ) -> Result<&'s mut Counted<'t, K, V>> {
@@ -137,7 +144,7 @@ fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
 macro_rules! table {
     ($name:ident, $def:expr, $k:ty, $v:ty) => {
         pub(crate) fn $name(&mut self) -> Result<&mut Counted<'t, $k, $v>> {
-            open(self.tx, self.btree_ops, &mut self.$name, $def)
+            open(self.tx, &self.tally.btree_ops, &mut self.$name, $def)
         }
     };
 }
@@ -148,7 +155,7 @@ impl<'t> Writer<'t> {
         poisoned: &'t mut Option<String>,
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
-        btree_ops: &'t Cell<u64>,
+        tally: &'t WriterTally,
         block_cache: &'t BlockCache,
         json_dictionaries: &'t JsonDictionaries,
     ) -> Self {
@@ -157,7 +164,7 @@ impl<'t> Writer<'t> {
             poisoned,
             policy,
             counts,
-            btree_ops,
+            tally,
             block_cache,
             json_dictionaries,
             meta: None,
@@ -235,7 +242,7 @@ impl<'t> Writer<'t> {
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
                 // Two tables at once: borrowed field by field, not through `forward_table`.
-                let (tx, ops) = (self.tx, self.btree_ops);
+                let (tx, ops) = (self.tx, &self.tally.btree_ops);
                 let tables = intern::InternTables {
                     forward: open(tx, ops, &mut self.forward[kind.index], kind.forward)?,
                     reverse: open(tx, ops, &mut self.reverse[kind.index], kind.reverse)?,
@@ -272,13 +279,13 @@ impl<'t> Writer<'t> {
     /// The string-to-NID table of `kind`.
     fn forward_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, tables::Text, u64>> {
         let slot = &mut self.forward[kind.index];
-        open(self.tx, self.btree_ops, slot, kind.forward)
+        open(self.tx, &self.tally.btree_ops, slot, kind.forward)
     }
 
     /// The NID-to-string table of `kind`.
     fn reverse_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, u64, tables::Text>> {
         let slot = &mut self.reverse[kind.index];
-        open(self.tx, self.btree_ops, slot, kind.reverse)
+        open(self.tx, &self.tally.btree_ops, slot, kind.reverse)
     }
 
     /// The NID of `s`, if interned.
