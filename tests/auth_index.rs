@@ -306,6 +306,53 @@ fn a_record_rewritten_with_other_auth_events_abandons_the_index() -> roomstate::
     Ok(())
 }
 
+/// A join names the create, power levels and join rules events; the power levels event reaches
+/// the create event already, by its own chain or its links, so the join links to two of them.
+/// Each event links only to what no other of its auth events reaches, and every auth chain
+/// stays whole.
+#[test]
+fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
+    let store = Store::in_memory()?;
+    let mut tx = store.write()?;
+    let room = tx.get_or_create_room("!r:x")?;
+    let ids = tx.get_or_create_events(&["$create", "$alice", "$power", "$rules", "$bob"])?;
+    let [create, alice, power, rules, bob] = ids[..] else {
+        unreachable!("five IDs give five NIDs")
+    };
+    let empty = Some(StateKeyNid::EMPTY);
+    let record = |ty, key, auth: Vec<EventNid>| {
+        let mut r = EventRecord::new(room, ty, key, SnapshotNid::EMPTY);
+        r.auth_events = auth;
+        r
+    };
+    let (a, b) = (
+        Some(tx.get_or_create_state_key("@alice:x")?),
+        Some(tx.get_or_create_state_key("@bob:x")?),
+    );
+    tx.put_event(create, &record(TypeNid::CREATE, empty, vec![]))?;
+    tx.put_event(alice, &record(TypeNid::MEMBER, a, vec![create]))?;
+    tx.put_event(
+        power,
+        &record(TypeNid::POWER_LEVELS, empty, vec![create, alice]),
+    )?;
+    tx.put_event(
+        rules,
+        &record(TypeNid::JOIN_RULES, empty, vec![create, alice, power]),
+    )?;
+    tx.put_event(bob, &record(TypeNid::MEMBER, b, vec![create, power, rules]))?;
+    tx.commit()?;
+    let rx = store.read()?;
+    assert!(rx.auth_index_complete()?);
+    // alice → create; power → alice (which reaches create); rules → power (which reaches
+    // alice, not create in one step); bob → create and rules (which reaches power).
+    // Without the rule: 1 + 2 + 3 + 3.
+    assert_eq!(rx.stats()?.rows("auth_links"), 5);
+    assert!(rx.check()?.is_clean());
+    let chain: BTreeSet<EventNid> = query::auth_chain(&rx, &[bob])?.into_iter().collect();
+    assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
+    Ok(())
+}
+
 #[test]
 fn asking_about_an_event_not_stored_is_an_error() -> roomstate::Result<()> {
     let store = Store::in_memory()?;

@@ -8,9 +8,11 @@
 //! reach (transitively), each chain's events up to the highest position reached: a few range
 //! scans, where a walk reads every event of the chain.
 //!
-//! A link is left out when an earlier event of the same chain already links at or above its
-//! target: the earlier event's reach is the later one's too. Non-state events have no position:
-//! nothing names them as auth events in a valid room.
+//! A link is left out when the event reaches its target another way: an earlier event of the
+//! same chain links at or above it (the earlier event's reach is the later one's too), or
+//! another of its auth events reaches it, by that one's chain or one of its links. So the links
+//! of an event are followed transitively, never read as its auth events. Non-state events have
+//! no position: nothing names them as auth events in a valid room.
 //!
 //! The index answers exactly while every indexed event's auth events were indexed before it.
 //! Meta [`AUTH_INDEX_KEY`] is 1 in a new store and set to 0, for good, when that breaks: an
@@ -749,14 +751,67 @@ impl Writer<'_> {
         self.auth_positions()?.insert(event.get(), own.raw())?;
         self.auth_chains()?.insert(own.raw(), event.get())?;
         self.cache.positions.insert(event, Some(own));
-        for &(_, target) in &auth {
-            if target.chain() != own.chain() && !self.linked_below(own, target)? {
-                self.insert_link(own, target)?;
-                let reached = self.chain_links(own)?.entry(target.chain()).or_default();
-                *reached = (*reached).max(target.seq());
-            }
+        for target in self.link_targets(own, &auth)? {
+            self.insert_link(own, target)?;
+            let reached = self.chain_links(own)?.entry(target.chain()).or_default();
+            *reached = (*reached).max(target.seq());
         }
         Ok(())
+    }
+
+    /// The auth events `own` links to: each one not reached otherwise, that is, not on its own
+    /// chain, not by an earlier event of that chain, and not by another of its auth events (a
+    /// later one of the same chain, or one whose chain links at or above it). A member's join
+    /// names the create event, which its power levels event reaches already.
+    fn link_targets(
+        &mut self,
+        own: Position,
+        auth: &[(EventNid, Position)],
+    ) -> Result<Vec<Position>> {
+        let mut targets = Vec::with_capacity(auth.len());
+        for &(_, target) in auth {
+            if target.chain() != own.chain() && !self.linked_below(own, target)? {
+                targets.push(target);
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let mut kept = Vec::with_capacity(targets.len());
+        for &target in &targets {
+            let mut reached = false;
+            for &other in &targets {
+                reached = other != target && self.reaches(other, target)?;
+                if reached {
+                    break;
+                }
+            }
+            // Reaching follows the order events were indexed in, so it has no cycles: a target
+            // left out is reached through one that is kept.
+            if !reached {
+                kept.push(target);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Whether the event at `from` reaches the one at `to` by its own chain or one link.
+    fn reaches(&mut self, from: Position, to: Position) -> Result<bool> {
+        if from.chain() == to.chain() {
+            return Ok(from.seq() > to.seq());
+        }
+        if !self.cache.links_up_to.contains_key(&from.raw()) {
+            if self.cache.links_up_to.len() >= CHAIN_LINKS_HELD {
+                self.cache.links_up_to.clear();
+            }
+            let mut targets = Vec::new();
+            self.links_from(from.chain(), 1, from.seq(), &mut targets)?;
+            let reached = highest_per_chain(targets);
+            self.cache.links_up_to.insert(from.raw(), reached);
+        }
+        let reached = self.cache.links_up_to.get(&from.raw());
+        Ok(reached
+            .and_then(|r| r.get(&to.chain()))
+            .is_some_and(|seq| *seq >= to.seq()))
     }
 
     /// The next position on the chain of the auth event of the same (type, state key) and room,
@@ -811,15 +866,21 @@ impl Writer<'_> {
                 own.seq() - 1,
                 &mut targets,
             )?;
-            let mut reached: NidMap<u64, u64> = NidMap::default();
-            for t in targets {
-                let seq = reached.entry(t.chain()).or_default();
-                *seq = (*seq).max(t.seq());
-            }
+            let reached = highest_per_chain(targets);
             self.cache.chain_links.insert(own.chain(), reached);
         }
         Ok(self.cache.chain_links.entry(own.chain()).or_default())
     }
+}
+
+/// Per chain of `targets`, the highest sequence number among them.
+fn highest_per_chain(targets: Vec<Position>) -> NidMap<u64, u64> {
+    let mut reached: NidMap<u64, u64> = NidMap::default();
+    for t in targets {
+        let seq = reached.entry(t.chain()).or_default();
+        *seq = (*seq).max(t.seq());
+    }
+    reached
 }
 
 /// The index's tables in a read transaction (or a write transaction's, between writes).
@@ -920,6 +981,7 @@ impl Writer<'_> {
         };
         self.cache.positions.remove(&event);
         self.cache.chain_links.clear();
+        self.cache.links_up_to.clear();
         self.auth_chains()?.remove(own)?;
         let own = Position::from_raw(own)?;
         let mut targets = Vec::new();

@@ -6,8 +6,8 @@ use crate::error::Result;
 use crate::nid::EventNid;
 use crate::store::Tables;
 use crate::store::auth_index::{
-    AUTH_CHAINS, AUTH_INDEX_KEY, AUTH_LINKS, AUTH_LINKS_INTO, AUTH_POSITIONS, Position, pairs,
-    position,
+    AUTH_CHAINS, AUTH_INDEX_KEY, AUTH_LINKS, AUTH_LINKS_INTO, AUTH_POSITIONS, IndexRead, Position,
+    ReadIndex, pairs, position, reach,
 };
 use crate::store::check::CheckReport;
 use crate::store::codec;
@@ -42,7 +42,10 @@ pub(crate) fn check_auth_index<T: Tables>(tx: &T, report: &mut CheckReport) -> R
     open.check_positions(report)?;
     open.check_chains(report)?;
     open.check_links(report)?;
-    open.check_events(report)
+    match ReadIndex::open(tx)? {
+        Some(mut index) => open.check_events(&mut index, report),
+        None => Ok(()),
+    }
 }
 
 impl<P, C, L, I, E> Open<P, C, L, I, E>
@@ -163,8 +166,9 @@ where
     }
 
     /// Every state event is indexed, and every auth event of every event is reached: on the
-    /// event's own chain below it, or by a link from its chain at or below it.
-    fn check_events(&self, report: &mut CheckReport) -> Result<()> {
+    /// event's own chain below it, by a link from its chain at or below it, or through the
+    /// links of another of its auth events.
+    fn check_events(&self, index: &mut dyn IndexRead, report: &mut CheckReport) -> Result<()> {
         for row in self.events.range::<u64>(..)? {
             let (nid, bytes) = row?;
             let nid = nid.value();
@@ -197,10 +201,10 @@ where
                     own.seq(),
                     &mut targets,
                 )?;
-                if !targets
+                let linked = targets
                     .iter()
-                    .any(|t| t.chain() == target.chain() && t.seq() >= target.seq())
-                {
+                    .any(|t| t.chain() == target.chain() && t.seq() >= target.seq());
+                if !linked && reach(index, [own], [])?.upto(target.chain()) < target.seq() {
                     report.problem("auth_links", nid, format!("auth event {a} is not reached"));
                 }
             }
