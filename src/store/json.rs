@@ -149,7 +149,11 @@ impl JsonDictionaries {
         let latest = self.latest.read().unwrap_or_else(PoisonError::into_inner);
         let dictionary = Arc::clone(latest.as_ref()?);
         drop(latest);
-        let frame = compress(json, &dictionary).ok()?;
+        let mut frame = compress(json, &dictionary).ok()?;
+        // Held in a queue until the writer takes it: not with room for the JSON uncompressed.
+        if let Some(frame) = &mut frame {
+            frame.shrink_to_fit();
+        }
         Some(CompressedJson { dictionary, frame })
     }
 

@@ -381,7 +381,7 @@ impl Store {
                 serials: Arc::clone(&self.serials),
                 policy: Arc::clone(&self.policy),
                 counts: WriteCounts::default(),
-                tally: Default::default(),
+                btree_ops: Default::default(),
                 poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
                 json_dictionaries: Arc::clone(&self.json_dictionaries),

@@ -14,10 +14,10 @@ use crate::store::purge::Purged;
 use crate::store::read::StoreRead;
 use crate::store::record::{EventRecord, RoomRecord};
 use crate::store::refs::Collected;
-use crate::store::writer::{Writer, WriterTally};
+use crate::store::writer::Writer;
 use redb::Durability;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The one write transaction. Dropping it without [`commit`](WriteTxn::commit) aborts it: none of
 /// its writes become visible.
@@ -27,8 +27,8 @@ pub struct WriteTxn {
     pub(super) serials: Arc<Serials>,
     pub(super) policy: Arc<dyn WritePolicy>,
     pub(super) counts: WriteCounts,
-    /// What its writers leave behind beyond their writes.
-    pub(super) tally: WriterTally,
+    /// The B-tree operations of its writers' tables.
+    pub(super) btree_ops: AtomicU64,
     /// Why the transaction may hold half an operation and must not commit: a write failed
     /// inside redb (see [`WriteTxn::guarded`]), or an event was refused after it began writing.
     pub(super) poisoned: Option<String>,
@@ -100,7 +100,7 @@ impl WriteTxn {
             &mut self.poisoned,
             &*self.policy,
             &mut self.counts,
-            &self.tally,
+            &self.btree_ops,
             &self.block_cache,
             &self.json_dictionaries,
         )
@@ -162,7 +162,7 @@ impl WriteTxn {
     /// range scans, inserts and removes, reads included. What its events cost redb, which
     /// `bench` reports per event.
     pub fn btree_ops(&self) -> u64 {
-        self.tally.btree_ops.load(Ordering::Relaxed)
+        self.btree_ops.load(Ordering::Relaxed)
     }
 
     /// Stores a block of entries (sorted by key, no key twice) and returns its reference.

@@ -60,21 +60,15 @@ fn layout(
     (parent, tail_start, keep)
 }
 
-/// What a transaction keeps of its writers beyond their writes.
-#[derive(Debug, Default)]
-pub(crate) struct WriterTally {
-    /// B-tree operations of every writer's tables ([`WriteTxn::btree_ops`](super::WriteTxn::btree_ops)).
-    pub(crate) btree_ops: AtomicU64,
-}
-
 pub(crate) struct Writer<'t> {
     pub(super) tx: &'t WriteTransaction,
     /// The transaction's reason not to commit, set through [`Writer::poison`].
     poisoned: &'t mut Option<String>,
     policy: &'t dyn WritePolicy,
     counts: &'t mut WriteCounts,
-    /// The B-tree operations of the writer's tables.
-    pub(super) tally: &'t WriterTally,
+    /// The transaction's count of B-tree operations, which the writer's tables add to
+    /// ([`WriteTxn::btree_ops`](super::WriteTxn::btree_ops)).
+    pub(super) btree_ops: &'t AtomicU64,
     block_cache: &'t BlockCache,
     pub(super) json_dictionaries: &'t JsonDictionaries,
     meta: Option<Counted<'t, tables::Text, u64>>,
@@ -147,7 +141,7 @@ fn open<'t, 's, K: Key + 'static, V: Value + 'static>(
 macro_rules! table {
     ($name:ident, $def:expr, $k:ty, $v:ty) => {
         pub(crate) fn $name(&mut self) -> Result<&mut Counted<'t, $k, $v>> {
-            open(self.tx, &self.tally.btree_ops, &mut self.$name, $def)
+            open(self.tx, self.btree_ops, &mut self.$name, $def)
         }
     };
 }
@@ -158,7 +152,7 @@ impl<'t> Writer<'t> {
         poisoned: &'t mut Option<String>,
         policy: &'t dyn WritePolicy,
         counts: &'t mut WriteCounts,
-        tally: &'t WriterTally,
+        btree_ops: &'t AtomicU64,
         block_cache: &'t BlockCache,
         json_dictionaries: &'t JsonDictionaries,
     ) -> Self {
@@ -167,7 +161,7 @@ impl<'t> Writer<'t> {
             poisoned,
             policy,
             counts,
-            tally,
+            btree_ops,
             block_cache,
             json_dictionaries,
             meta: None,
@@ -245,7 +239,7 @@ impl<'t> Writer<'t> {
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
                 // Two tables at once: borrowed field by field, not through `forward_table`.
-                let (tx, ops) = (self.tx, &self.tally.btree_ops);
+                let (tx, ops) = (self.tx, self.btree_ops);
                 let tables = intern::InternTables {
                     forward: open(tx, ops, &mut self.forward[kind.index], kind.forward)?,
                     reverse: open(tx, ops, &mut self.reverse[kind.index], kind.reverse)?,
@@ -282,13 +276,13 @@ impl<'t> Writer<'t> {
     /// The string-to-NID table of `kind`.
     fn forward_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, tables::Text, u64>> {
         let slot = &mut self.forward[kind.index];
-        open(self.tx, &self.tally.btree_ops, slot, kind.forward)
+        open(self.tx, self.btree_ops, slot, kind.forward)
     }
 
     /// The NID-to-string table of `kind`.
     fn reverse_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, u64, tables::Text>> {
         let slot = &mut self.reverse[kind.index];
-        open(self.tx, &self.tally.btree_ops, slot, kind.reverse)
+        open(self.tx, self.btree_ops, slot, kind.reverse)
     }
 
     /// The NID of `s`, if interned.
