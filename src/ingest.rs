@@ -30,7 +30,7 @@
 use crate::error::{Error, Result};
 use crate::matrix::auth::Authorizer;
 use crate::matrix::input::{Failure, InputKind, Outcome, Request, Verdict, receive};
-use crate::matrix::prepare::{Ahead, pipelined};
+use crate::matrix::prepare::{Ahead, Preparer, pipelined};
 use crate::store::Store;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -181,6 +181,9 @@ pub struct Ingester<'s, R> {
     options: IngestOptions,
     resolver: R,
     authorizer: Authorizer,
+    /// Prepares each batch's events on a second thread, remembering room versions across
+    /// batches.
+    preparer: Preparer<'s>,
     pending: Vec<Pending>,
     report: IngestReport,
     started: Instant,
@@ -254,11 +257,13 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
     /// A new ingester writing to `store`.
     pub fn new(store: &'s Store, options: IngestOptions, resolver: R) -> Self {
         let capacity = options.batch_size.clamp(1, 100_000);
+        let preparer = Preparer::new(store, !options.trust);
         Ingester {
             store,
             options,
             resolver,
             authorizer: Authorizer::default(),
+            preparer,
             pending: Vec::with_capacity(capacity),
             report: IngestReport::default(),
             started: Instant::now(),
@@ -377,12 +382,13 @@ impl<'s, R: StateResolver> Ingester<'s, R> {
             let mut early_bad = Vec::new();
             let retry = {
                 let mut w = tx.writer();
-                let (store, options) = (self.store, &self.options);
+                let options = &self.options;
                 let (resolver, authorizer) = (&mut self.resolver, &mut self.authorizer);
                 let authorizing = !options.trust;
+                let preparer = &mut self.preparer;
                 let stopped = pipelined(
                     &self.pending,
-                    |pending| line_ahead(pending, store, authorizing),
+                    |pending| line_ahead(pending, preparer),
                     |index, pending, ahead| {
                         if late.contains(&index) {
                             return Ok(ControlFlow::Continue(()));
@@ -536,7 +542,7 @@ struct LineAhead {
 
 /// Prepares the PDU a line holds. The writer uses the work only if it receives that same span
 /// of the line: it decides for itself what the line holds, as if nothing had been done ahead.
-fn line_ahead(pending: &Pending, store: &Store, authorizing: bool) -> Option<LineAhead> {
+fn line_ahead(pending: &Pending, preparer: &mut Preparer<'_>) -> Option<LineAhead> {
     let Body::Json(line) = &pending.body else {
         return None;
     };
@@ -548,7 +554,7 @@ fn line_ahead(pending: &Pending, store: &Store, authorizing: bool) -> Option<Lin
     Some(LineAhead {
         start: offset_in(line, pdu),
         len: pdu.len(),
-        ahead: Ahead::of(pdu, store, authorizing),
+        ahead: preparer.ahead(pdu),
     })
 }
 

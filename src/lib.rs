@@ -56,8 +56,9 @@ pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 pub use engine::source::{BlockSource, Resolver, SnapshotSource};
 pub use error::{Error, Result, StringKind};
+pub use matrix::reference::derive_event_id;
 pub use matrix::roomserver::{
-    InputEvent, InputKind, InputOutcome, Missing, PreparedEvent, Received, RoomServer,
+    InputEvent, InputKind, InputOutcome, Missing, PreparedEvent, Preparer, Received, RoomServer,
 };
 pub use matrix::stateres::MatrixResolver;
 pub use membership::Membership;

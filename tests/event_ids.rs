@@ -5,7 +5,7 @@
 use roomstate::error::{Error, Problem};
 use roomstate::ingest::{IngestOptions, MatrixResolver, OnBadLine, ingest};
 use roomstate::matrix::roomserver::{InputEvent, InputOutcome, Received, RoomServer};
-use roomstate::{Store, StoreRead};
+use roomstate::{Preparer, Store, StoreRead, derive_event_id};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -106,6 +106,11 @@ fn v12_room_id_by_hand() -> String {
 
 /// A version 12 room's events after its create event, each named by its reference hash.
 fn v12_room() -> (String, Vec<String>) {
+    v12_room_with(1)
+}
+
+/// [`v12_room`] with `messages` messages at its end.
+fn v12_room_with(messages: usize) -> (String, Vec<String>) {
     let create = v12_create();
     let room_id = v12_room_id_by_hand();
     let create_id = format!("${}", &room_id[1..]);
@@ -164,13 +169,10 @@ fn v12_room() -> (String, Vec<String>) {
     // name him.
     let name = json!({"name": "named by an additional creator"});
     add("m.room.name", Some(""), "@bob:b.example", name, &[2, 4]);
-    add(
-        "m.room.message",
-        None,
-        "@bob:b.example",
-        json!({"body": "hi"}),
-        &[2, 4],
-    );
+    for n in 0..messages {
+        let body = json!({"body": format!("hi {n}")});
+        add("m.room.message", None, "@bob:b.example", body, &[2, 4]);
+    }
     (room_id, pdus)
 }
 
@@ -356,4 +358,111 @@ fn a_hash_named_event_sent_again_with_other_signatures_is_already_stored() {
     let other = receive(&store, &[edited.to_string()]);
     assert_eq!(other[0].outcome, InputOutcome::Accepted);
     assert_ne!(other[0].event_id, first[5].event_id);
+}
+
+/// Every event of a version 12 room received as a [`Preparer`] prepares it (IDs derived ahead,
+/// on another thread in a real server) gets the ID and outcome it gets received plainly.
+#[test]
+fn ids_derived_ahead_are_the_ids_received_plainly() {
+    let (_, pdus) = v12_room();
+    let plain = Store::in_memory().unwrap();
+    let want = receive(&plain, &pdus);
+    let store = Store::in_memory().unwrap();
+    let mut preparer = Preparer::new(&store, true);
+    let prepared: Vec<_> = pdus
+        .iter()
+        .map(|pdu| preparer.prepare(&InputEvent::new(pdu.as_bytes())))
+        .collect();
+    let mut server = RoomServer::new();
+    let mut tx = store.write().unwrap();
+    let mut batch = server.batch(&mut tx);
+    for (event, want) in prepared.into_iter().zip(&want) {
+        let got = batch.receive_prepared(event).unwrap();
+        assert_eq!(
+            (&got.event_id, &got.outcome),
+            (&want.event_id, &want.outcome)
+        );
+    }
+}
+
+/// A preparer that believes a room has another version than the store finds (a second create
+/// event of the same room ID told it so) derives IDs the writer does not take: the writer
+/// derives them again under the version it settles, as when nothing was prepared.
+#[test]
+fn an_id_derived_ahead_under_another_version_is_derived_again() {
+    let event = |ty: &str, key: &str, content: Value, auth: Vec<String>| {
+        json!({
+            "type": ty, "state_key": key, "room_id": "!r:x", "sender": "@a:x",
+            "content": content, "prev_events": [], "auth_events": auth, "depth": 1,
+            // Kept by the redaction of version 10, dropped by that of version 11.
+            "origin": "x", "origin_server_ts": 1,
+        })
+        .to_string()
+    };
+    let create = |version: &str| {
+        let content = json!({"creator": "@a:x", "room_version": version});
+        event("m.room.create", "", content, vec![])
+    };
+    let (create_10, create_11) = (create("10"), create("11"));
+    let create_id = derive_event_id(create_10.as_bytes(), "10").unwrap();
+    let join = |n: u64| {
+        let content = json!({"membership": "join", "n": n});
+        event("m.room.member", "@a:x", content, vec![create_id.clone()])
+    };
+    assert_ne!(
+        derive_event_id(join(2).as_bytes(), "10").unwrap(),
+        derive_event_id(join(2).as_bytes(), "11").unwrap(),
+        "the two versions must name the event differently for this test to tell"
+    );
+    let store = Store::in_memory().unwrap();
+    let mut preparer = Preparer::new(&store, true);
+    let mut server = RoomServer::new();
+    let mut received = |preparer: &mut Preparer, pdu: &str| {
+        let prepared = preparer.prepare(&InputEvent::outlier(pdu.as_bytes()));
+        let mut tx = store.write().unwrap();
+        let got = server.batch(&mut tx).receive_prepared(prepared);
+        tx.commit().unwrap();
+        got
+    };
+    assert_eq!(
+        received(&mut preparer, &create_10).unwrap().event_id,
+        Some(create_id.clone())
+    );
+    let first = join(1);
+    let want = derive_event_id(first.as_bytes(), "10").unwrap();
+    assert_eq!(
+        received(&mut preparer, &first).unwrap().event_id,
+        Some(want)
+    );
+    // Whatever the store makes of the second create event, the preparer now takes the room
+    // for a version 11 room.
+    let _ = received(&mut preparer, &create_11);
+    let second = join(2);
+    let want = derive_event_id(second.as_bytes(), "10").unwrap();
+    assert_eq!(
+        received(&mut preparer, &second).unwrap().event_id,
+        Some(want)
+    );
+}
+
+/// JSON lines of events that declare no ID, in batches large enough to be prepared on a second
+/// thread (IDs derived there), are stored under the IDs a plain receive gives them.
+#[test]
+fn json_lines_prepared_ahead_get_the_ids_received_plainly() {
+    let (_, pdus) = v12_room_with(300);
+    let plain = Store::in_memory().unwrap();
+    let want = receive(&plain, &pdus);
+    let store = Store::in_memory().unwrap();
+    let text: String = pdus.iter().map(|p| format!("{p}\n")).collect();
+    let options = IngestOptions {
+        batch_size: 128,
+        ..IngestOptions::default()
+    };
+    let report = ingest(&store, text.as_bytes(), options, MatrixResolver::default()).unwrap();
+    assert_eq!(report.accepted(), pdus.len() as u64);
+    let rx = store.read().unwrap();
+    for got in &want {
+        let id = got.event_id.as_deref().unwrap();
+        assert_eq!(rx.event_nid(id).unwrap(), got.event, "{id}");
+    }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Problem, Result};
 use crate::matrix::auth::{Authorizer, Incoming, rules_for};
 use crate::matrix::event::{Pdu, PduJson};
 use crate::matrix::pdu::{EventRef, Fields, Loose, Parsed, fields};
-use crate::matrix::prepare::Ahead;
+use crate::matrix::prepare::{Ahead, DerivedId};
 use crate::matrix::reference;
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
 use crate::nid::{EventNid, NidMap, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
@@ -366,12 +366,14 @@ fn version_from_create(
 
 /// The ID of an event whose JSON declares none: its reference hash under its room's version,
 /// which comes from the event itself (a create event), its room's record, or its room's create
-/// event (among its stored auth events, or named by a version 12 room ID).
+/// event (among its stored auth events, or named by a version 12 room ID). The ID derived
+/// ahead is taken when it was derived under that version.
 fn derived_id(
     w: &mut Writer<'_>,
     f: &Fields<'_>,
     json: &[u8],
     known: Option<&mut NidMap<EventNid, String>>,
+    ahead: Option<DerivedId>,
 ) -> Checking<String> {
     let version = if f.is_create() {
         f.declared_version().to_owned()
@@ -408,6 +410,9 @@ fn derived_id(
             }
         }
     };
+    if let Some(derived) = ahead.filter(|d| d.version == version) {
+        return Ok(Ok(derived.id));
+    }
     Ok(reference::event_id(json, &version).map_err(Refusal::Bad))
 }
 
@@ -480,7 +485,7 @@ pub(crate) fn receive<R: StateResolver>(
         None if !fields.has_type() => return Err(bad((None, Problem::NotAPdu))),
         None => {
             let known = auth.as_deref_mut().map(|a| &mut a.versions);
-            match derived_id(w, &fields, req.json, known)? {
+            match derived_id(w, &fields, req.json, known, ahead.derived_id)? {
                 Ok(id) => Some(id),
                 Err(Refusal::Missing(missing)) => {
                     return Ok(Verdict::Missing {

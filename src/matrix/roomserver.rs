@@ -43,7 +43,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 pub use crate::matrix::input::{InputKind, Missing};
-pub use crate::matrix::prepare::PreparedEvent;
+pub use crate::matrix::prepare::{PreparedEvent, Preparer};
 
 /// One event to receive: how it arrives, its PDU, and optionally the state before it.
 #[derive(Clone, Debug)]

@@ -9,7 +9,9 @@ use crate::failure::{CliResult, Failure};
 use crate::workload::{Generator, Workload};
 use roomstate::ingest::{IngestOptions, Ingester, TrivialMerge};
 use roomstate::matrix::query;
-use roomstate::{EventNid, InputEvent, InputOutcome, PreparedEvent, RoomServer, Store, StoreRead};
+use roomstate::{
+    EventNid, InputEvent, InputOutcome, PreparedEvent, Preparer, RoomServer, Store, StoreRead,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -189,17 +191,20 @@ fn write_answer(
     let chain_len = chain.len() as u64;
     chain.extend(state.iter().filter(|e| !in_chain.contains(e)));
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut renamed = Renamed::new(&record.version);
     for event in &chain {
         let json = rx
             .event_json(*event)?
             .ok_or_else(|| Failure::Store(format!("no JSON for event NID {event}")))?;
+        let json = renamed.as_sent(rx.event_id(*event)?, &json)?;
         writeln!(out, "{{\"kind\":\"outlier\",\"event\":{json}}}")?;
     }
     let ids: Vec<String> = state
         .iter()
-        .map(|e| rx.event_id(*e))
-        .collect::<roomstate::Result<_>>()?;
+        .map(|e| Ok(renamed.id(rx.event_id(*e)?)))
+        .collect::<CliResult<_>>()?;
     let join = join_event(&rx, last, &record.version)?;
+    let join = renamed.as_sent("$joining-server-joins-hq-bench".into(), &join)?;
     let state_json = serde_json::to_string(&ids).map_err(std::io::Error::from)?;
     writeln!(
         out,
@@ -207,6 +212,55 @@ fn write_answer(
     )?;
     out.flush()?;
     Ok((state_ids_ms, auth_chain_ms, state.len() as u64, chain_len))
+}
+
+/// The answer's events as federation sends them: in room versions 3 on a PDU carries no
+/// `event_id`, its ID is its reference hash, and the joining server derives it. The generator's
+/// events declare made-up IDs, so each is renamed to its reference hash, and the events that
+/// name it (later in the answer: auth events come first) name it so.
+struct Renamed {
+    version: String,
+    /// Made-up ID to reference hash; versions 1 and 2 keep their IDs (none are renamed).
+    ids: std::collections::HashMap<String, String>,
+}
+
+impl Renamed {
+    fn new(version: &str) -> Self {
+        Renamed {
+            version: version.to_owned(),
+            ids: Default::default(),
+        }
+    }
+
+    fn id(&self, id: String) -> String {
+        self.ids.get(&id).cloned().unwrap_or(id)
+    }
+
+    /// `json` without its `event_id`, naming renamed events by their new IDs; remembers its own.
+    fn as_sent(&mut self, id: String, json: &str) -> CliResult<String> {
+        let mut event: serde_json::Value =
+            serde_json::from_str(json).map_err(std::io::Error::from)?;
+        let Some(fields) = event.as_object_mut() else {
+            return Err(Failure::Store(format!("event {id} is no JSON object")));
+        };
+        if matches!(self.version.as_str(), "1" | "2") {
+            return Ok(json.to_owned());
+        }
+        fields.remove("event_id");
+        for list in ["auth_events", "prev_events"] {
+            if let Some(serde_json::Value::Array(ids)) = fields.get_mut(list) {
+                for named in ids.iter_mut() {
+                    if let Some(new) = named.as_str().and_then(|old| self.ids.get(old)) {
+                        *named = serde_json::Value::String(new.clone());
+                    }
+                }
+            }
+        }
+        let sent = event.to_string();
+        let derived = roomstate::derive_event_id(sent.as_bytes(), &self.version)?;
+        self.ids.insert(id, derived);
+        Ok(sent)
+    }
 }
 
 fn median(times: &mut [f64]) -> f64 {
@@ -315,6 +369,10 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
 }
 
 /// What the reading thread hands the writing one: an outlier ready to store, or the join.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "all but one of an answer's lines are outliers: boxing them would allocate for each"
+)]
 enum Answered {
     Outlier(PreparedEvent),
     Join(Envelope),
@@ -328,6 +386,7 @@ fn read_answer(
     ready: &crossbeam::channel::Sender<Vec<Answered>>,
 ) -> CliResult {
     let mut chunk = Vec::with_capacity(64);
+    let mut preparer = Preparer::new(store, true);
     for line in lines {
         let envelope: Envelope = serde_json::from_str(&line?)
             .map_err(|e| Failure::Store(format!("a bad answer line: {e}")))?;
@@ -336,7 +395,7 @@ fn read_answer(
             Answered::Join(envelope)
         } else {
             let event = InputEvent::outlier(envelope.event.get().as_bytes());
-            Answered::Outlier(PreparedEvent::new(&event, store, true))
+            Answered::Outlier(preparer.prepare(&event))
         });
         if chunk.len() == chunk.capacity() || last {
             // The writer stopped on an error of its own, which it reports.
