@@ -636,6 +636,23 @@ fn median(times: &mut [u64]) -> u64 {
 }
 
 /// The process's peak resident set (VmHWM), or 0 where /proc does not say.
+/// The CPU time the calling thread has used, user and system, in milliseconds; 0 where
+/// `/proc/thread-self/stat` is not there. Linux counts it in ticks of 10 ms (`USER_HZ` is 100 on
+/// every architecture it runs on): enough for a thread that works for seconds.
+pub fn thread_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The command name, in parentheses, may hold spaces: count fields after it. utime and
+    // stime are fields 14 and 15, the 12th and 13th after the name.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 * 10.0
+}
+
 pub fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -36,6 +36,13 @@ pub struct JoinFigures {
     pub total_ms: f64,
     /// The joining process's peak resident set.
     pub peak_rss_bytes: u64,
+    /// The joining server's CPU time storing the outliers, on the writing thread and on the
+    /// thread that reads and prepares them: where the work is, as the wall time on a shared
+    /// machine does not say.
+    #[serde(default)]
+    pub writer_cpu_ms: f64,
+    #[serde(default)]
+    pub reader_cpu_ms: f64,
     /// The joining server: B-tree operations per outlier stored.
     #[serde(default)]
     pub btree_ops_per_outlier: f64,
@@ -78,8 +85,8 @@ pub fn run(scale: Scale, as_json: bool) -> CliResult {
         figures.total_ms, figures.outliers_ms, figures.join_ms
     );
     println!(
-        "  joining server: {:.1} B-tree operations per outlier",
-        figures.btree_ops_per_outlier
+        "  joining server: {:.1} B-tree operations per outlier; CPU {:.0} ms writing, {:.0} ms reading and preparing",
+        figures.btree_ops_per_outlier, figures.writer_cpu_ms, figures.reader_cpu_ms
     );
     println!(
         "  resident server: /state_ids {:.0} ms, auth chain of the current state {:.0} ms",
@@ -331,17 +338,20 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
     let lines = std::io::BufReader::new(std::fs::File::open(path)?).lines();
     // A reader thread parses and compresses each event while this one stores the one before,
     // as a homeserver receiving a `send_join` answer would.
-    let (outliers, btree_ops, join) = std::thread::scope(|scope| {
+    let (outliers, btree_ops, join, writer_cpu_ms, reader_cpu_ms) = std::thread::scope(|scope| {
         let (ready, prepared) = crossbeam::channel::bounded(4);
-        let reader = scope.spawn(move || read_answer(lines, store, &ready));
+        let reader = scope.spawn(move || {
+            read_answer(lines, store, &ready).map(|()| crate::bench::thread_cpu_ms())
+        });
+        let before = crate::bench::thread_cpu_ms();
         let stored = store_outliers(store, &prepared);
+        let writer_cpu_ms = crate::bench::thread_cpu_ms() - before;
         drop(prepared);
         let read = reader
             .join()
             .map_err(|_| Failure::Store("the reading thread panicked".into()))?;
         let (outliers, btree_ops, join) = stored?;
-        read?;
-        Ok::<_, Failure>((outliers, btree_ops, join))
+        Ok::<_, Failure>((outliers, btree_ops, join, writer_cpu_ms, read?))
     })?;
     let outliers_ms = ms(start);
     let joined = Instant::now();
@@ -363,6 +373,8 @@ fn receive_into(store: &Store, path: &Path) -> CliResult<JoinFigures> {
         total_ms: ms(start),
         peak_rss_bytes: peak_rss(),
         btree_ops_per_outlier: btree_ops as f64 / outliers.max(1) as f64,
+        writer_cpu_ms,
+        reader_cpu_ms,
         state_ids_ms: 0.0,
         auth_chain_ms: 0.0,
     })
