@@ -912,6 +912,32 @@ impl<'a, T: Tables> ReadIndex<'a, T> {
     }
 }
 
+impl<T: Tables> ReadIndex<'_, T> {
+    /// The event records of up to `limit` rows after event NID `after`, in order, and the last
+    /// row's NID (`None`: no rows left). Records that do not decode are left out (the walk over
+    /// events reports them).
+    pub(crate) fn records_after(
+        &self,
+        after: u64,
+        limit: usize,
+        out: &mut Vec<(EventNid, EventRecord)>,
+    ) -> Result<Option<u64>> {
+        let mut last = None;
+        for row in self.events.range(after.saturating_add(1)..)?.take(limit) {
+            let (nid, bytes) = row?;
+            let nid = nid.value();
+            last = Some(nid);
+            if let (Some(event), Ok(record)) = (
+                EventNid::new(nid),
+                codec::decode::<EventRecord>("events", nid, bytes.value()),
+            ) {
+                out.push((event, record));
+            }
+        }
+        Ok(last)
+    }
+}
+
 impl<T: Tables> IndexRead for ReadIndex<'_, T> {
     fn position(&mut self, event: EventNid) -> Result<Option<Position>> {
         position(&self.positions, event)

@@ -7,7 +7,7 @@ use crate::nid::EventNid;
 use crate::store::Tables;
 use crate::store::auth_index::{
     AUTH_CHAINS, AUTH_INDEX_KEY, AUTH_LINKS, AUTH_LINKS_INTO, AUTH_POSITIONS, IndexRead, Position,
-    ReadIndex, pairs, position, reach,
+    ReadIndex, position, reach,
 };
 use crate::store::check::CheckReport;
 use crate::store::codec;
@@ -42,10 +42,66 @@ pub(crate) fn check_auth_index<T: Tables>(tx: &T, report: &mut CheckReport) -> R
     open.check_positions(report)?;
     open.check_chains(report)?;
     open.check_links(report)?;
+    // A write transaction opens a table once at a time: the index opens them again.
+    drop(open);
     match ReadIndex::open(tx)? {
-        Some(mut index) => open.check_events(&mut index, report),
+        Some(mut index) => check_events(&mut index, report),
         None => Ok(()),
     }
+}
+
+/// Records read at a time by [`check_events`], which asks the index between reads.
+const RECORDS_AT_ONCE: usize = 1024;
+
+/// Every state event is indexed, and every auth event of every event is reached: on the event's
+/// own chain below it, by a link from its chain at or below it, or through the links of another
+/// of its auth events.
+fn check_events<T: Tables>(index: &mut ReadIndex<'_, T>, report: &mut CheckReport) -> Result<()> {
+    let mut records = Vec::with_capacity(RECORDS_AT_ONCE);
+    let mut after = 0;
+    loop {
+        records.clear();
+        let Some(last) = index.records_after(after, RECORDS_AT_ONCE, &mut records)? else {
+            return Ok(());
+        };
+        after = last;
+        for (event, record) in &records {
+            check_event(index, *event, record, report)?;
+        }
+    }
+}
+
+fn check_event(
+    index: &mut dyn IndexRead,
+    event: EventNid,
+    record: &EventRecord,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let nid = event.get();
+    let own = index.position(event).ok().flatten();
+    if own.is_none() && record.state_key.is_some() {
+        report.problem("auth_positions", nid, "a state event has no position");
+    }
+    let mut targets = Vec::new();
+    for a in &record.auth_events {
+        let Some(target) = index.position(*a).ok().flatten() else {
+            report.problem("auth_positions", nid, format!("auth event {a} has none"));
+            continue;
+        };
+        let Some(own) = own else { continue };
+        if own.chain() == target.chain() && target.seq() < own.seq() {
+            continue;
+        }
+        targets.clear();
+        index.links_from(own.chain(), 1, own.seq(), &mut targets)?;
+        let linked = targets
+            .iter()
+            .any(|t| t.chain() == target.chain() && t.seq() >= target.seq());
+        if !linked && reach(index, [own], [])?.upto(target.chain()) < target.seq() {
+            report.problem("auth_links", nid, format!("auth event {a} is not reached"));
+        }
+    }
+    Ok(())
 }
 
 impl<P, C, L, I, E> Open<P, C, L, I, E>
@@ -160,53 +216,6 @@ where
             if self.links.get((origin, target))?.is_none() {
                 let shown = format!("({target}, {origin})");
                 report.problem("auth_links_into", shown, "no mirror in auth_links");
-            }
-        }
-        Ok(())
-    }
-
-    /// Every state event is indexed, and every auth event of every event is reached: on the
-    /// event's own chain below it, by a link from its chain at or below it, or through the
-    /// links of another of its auth events.
-    fn check_events(&self, index: &mut dyn IndexRead, report: &mut CheckReport) -> Result<()> {
-        for row in self.events.range::<u64>(..)? {
-            let (nid, bytes) = row?;
-            let nid = nid.value();
-            // A record that does not decode is reported by the walk over events.
-            let (Ok(record), Some(event)) = (
-                codec::decode::<EventRecord>("events", nid, bytes.value()),
-                EventNid::new(nid),
-            ) else {
-                continue;
-            };
-            let own = position(&self.positions, event).ok().flatten();
-            if own.is_none() && record.state_key.is_some() {
-                report.problem("auth_positions", nid, "a state event has no position");
-            }
-            for a in &record.auth_events {
-                let Some(target) = position(&self.positions, *a).ok().flatten() else {
-                    report.problem("auth_positions", nid, format!("auth event {a} has none"));
-                    continue;
-                };
-                let Some(own) = own else { continue };
-                if own.chain() == target.chain() && target.seq() < own.seq() {
-                    continue;
-                }
-                let mut targets = Vec::new();
-                pairs(
-                    &self.links,
-                    "auth_links",
-                    own.chain(),
-                    1,
-                    own.seq(),
-                    &mut targets,
-                )?;
-                let linked = targets
-                    .iter()
-                    .any(|t| t.chain() == target.chain() && t.seq() >= target.seq());
-                if !linked && reach(index, [own], [])?.upto(target.chain()) < target.seq() {
-                    report.problem("auth_links", nid, format!("auth event {a} is not reached"));
-                }
             }
         }
         Ok(())
