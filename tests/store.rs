@@ -352,6 +352,37 @@ fn nids_of_an_uncommitted_transaction_are_not_remembered() {
     assert!(rx.check().unwrap().is_clean());
 }
 
+/// Writers skip the B-tree for strings a filter says are certainly not interned. Past the
+/// filter's first size (rebuilt larger as it fills), across transactions and after a reopen
+/// (built again from the table), every interned string keeps its one NID.
+#[test]
+fn strings_interned_past_the_absent_filters_size_keep_their_nids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rooms.redb");
+    let ids: Vec<String> = (0..70_000).map(|i| format!("$e{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (first_half, second_half) = refs.split_at(35_000);
+    let nids = {
+        let store = Store::open(&path).unwrap();
+        let mut tx = store.write().unwrap();
+        let mut nids = tx.get_or_create_events(first_half).unwrap();
+        tx.commit().unwrap();
+        let mut tx = store.write().unwrap();
+        nids.extend(tx.get_or_create_events(second_half).unwrap());
+        assert_eq!(tx.get_or_create_events(&refs).unwrap(), nids);
+        tx.commit().unwrap();
+        let mut tx = store.write().unwrap();
+        assert_eq!(tx.get_or_create_events(&refs).unwrap(), nids);
+        nids
+    };
+    let store = Store::open(&path).unwrap();
+    let mut tx = store.write().unwrap();
+    assert_eq!(tx.get_or_create_events(&refs).unwrap(), nids);
+    let distinct: std::collections::BTreeSet<_> = nids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    assert!(tx.check().unwrap().is_clean());
+}
+
 #[test]
 fn state_persists_across_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();

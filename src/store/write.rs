@@ -8,6 +8,7 @@ use crate::engine::snapshot::BlockRef;
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use crate::store::Serials;
+use crate::store::absent::AbsentFilters;
 use crate::store::intern;
 use crate::store::json::JsonDictionaries;
 use crate::store::purge::Purged;
@@ -34,6 +35,7 @@ pub struct WriteTxn {
     pub(super) poisoned: Option<String>,
     pub(super) block_cache: Arc<BlockCache>,
     pub(super) json_dictionaries: Arc<JsonDictionaries>,
+    pub(super) absent: Arc<AbsentFilters>,
 }
 
 impl std::fmt::Debug for WriteTxn {
@@ -95,15 +97,7 @@ macro_rules! get_or_create {
 
 impl WriteTxn {
     pub(crate) fn writer(&mut self) -> Writer<'_> {
-        Writer::new(
-            &self.tx,
-            &mut self.poisoned,
-            &*self.policy,
-            &mut self.counts,
-            &self.btree_ops,
-            &self.block_cache,
-            &self.json_dictionaries,
-        )
+        Writer::new(self)
     }
 
     get_or_create!(
