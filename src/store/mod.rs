@@ -5,7 +5,6 @@
 //! JSON or rules. It imports [`crate::engine`], [`crate::nid`] and [`crate::error`], never
 //! [`crate::matrix`] or [`crate::ingest`].
 
-mod absent;
 mod auth_chain;
 mod auth_index;
 mod auth_index_check;

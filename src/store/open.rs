@@ -5,7 +5,6 @@ use crate::engine::policy::{WritePolicy, default_policy};
 use crate::engine::snapshot::{SnapshotRecord, encode_snapshot, snapshot_hash};
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
-use crate::store::absent::AbsentFilters;
 use crate::store::auth_index;
 use crate::store::intern;
 use crate::store::json::{self, JsonDictionaries};
@@ -57,8 +56,6 @@ pub struct Store {
     two_phase_commit: bool,
     block_cache: Arc<BlockCache>,
     json_dictionaries: Arc<JsonDictionaries>,
-    /// Strings certainly not interned, which writers need not look up.
-    absent: Arc<AbsentFilters>,
 }
 
 impl std::fmt::Debug for Store {
@@ -346,7 +343,6 @@ impl Store {
                 two_phase_commit: options.two_phase_commit,
                 block_cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
                 json_dictionaries: Arc::new(JsonDictionaries::new(options.json_training.clone())),
-                absent: Arc::default(),
             })
         })
     }
@@ -389,7 +385,6 @@ impl Store {
                 poisoned: None,
                 block_cache: Arc::clone(&self.block_cache),
                 json_dictionaries: Arc::clone(&self.json_dictionaries),
-                absent: Arc::clone(&self.absent),
             })
         })
     }

@@ -8,7 +8,6 @@ use crate::engine::snapshot::BlockRef;
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use crate::store::Serials;
-use crate::store::absent::AbsentFilters;
 use crate::store::intern;
 use crate::store::json::JsonDictionaries;
 use crate::store::purge::Purged;
@@ -35,7 +34,6 @@ pub struct WriteTxn {
     pub(super) poisoned: Option<String>,
     pub(super) block_cache: Arc<BlockCache>,
     pub(super) json_dictionaries: Arc<JsonDictionaries>,
-    pub(super) absent: Arc<AbsentFilters>,
 }
 
 impl std::fmt::Debug for WriteTxn {

@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::nid::NidMap;
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid};
 use crate::store::WriteCounts;
-use crate::store::absent::{AbsentFilters, Filter};
 use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::counted::Counted;
@@ -26,7 +25,7 @@ use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::tables;
 use crate::store::write::WriteTxn;
-use redb::{Key, ReadableTable, ReadableTableMetadata, TableDefinition, Value, WriteTransaction};
+use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
@@ -73,8 +72,6 @@ pub(crate) struct Writer<'t> {
     pub(super) btree_ops: &'t AtomicU64,
     block_cache: &'t BlockCache,
     pub(super) json_dictionaries: &'t JsonDictionaries,
-    /// Strings certainly not interned yet.
-    absent: &'t AbsentFilters,
     meta: Option<Counted<'t, tables::Text, u64>>,
     forward: [Option<Counted<'t, tables::Text, u64>>; 4],
     reverse: [Option<Counted<'t, u64, tables::Text>>; 4],
@@ -161,7 +158,6 @@ impl<'t> Writer<'t> {
             btree_ops: &txn.btree_ops,
             block_cache: &txn.block_cache,
             json_dictionaries: &txn.json_dictionaries,
-            absent: &txn.absent,
             meta: None,
             forward: [None, None, None, None],
             reverse: [None, None, None, None],
@@ -236,10 +232,6 @@ impl<'t> Writer<'t> {
             // remembered absent: neither asks the B-tree again.
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
-                // Before the row: a string in the table is never taken for absent.
-                if let Some(filter) = &mut self.absent.lock()[kind.index] {
-                    filter.insert(s.as_bytes());
-                }
                 // Two tables at once: borrowed field by field, not through `forward_table`.
                 let (tx, ops) = (self.tx, self.btree_ops);
                 let tables = intern::InternTables {
@@ -287,35 +279,12 @@ impl<'t> Writer<'t> {
         open(self.tx, self.btree_ops, slot, kind.reverse)
     }
 
-    /// `false` when `s` is certainly not interned (see [`crate::store::absent`]). The kind's
-    /// filter is built from its table when first asked, and again, larger, once full.
-    fn may_be_interned(&mut self, kind: Kind, s: &str) -> Result<bool> {
-        let absent = self.absent;
-        let mut filters = absent.lock();
-        let slot = &mut filters[kind.index];
-        if let Some(filter) = slot.as_ref().filter(|f| !f.is_full()) {
-            return Ok(filter.may_contain(s.as_bytes()));
-        }
-        let forward = self.forward_table(kind)?;
-        let mut filter = Filter::with_capacity(Filter::next_capacity(forward.len()?));
-        for row in forward.range::<&[u8]>(..)? {
-            filter.insert(row?.0.value());
-        }
-        let maybe = filter.may_contain(s.as_bytes());
-        *slot = Some(filter);
-        Ok(maybe)
-    }
-
     /// The NID of `s`, if interned.
     pub fn lookup_nid(&mut self, kind: Kind, s: &str) -> Result<Option<u64>> {
         if let Some(nid) = self.cache.nids[kind.index].get(s) {
             return Ok(Some(*nid));
         }
         if self.cache.absent[kind.index].as_deref() == Some(s) {
-            return Ok(None);
-        }
-        if !self.may_be_interned(kind, s)? {
-            self.cache.absent[kind.index] = Some(Box::from(s));
             return Ok(None);
         }
         let forward = self.forward_table(kind)?;
