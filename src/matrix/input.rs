@@ -193,10 +193,20 @@ type Checking<T> = Result<Result<T, Refusal>>;
 
 /// A stored event's NID and record, unless the store does not hold it.
 fn stored(w: &mut Writer<'_>, id: &str) -> Result<Option<(EventNid, EventRecord)>> {
+    stored_with(w, id, EventRecord::clone)
+}
+
+/// A stored event's NID and what `read` takes of its record: the auth events of every event
+/// are asked about, and a copy of each record would cost more than the question.
+fn stored_with<T>(
+    w: &mut Writer<'_>,
+    id: &str,
+    read: impl FnOnce(&EventRecord) -> T,
+) -> Result<Option<(EventNid, T)>> {
     let Some(nid) = w.lookup_nid(EVENT, id)?.and_then(EventNid::new) else {
         return Ok(None);
     };
-    Ok(w.event(nid)?.map(|r| (nid, r)))
+    Ok(w.with_event(nid, read)?.map(|t| (nid, t)))
 }
 
 fn check(
@@ -224,11 +234,11 @@ fn check(
     let mut missing = Vec::new();
     let mut create_among_auth = None;
     for r in &p.auth_events {
-        match stored(w, r.id())? {
-            Some((_, record)) if Some(record.room) != room_nid => {
+        match stored_with(w, r.id(), |record| (record.room, is_create(record)))? {
+            Some((_, (room, _))) if Some(room) != room_nid => {
                 return Ok(Err(Problem::AuthEventInOtherRoom(r.id().to_owned()).into()));
             }
-            Some((nid, record)) if is_create(&record) => {
+            Some((nid, (_, true))) => {
                 create_among_auth.get_or_insert(nid);
             }
             Some(_) => {}
@@ -337,8 +347,8 @@ fn version_from_create(
         .then(|| room_id.strip_prefix('!').map(|hash| format!("${hash}")))
         .flatten();
     let implied_create = match &implied {
-        Some(id) => stored(w, id)?
-            .filter(|(_, r)| is_create(r))
+        Some(id) => stored_with(w, id, is_create)?
+            .filter(|(_, create)| *create)
             .map(|(nid, _)| nid),
         None => None,
     };
@@ -388,8 +398,8 @@ fn derived_id(
                 let mut create_among_auth = None;
                 let mut unknown = Vec::new();
                 for id in f.auth_ids() {
-                    match stored(w, id)? {
-                        Some((nid, record)) if is_create(&record) => {
+                    match stored_with(w, id, is_create)? {
+                        Some((nid, true)) => {
                             create_among_auth.get_or_insert(nid);
                         }
                         Some(_) => {}

@@ -580,6 +580,15 @@ impl<'t> Writer<'t> {
         Ok(self.event_ref(event)?.cloned())
     }
 
+    /// What `read` takes of a stored event's record, without copying the record.
+    pub fn with_event<T>(
+        &mut self,
+        event: EventNid,
+        read: impl FnOnce(&EventRecord) -> T,
+    ) -> Result<Option<T>> {
+        Ok(self.event_ref(event)?.map(read))
+    }
+
     pub(super) fn event_ref(&mut self, event: EventNid) -> Result<Option<&EventRecord>> {
         if !self.cache.events.contains_key(&event) {
             let record: Option<EventRecord> = {
