@@ -181,8 +181,8 @@ pub struct Ingester<'s, R> {
     options: IngestOptions,
     resolver: R,
     authorizer: Authorizer,
-    /// Prepares each batch's events on a second thread, remembering room versions across
-    /// batches.
+    /// Prepares each batch's events just ahead of the writer (on a second thread for a batch of
+    /// 64 lines or more), remembering room versions across batches.
     preparer: Preparer<'s>,
     pending: Vec<Pending>,
     report: IngestReport,

@@ -306,10 +306,9 @@ fn a_record_rewritten_with_other_auth_events_abandons_the_index() -> roomstate::
     Ok(())
 }
 
-/// A join names the create, power levels and join rules events; the power levels event reaches
-/// the create event already, by its own chain or its links, so the join links to two of them.
-/// Each event links only to what no other of its auth events reaches, and every auth chain
-/// stays whole.
+/// Each event links only to the auth events no other of its auth events reaches (by its chain
+/// or one link): the join rules event names the create event, the creator's membership and the
+/// power levels, and links to the power levels only. Every auth chain stays whole.
 #[test]
 fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
     let store = Store::in_memory()?;

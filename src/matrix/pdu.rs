@@ -143,6 +143,15 @@ impl<'a> Fields<'a> {
         self.auth_events.iter().flatten().map(EventRef::id)
     }
 
+    /// The room ID, or for a create event without one the ID its own ID gives it (room version
+    /// 12 on).
+    pub(crate) fn room_id_given(&self, event_id: &str) -> Option<Cow<'_, str>> {
+        match &self.room_id {
+            Some(id) => Some(Cow::Borrowed(id)),
+            None => room_of_create(event_id, self.event_type.as_deref()?, self.content.as_ref()),
+        }
+    }
+
     /// The room version a create event declares (`1` when it declares none).
     pub(crate) fn declared_version(&self) -> &str {
         self.content.as_ref().map_or("1", Content::version)

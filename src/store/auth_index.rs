@@ -483,7 +483,7 @@ impl ChainKeys {
     }
 }
 
-/// A writer's cache of chains' links is emptied past this many chains.
+/// A writer's caches of chains' links are emptied past this many chains each.
 const CHAIN_LINKS_HELD: usize = 1 << 16;
 
 /// [`ChainKeys`] is emptied past this many chains (about 40 MiB).
@@ -753,6 +753,10 @@ impl Writer<'_> {
         self.cache.positions.insert(event, Some(own));
         for target in self.link_targets(own, &auth)? {
             self.insert_link(own, target)?;
+            if let Some(links) = self.cache.links_of.get_mut(&own.chain()) {
+                let into = links.entry(target.chain()).or_default();
+                into.push((own.seq(), target.seq()));
+            }
             let reached = self.chain_links(own)?.entry(target.chain()).or_default();
             *reached = (*reached).max(target.seq());
         }
@@ -761,8 +765,9 @@ impl Writer<'_> {
 
     /// The auth events `own` links to: each one not reached otherwise, that is, not on its own
     /// chain, not by an earlier event of that chain, and not by another of its auth events (a
-    /// later one of the same chain, or one whose chain links at or above it). A member's join
-    /// names the create event, which its power levels event reaches already.
+    /// later one of the same chain, or one whose chain links at or above it). An event that names
+    /// the create event and the creator's membership links to the membership only, which links
+    /// to the create event.
     fn link_targets(
         &mut self,
         own: Position,
@@ -799,19 +804,24 @@ impl Writer<'_> {
         if from.chain() == to.chain() {
             return Ok(from.seq() > to.seq());
         }
-        if !self.cache.links_up_to.contains_key(&from.raw()) {
-            if self.cache.links_up_to.len() >= CHAIN_LINKS_HELD {
-                self.cache.links_up_to.clear();
+        let chain = from.chain();
+        if !self.cache.links_of.contains_key(&chain) {
+            if self.cache.links_of.len() >= CHAIN_LINKS_HELD {
+                self.cache.links_of.clear();
             }
-            let mut targets = Vec::new();
-            self.links_from(from.chain(), 1, from.seq(), &mut targets)?;
-            let reached = highest_per_chain(targets);
-            self.cache.links_up_to.insert(from.raw(), reached);
+            let mut links: NidMap<u64, Vec<(u64, u64)>> = NidMap::default();
+            self.links_span(chain, chain, &mut |origin, target| {
+                let to_chain = links.entry(target.chain()).or_default();
+                to_chain.push((origin.seq(), target.seq()));
+            })?;
+            self.cache.links_of.insert(chain, links);
         }
-        let reached = self.cache.links_up_to.get(&from.raw());
-        Ok(reached
-            .and_then(|r| r.get(&to.chain()))
-            .is_some_and(|seq| *seq >= to.seq()))
+        let links = self.cache.links_of.get(&chain);
+        let into = links.and_then(|l| l.get(&to.chain()));
+        Ok(into.is_some_and(|l| {
+            l.iter()
+                .any(|&(origin, target)| origin <= from.seq() && target >= to.seq())
+        }))
     }
 
     /// The next position on the chain of the auth event of the same (type, state key) and room,
@@ -1007,7 +1017,7 @@ impl Writer<'_> {
         };
         self.cache.positions.remove(&event);
         self.cache.chain_links.clear();
-        self.cache.links_up_to.clear();
+        self.cache.links_of.clear();
         self.auth_chains()?.remove(own)?;
         let own = Position::from_raw(own)?;
         let mut targets = Vec::new();

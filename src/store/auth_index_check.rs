@@ -1,6 +1,7 @@
 //! `check` of the auth-chain index, while meta says it is complete: every row agrees with its
 //! mirror and with the event records, and every auth event of an indexed event is reached.
-//! Each table is opened once: a write transaction lends a table out once.
+//! A write transaction lends a table out once at a time: the row checks open the tables, and
+//! close them before the index opens them again to ask what each event reaches.
 
 use crate::error::Result;
 use crate::nid::EventNid;
@@ -54,8 +55,8 @@ pub(crate) fn check_auth_index<T: Tables>(tx: &T, report: &mut CheckReport) -> R
 const RECORDS_AT_ONCE: usize = 1024;
 
 /// Every state event is indexed, and every auth event of every event is reached: on the event's
-/// own chain below it, by a link from its chain at or below it, or through the links of another
-/// of its auth events.
+/// own chain below it, or through links from its chain at or below it, followed as far as they
+/// go.
 fn check_events<T: Tables>(index: &mut ReadIndex<'_, T>, report: &mut CheckReport) -> Result<()> {
     let mut records = Vec::with_capacity(RECORDS_AT_ONCE);
     let mut after = 0;
@@ -82,7 +83,9 @@ fn check_event(
     if own.is_none() && record.state_key.is_some() {
         report.problem("auth_positions", nid, "a state event has no position");
     }
-    let mut targets = Vec::new();
+    // Read once per event, when an auth event first needs them: the links from its chain, and
+    // then, when none of them covers an auth event, everything the event reaches.
+    let (mut links, mut reached) = (None, None);
     for a in &record.auth_events {
         let Some(target) = index.position(*a).ok().flatten() else {
             report.problem("auth_positions", nid, format!("auth event {a} has none"));
@@ -92,12 +95,20 @@ fn check_event(
         if own.chain() == target.chain() && target.seq() < own.seq() {
             continue;
         }
-        targets.clear();
-        index.links_from(own.chain(), 1, own.seq(), &mut targets)?;
-        let linked = targets
+        if links.is_none() {
+            let mut targets = Vec::new();
+            index.links_from(own.chain(), 1, own.seq(), &mut targets)?;
+            links = Some(targets);
+        }
+        let linked = links
             .iter()
+            .flatten()
             .any(|t| t.chain() == target.chain() && t.seq() >= target.seq());
-        if !linked && reach(index, [own], [])?.upto(target.chain()) < target.seq() {
+        if !linked && reached.is_none() {
+            reached = Some(reach(index, [own], [])?);
+        }
+        let upto = reached.as_ref().map_or(0, |r| r.upto(target.chain()));
+        if !linked && upto < target.seq() {
             report.problem("auth_links", nid, format!("auth event {a} is not reached"));
         }
     }

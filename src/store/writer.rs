@@ -116,9 +116,9 @@ pub(super) struct Cache {
     /// Per auth chain written to, the highest sequence number its links reach on each other
     /// chain: read from `auth_links` once per writer, not once per event of a long chain.
     pub(super) chain_links: NidMap<u64, NidMap<u64, u64>>,
-    /// Per position an event links from, how far the links of its chain at or below it reach
-    /// on each other chain: the auth events most events name are few.
-    pub(super) links_up_to: NidMap<u64, NidMap<u64, u64>>,
+    /// Per chain of an auth event asked about, all its links, by target chain: (origin, target)
+    /// sequence numbers. Read whole once, and each link written from the chain after is added.
+    pub(super) links_of: NidMap<u64, NidMap<u64, Vec<(u64, u64)>>>,
     events: NidMap<EventNid, EventRecord>,
     afters: NidMap<EventNid, SnapshotNid>,
     /// Room records, and rooms without one: every outlier of a join asks for its room's.

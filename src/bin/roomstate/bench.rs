@@ -635,7 +635,6 @@ fn median(times: &mut [u64]) -> u64 {
     times.get(times.len() / 2).copied().unwrap_or(0)
 }
 
-/// The process's peak resident set (VmHWM), or 0 where /proc does not say.
 /// The CPU time the calling thread has used, user and system, in milliseconds; 0 where
 /// `/proc/thread-self/stat` is not there. Linux counts it in ticks of 10 ms (`USER_HZ` is 100 on
 /// every architecture it runs on): enough for a thread that works for seconds.
@@ -653,6 +652,7 @@ pub fn thread_cpu_ms() -> f64 {
     ticks as f64 * 10.0
 }
 
+/// The process's peak resident set (VmHWM), or 0 where /proc does not say.
 pub fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
