@@ -536,17 +536,18 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
 
 /// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table), before
 /// outliers were (version 3: no `outliers` table), before JSON was compressed (version 4: no
-/// `json_dictionaries` table) and before blocks were packed (version 5) are upgraded in place
-/// when opened: their events read as accepted and in their rooms' timelines.
+/// `json_dictionaries` table), before blocks were packed (version 5) and before auth-chain links
+/// another auth event reaches were left out (version 6) are upgraded in place when opened: their
+/// events read as accepted and in their rooms' timelines.
 #[test]
-fn schema_2_to_5_stores_are_upgraded_when_opened() {
-    for old in [2, 3, 4, 5] {
+fn schema_2_to_6_stores_are_upgraded_when_opened() {
+    for old in [2, 3, 4, 5, 6] {
         upgrade_from(old);
     }
 }
 
 fn upgrade_from(old: u64) {
-    use redb::{ReadableDatabase, TableDefinition};
+    use redb::TableDefinition;
     const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
     const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("outcomes");
     const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("outliers");
@@ -592,16 +593,47 @@ fn upgrade_from(old: u64) {
     assert!(rx.check().unwrap().is_clean());
     drop(rx);
     drop(store);
+    assert_eq!(schema_version(&path), Some(7));
+}
+
+/// A store from a newer build is refused with the version it names, and left as it was.
+#[test]
+fn a_store_of_a_newer_schema_is_refused_by_its_version() {
+    use redb::TableDefinition;
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("newer.redb");
+    drop(Store::open(&path).unwrap());
     let db = redb::Database::open(&path).unwrap();
-    let schema = db
-        .begin_read()
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META)
+        .unwrap()
+        .insert(b"schema_version".as_slice(), 8)
+        .unwrap();
+    tx.commit().unwrap();
+    drop(db);
+
+    match Store::open(&path) {
+        Err(error @ roomstate::Error::UnsupportedSchema(8)) => {
+            assert_eq!(error.to_string(), "unsupported schema version 8");
+        }
+        other => panic!("expected UnsupportedSchema(8), got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(schema_version(&path), Some(8));
+}
+
+/// The schema version a store's file says it holds, read with redb alone.
+fn schema_version(path: &std::path::Path) -> Option<u64> {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    let db = redb::Database::open(path).unwrap();
+    db.begin_read()
         .unwrap()
         .open_table(META)
         .unwrap()
         .get(b"schema_version".as_slice())
         .unwrap()
-        .map(|v| v.value());
-    assert_eq!(schema, Some(6));
+        .map(|v| v.value())
 }
 
 #[test]

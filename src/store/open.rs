@@ -308,7 +308,8 @@ impl Store {
                     tables::SCHEMA_WITHOUT_OUTCOMES
                     | tables::SCHEMA_WITHOUT_OUTLIERS
                     | tables::SCHEMA_WITHOUT_COMPRESSION
-                    | tables::SCHEMA_WITHOUT_PACKED_BLOCKS,
+                    | tables::SCHEMA_WITHOUT_PACKED_BLOCKS
+                    | tables::SCHEMA_WITH_EVERY_LINK,
                 ) => {
                     tx.open_table(tables::OUTCOMES)?;
                     tx.open_table(tables::OUTLIERS)?;

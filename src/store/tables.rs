@@ -71,15 +71,17 @@ pub(crate) const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::ne
 
 /// The schema version this build reads and writes, kept in [`META`] under [`SCHEMA_KEY`].
 /// Version 2 lacks [`OUTCOMES`] and [`OUTLIERS`], version 3 lacks [`OUTLIERS`], version 4 lacks
-/// `json_dictionaries` and holds every event's JSON raw, and versions before 6 hold blocks in
-/// the fixed-width layouts only; opening such a store adds the tables (empty) and moves it to 6.
-/// Raw JSON rows and fixed-width blocks stay readable as they are.
-pub(crate) const SCHEMA_VERSION: u64 = 6;
+/// `json_dictionaries` and holds every event's JSON raw, versions before 6 hold blocks in the
+/// fixed-width layouts only, and versions before 7 link every auth event in the auth-chain
+/// index, even one another auth event reaches; opening such a store adds the tables (empty) and
+/// moves it to 7. Raw JSON rows, fixed-width blocks and extra links stay readable as they are.
+pub(crate) const SCHEMA_VERSION: u64 = 7;
 /// The earlier schemas that opening upgrades in place.
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
 pub(crate) const SCHEMA_WITHOUT_COMPRESSION: u64 = 4;
 pub(crate) const SCHEMA_WITHOUT_PACKED_BLOCKS: u64 = 5;
+pub(crate) const SCHEMA_WITH_EVERY_LINK: u64 = 6;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The [`META`] key of the auth order: 1 while every stored event's auth events have smaller
