@@ -306,12 +306,9 @@ fn a_record_rewritten_with_other_auth_events_abandons_the_index() -> roomstate::
     Ok(())
 }
 
-/// Each event links only to the auth events no other of its auth events reaches (by its chain
-/// or one link): the join rules event names the create event, the creator's membership and the
-/// power levels, and links to the power levels only. Every auth chain stays whole.
-#[test]
-fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
-    let store = Store::in_memory()?;
+/// The five events of [`an_auth_event_another_one_reaches_takes_no_link`]: create, alice's
+/// join, power levels, join rules, bob's join, each naming every earlier one it may.
+fn five_events(store: &Store) -> roomstate::Result<[EventNid; 5]> {
     let mut tx = store.write()?;
     let room = tx.get_or_create_room("!r:x")?;
     let ids = tx.get_or_create_events(&["$create", "$alice", "$power", "$rules", "$bob"])?;
@@ -340,6 +337,16 @@ fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
     )?;
     tx.put_event(bob, &record(TypeNid::MEMBER, b, vec![create, power, rules]))?;
     tx.commit()?;
+    Ok([create, alice, power, rules, bob])
+}
+
+/// Each event links only to the auth events no other of its auth events reaches (by its chain
+/// or one link): the join rules event names the create event, the creator's membership and the
+/// power levels, and links to the power levels only. Every auth chain stays whole.
+#[test]
+fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
+    let store = Store::in_memory()?;
+    let [create, alice, power, rules, bob] = five_events(&store)?;
     let rx = store.read()?;
     assert!(rx.auth_index_complete()?);
     // alice → create; power → alice (which reaches create); rules → power (which reaches
@@ -349,6 +356,81 @@ fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
     assert!(rx.check()?.is_clean());
     let chain: BTreeSet<EventNid> = query::auth_chain(&rx, &[bob])?.into_iter().collect();
     assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
+    Ok(())
+}
+
+/// A store of schema 6 linked every auth event on another chain. Given the four links the rule
+/// above leaves out, as such a store holds them, it opens as schema 7, passes `check`, answers
+/// as before, and takes new events.
+#[test]
+fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate::Result<()> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    const POSITIONS: TableDefinition<u64, u64> = TableDefinition::new("auth_positions");
+    const LINKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("auth_links");
+    const LINKS_INTO: TableDefinition<(u64, u64), ()> = TableDefinition::new("auth_links_into");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("six.redb");
+    let store = Store::open(&path)?;
+    let [create, alice, power, rules, bob] = five_events(&store)?;
+    drop(store);
+    let db = redb::Database::open(&path).expect("the file opens in redb");
+    let tx = db.begin_write().expect("a write transaction");
+    {
+        let positions = tx.open_table(POSITIONS).expect("positions");
+        let at = |e: EventNid| {
+            let row = positions.get(e.get()).expect("a read").expect("a position");
+            row.value()
+        };
+        let left_out = [
+            (power, create),
+            (rules, create),
+            (rules, alice),
+            (bob, power),
+        ];
+        let pairs: Vec<(u64, u64)> = left_out.iter().map(|&(o, t)| (at(o), at(t))).collect();
+        drop(positions);
+        let mut links = tx.open_table(LINKS).expect("links");
+        let mut into = tx.open_table(LINKS_INTO).expect("links into");
+        for (origin, target) in pairs {
+            links.insert((origin, target), ()).expect("a link");
+            into.insert((target, origin), ()).expect("a link into");
+        }
+        tx.open_table(META)
+            .expect("meta")
+            .insert(b"schema_version".as_slice(), 6)
+            .expect("the schema");
+    }
+    tx.commit().expect("commit");
+    drop(db);
+
+    let store = Store::open(&path)?;
+    let rx = store.read()?;
+    assert_eq!(rx.stats()?.rows("auth_links"), 9);
+    assert!(rx.check()?.is_clean());
+    let chain: BTreeSet<EventNid> = query::auth_chain(&rx, &[bob])?.into_iter().collect();
+    assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
+    assert!(rx.is_in_auth_chain(alice, bob)? && !rx.is_in_auth_chain(bob, alice)?);
+    drop(rx);
+    let mut tx = store.write()?;
+    let room = tx.get_or_create_room("!r:x")?;
+    let carol = tx.get_or_create_event("$carol")?;
+    let key = Some(tx.get_or_create_state_key("@carol:x")?);
+    let mut record = EventRecord::new(room, TypeNid::MEMBER, key, SnapshotNid::EMPTY);
+    record.auth_events = vec![create, power, rules];
+    tx.put_event(carol, &record)?;
+    tx.commit()?;
+    let rx = store.read()?;
+    assert!(rx.check()?.is_clean());
+    let chain: BTreeSet<EventNid> = query::auth_chain(&rx, &[carol])?.into_iter().collect();
+    assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
+    drop(rx);
+    drop(store);
+    let db = redb::Database::open(&path).expect("the file opens in redb");
+    let rx = db.begin_read().expect("a read transaction");
+    let meta = rx.open_table(META).expect("meta");
+    let schema = meta.get(b"schema_version".as_slice()).expect("a read");
+    assert_eq!(schema.map(|v| v.value()), Some(7));
     Ok(())
 }
 
