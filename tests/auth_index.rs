@@ -3,6 +3,8 @@
 //! stored late or never (which abandon the index, and the answers must not change), records
 //! rewritten, and another room purged.
 
+mod common;
+
 use roomstate::ingest::{IngestOptions, OnBadLine, TrivialMerge, ingest};
 use roomstate::matrix::query;
 use roomstate::workload::{GenConfig, Generator, Workload};
@@ -364,7 +366,7 @@ fn an_auth_event_another_one_reaches_takes_no_link() -> roomstate::Result<()> {
 /// as before, and takes new events.
 #[test]
 fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate::Result<()> {
-    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    use redb::{ReadableTable, TableDefinition};
     const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
     const POSITIONS: TableDefinition<u64, u64> = TableDefinition::new("auth_positions");
     const LINKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("auth_links");
@@ -426,11 +428,7 @@ fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate:
     assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
     drop(rx);
     drop(store);
-    let db = redb::Database::open(&path).expect("the file opens in redb");
-    let rx = db.begin_read().expect("a read transaction");
-    let meta = rx.open_table(META).expect("meta");
-    let schema = meta.get(b"schema_version".as_slice()).expect("a read");
-    assert_eq!(schema.map(|v| v.value()), Some(7));
+    assert_eq!(common::schema_version(&path), Some(7));
     Ok(())
 }
 

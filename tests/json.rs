@@ -1,6 +1,8 @@
 //! Event JSON at rest: compressed with a dictionary trained from the store's own events, and
 //! read back byte for byte, through every reader, across retraining and from older stores.
 
+mod common;
+
 use roomstate::ingest::{IngestOptions, MatrixResolver, ingest};
 use roomstate::workload::{GenConfig, GenEvent, Generator, Workload};
 use roomstate::{Store, StoreBuilder, StoreRead};
@@ -111,15 +113,6 @@ mod raw {
     pub const EVENT_JSON: TableDefinition<u64, &[u8]> = TableDefinition::new("event_json");
     pub const DICTIONARIES: TableDefinition<u32, &[u8]> = TableDefinition::new("json_dictionaries");
 
-    pub fn schema(path: &std::path::Path) -> Option<u64> {
-        let db = redb::Database::open(path).unwrap();
-        let rx = db.begin_read().unwrap();
-        let meta = rx.open_table(META).unwrap();
-        meta.get(b"schema_version".as_slice())
-            .unwrap()
-            .map(|v| v.value())
-    }
-
     /// Every JSON row, by event NID, as stored.
     pub fn rows(path: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
         let db = redb::Database::open(path).unwrap();
@@ -187,7 +180,7 @@ fn a_store_from_before_compression_is_read_and_then_compressed() {
     assert!(stored * 10 < raw * 6, "{stored} bytes stored of {raw}");
     assert!(store.read().unwrap().check().unwrap().is_clean());
     drop(store);
-    assert_eq!(raw::schema(&path), Some(7));
+    assert_eq!(common::schema_version(&path), Some(7));
 }
 
 /// A damaged frame, or one naming a dictionary the store lacks, is an error naming the event;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ev, key};
+use common::{ev, key, schema_version};
 use roomstate::{
     DeltaEntry, Error, EventRecord, NidKind, RoomRecord, SnapshotNid, StateKeyNid, Store,
     StoreRead, StringKind, TypeNid,
@@ -620,20 +620,6 @@ fn a_store_of_a_newer_schema_is_refused_by_its_version() {
         other => panic!("expected UnsupportedSchema(8), got {:?}", other.map(|_| ())),
     }
     assert_eq!(schema_version(&path), Some(8));
-}
-
-/// The schema version a store's file says it holds, read with redb alone.
-fn schema_version(path: &std::path::Path) -> Option<u64> {
-    use redb::{ReadableDatabase, TableDefinition};
-    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
-    let db = redb::Database::open(path).unwrap();
-    db.begin_read()
-        .unwrap()
-        .open_table(META)
-        .unwrap()
-        .get(b"schema_version".as_slice())
-        .unwrap()
-        .map(|v| v.value())
 }
 
 #[test]

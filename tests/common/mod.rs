@@ -162,3 +162,17 @@ pub fn rows(db: &std::path::Path) -> u64 {
     }
     hasher.finish()
 }
+
+/// The schema version a store's file says it holds, read with redb alone.
+pub fn schema_version(path: &std::path::Path) -> Option<u64> {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    let db = redb::Database::open(path).unwrap();
+    db.begin_read()
+        .unwrap()
+        .open_table(META)
+        .unwrap()
+        .get(b"schema_version".as_slice())
+        .unwrap()
+        .map(|v| v.value())
+}
