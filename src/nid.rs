@@ -34,6 +34,12 @@ macro_rules! nid_type {
             pub const MAX: Self = Self(NonZeroU64::MAX);
         }
 
+        impl From<NonZeroU64> for $name {
+            fn from(raw: NonZeroU64) -> Self {
+                Self(raw)
+            }
+        }
+
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.0)

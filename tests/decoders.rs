@@ -165,3 +165,105 @@ fn ingest_input_found_by_fuzzing_is_a_bad_line_not_a_failure() {
     let report = ingest(&store, &line[..], options, MatrixResolver::default()).unwrap();
     assert_eq!((report.events, report.bad_lines), (0, 1));
 }
+
+/// Flatten's pass over a block against a `BTreeMap`, in every layout: blocks of up to 3,000
+/// entries (long stretches between newer keys take the copy without a branch per row, short ones
+/// go row by row), with tombstones in the block and in the newer entries, over part of the block
+/// or all of it; and the same blocks with one type NID zeroed, whose index is the error.
+#[test]
+fn overlay_matches_a_btreemap_in_every_layout() {
+    use roomstate::block::{encode_fixed_block, encode_packed_block};
+    use roomstate::{DeltaEntry, EventNid, StateEntry, StateKey, StateKeyNid, TypeNid};
+    use std::collections::BTreeMap;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..200u64 {
+        // Wide NIDs (past u32) make the fixed layout 24 bytes an entry.
+        let wide = if case % 5 == 0 { 1 << 40 } else { 0 };
+        let len = match case % 4 {
+            0 => rng.next() % 40,
+            _ => rng.next() % 3_000,
+        };
+        let gap = 1 + rng.next() % 4;
+        let spread = 1 + rng.next() % 200;
+        let key = |i: u64| {
+            StateKey::new(
+                TypeNid::new(1 + i / 1_000).unwrap(),
+                StateKeyNid::new(wide + 1 + i * gap).unwrap(),
+            )
+        };
+        let mut base = Vec::new();
+        for i in 0..len {
+            let event = match rng.next() % 50 {
+                0 => None,
+                _ => EventNid::new(wide + 1 + rng.next() % 1_000_000),
+            };
+            base.push(DeltaEntry { key: key(i), event });
+        }
+        // Newer entries: on base keys and between them, one in about `spread` places.
+        let mut newer: BTreeMap<StateKey, Option<EventNid>> = BTreeMap::new();
+        for _ in 0..(len * gap / spread + 1) {
+            let i = rng.next() % (len * gap + 2);
+            let k = StateKey::new(
+                TypeNid::new(1 + (i / gap) / 1_000).unwrap(),
+                StateKeyNid::new(wide + 1 + i).unwrap(),
+            );
+            let event =
+                (!rng.next().is_multiple_of(10)).then(|| EventNid::new(2_000_000 + i).unwrap());
+            newer.insert(k, event);
+        }
+        let newer: Vec<DeltaEntry> = newer
+            .into_iter()
+            .map(|(key, event)| DeltaEntry { key, event })
+            .collect();
+        let range = match case % 3 {
+            0 if len > 2 => 1..(len as usize - 1),
+            _ => 0..len as usize,
+        };
+        let mut model: BTreeMap<StateKey, Option<EventNid>> = base[range.clone()]
+            .iter()
+            .map(|e| (e.key, e.event))
+            .collect();
+        model.extend(newer.iter().map(|e| (e.key, e.event)));
+        let expected: Vec<StateEntry> = model
+            .iter()
+            .filter_map(|(&key, &event)| Some(StateEntry { key, event: event? }))
+            .collect();
+        for bytes in [
+            encode_packed_block(&base).unwrap(),
+            encode_fixed_block(&base).unwrap(),
+        ] {
+            let view = BlockView::parse(&bytes).unwrap();
+            let mut out: Vec<StateEntry> = Vec::new();
+            view.overlay(range.clone(), &newer, &mut out).unwrap();
+            assert_eq!(out, expected, "case {case}, {len} entries, {bytes:?}");
+            let mut run: Vec<DeltaEntry> = Vec::new();
+            view.overlay(range.clone(), &newer, &mut run).unwrap();
+            let whole: Vec<DeltaEntry> = model
+                .iter()
+                .map(|(&key, &event)| DeltaEntry { key, event })
+                .collect();
+            assert_eq!(run, whole, "case {case}: the merged run keeps tombstones");
+        }
+        if range.is_empty() || bytes_per_entry(&base) != Some(12) {
+            continue;
+        }
+        // A zeroed type NID in a 12-byte block: the pass reports that row's index.
+        let damaged_at = range.start + (rng.next() as usize % range.len());
+        let mut bytes = encode_fixed_block(&base).unwrap();
+        bytes[1 + 12 * damaged_at..1 + 12 * damaged_at + 4].fill(0);
+        let view = BlockView::parse(&bytes).unwrap();
+        let mut out: Vec<StateEntry> = Vec::new();
+        assert_eq!(
+            view.overlay(range.clone(), &newer, &mut out),
+            Err(damaged_at),
+            "case {case}"
+        );
+    }
+}
+
+/// The fixed layout's bytes per entry for these entries: 12 when every NID fits `u32`.
+fn bytes_per_entry(entries: &[roomstate::DeltaEntry]) -> Option<usize> {
+    let bytes = roomstate::block::encode_fixed_block(entries).ok()?;
+    (!entries.is_empty()).then(|| (bytes.len() - 1) / entries.len())
+}

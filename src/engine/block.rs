@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::ops::Range;
 
 /// The tag byte of the layout with `u64` NIDs, 24 bytes an entry.
@@ -458,7 +459,7 @@ impl<'a> BlockView<'a> {
     pub fn key_at(&self, index: usize) -> Option<StateKey> {
         match self.entries {
             Entries::Wide(e) => e.get(index).and_then(|c| key_of(wide(c))),
-            Entries::Narrow(e) => e.get(index).and_then(|c| key_of(narrow(c))),
+            Entries::Narrow(e) => e.get(index).and_then(|c| key_of(c.words())),
             Entries::Packed(p) => (index < p.len).then(|| key_of(p.words(index))).flatten(),
         }
     }
@@ -467,7 +468,7 @@ impl<'a> BlockView<'a> {
     pub fn entry_at(&self, index: usize) -> Option<DeltaEntry> {
         match self.entries {
             Entries::Wide(e) => e.get(index).and_then(|c| entry_of(wide(c))),
-            Entries::Narrow(e) => e.get(index).and_then(|c| entry_of(narrow(c))),
+            Entries::Narrow(e) => e.get(index).and_then(|c| entry_of(c.words())),
             Entries::Packed(p) => (index < p.len).then(|| entry_of(p.words(index))).flatten(),
         }
     }
@@ -519,8 +520,8 @@ impl<'a> BlockView<'a> {
     ) -> Result<(), usize> {
         let start = range.start;
         match self.entries {
-            Entries::Wide(e) => overlay(start, fixed_rows(e, range).map(wide), newer, out),
-            Entries::Narrow(e) => overlay(start, fixed_rows(e, range).map(narrow), newer, out),
+            Entries::Wide(e) => overlay_fixed(start, fixed_rows(e, range), newer, out),
+            Entries::Narrow(e) => overlay_fixed(start, fixed_rows(e, range), newer, out),
             Entries::Packed(p) => overlay(start, p.rows(range), newer, out),
         }
     }
@@ -537,6 +538,32 @@ fn packed(key: StateKey) -> u128 {
 pub trait MergeSink {
     /// Appends the entry for `key`, `None` being a tombstone.
     fn put(&mut self, key: StateKey, event: Option<EventNid>);
+
+    /// Appends rows of a fixed-width block that no newer entry touches. `Err(first + i)` names
+    /// the `i`th row when its type or state key is 0.
+    #[inline(always)]
+    fn put_rows<R: FixedRow>(&mut self, first: usize, rows: &[R]) -> Result<(), usize>
+    where
+        Self: Sized,
+    {
+        put_each(self, first, rows.iter().map(FixedRow::words))
+    }
+}
+
+/// [`MergeSink::put_rows`] a row at a time.
+#[inline(always)]
+fn put_each<S: MergeSink>(
+    out: &mut S,
+    first: usize,
+    rows: impl Iterator<Item = [u64; 3]>,
+) -> Result<(), usize> {
+    for (i, [t, k, e]) in rows.enumerate() {
+        let (Some(ty), Some(key)) = (TypeNid::new(t), StateKeyNid::new(k)) else {
+            return Err(first + i);
+        };
+        out.put(StateKey { ty, key }, EventNid::new(e));
+    }
+    Ok(())
 }
 
 impl MergeSink for Vec<StateEntry> {
@@ -545,6 +572,66 @@ impl MergeSink for Vec<StateEntry> {
         if let Some(event) = event {
             self.push(StateEntry { key, event });
         }
+    }
+
+    /// Rows with no 0 among their NIDs (no tombstone, no damage: every row of a base block) go
+    /// in one copy without a branch per row; anything else goes row by row.
+    #[inline(always)]
+    fn put_rows<R: FixedRow>(&mut self, first: usize, rows: &[R]) -> Result<(), usize> {
+        if rows.len() >= 32 && R::append_unbroken(rows, self) {
+            return Ok(());
+        }
+        put_each(self, first, rows.iter().map(FixedRow::words))
+    }
+}
+
+/// An entry of a fixed-width layout: its three NIDs, type, state key and event, in order.
+pub trait FixedRow: Copy {
+    /// The row's NIDs, 0 where the row holds 0.
+    fn words(&self) -> [u64; 3];
+
+    /// Appends `rows` to `out` and returns `true` when none of their NIDs is 0; otherwise
+    /// appends nothing and returns `false`.
+    fn append_unbroken(rows: &[Self], out: &mut Vec<StateEntry>) -> bool;
+}
+
+impl FixedRow for [u8; NARROW_ENTRY_BYTES] {
+    #[inline(always)]
+    fn words(&self) -> [u64; 3] {
+        narrow(self).map(u64::from)
+    }
+
+    /// Both passes run without a branch per row, so the compiler vectorizes them: the check
+    /// compares every 4-byte field with 0 at once, and the copy widens each field from a
+    /// `NonZeroU32`, whose fallback for 0 the check has ruled out.
+    #[inline(always)]
+    fn append_unbroken(rows: &[Self], out: &mut Vec<StateEntry>) -> bool {
+        let (fields, _) = rows.as_flattened().as_chunks::<4>();
+        if fields.iter().fold(false, |zero, f| zero | (*f == [0; 4])) {
+            return false;
+        }
+        let nid = |x: u32| NonZeroU64::from(NonZeroU32::new(x).unwrap_or(NonZeroU32::MAX));
+        out.extend(rows.iter().map(|row| {
+            let [t, k, e] = narrow(row).map(nid);
+            StateEntry {
+                key: StateKey::new(TypeNid::from(t), StateKeyNid::from(k)),
+                event: EventNid::from(e),
+            }
+        }));
+        true
+    }
+}
+
+impl FixedRow for [u8; ENTRY_BYTES] {
+    #[inline(always)]
+    fn words(&self) -> [u64; 3] {
+        wide(self)
+    }
+
+    /// Wide blocks hold NIDs beyond `u32`, which only stores past four billion events reach:
+    /// row by row.
+    fn append_unbroken(_: &[Self], _: &mut Vec<StateEntry>) -> bool {
+        false
     }
 }
 
@@ -599,12 +686,40 @@ fn overlay<S: MergeSink>(
     Ok(())
 }
 
+/// [`overlay`] for the fixed-width layouts, a stretch at a time: the rows below the next newer
+/// key are found by comparing keys alone, then handed to the sink in one
+/// [`MergeSink::put_rows`], so that the copy of a large base block has no branch per row.
+#[inline(always)]
+fn overlay_fixed<R: FixedRow, S: MergeSink>(
+    start: usize,
+    rows: &[R],
+    newer: &[DeltaEntry],
+    out: &mut S,
+) -> Result<(), usize> {
+    let key_at = |row: &R| {
+        let [t, k, _] = row.words();
+        (u128::from(t) << 64) | u128::from(k)
+    };
+    let mut at = 0;
+    for n in newer {
+        let next = packed(n.key);
+        let rest = rows.get(at..).unwrap_or(&[]);
+        let below = rest.iter().position(|r| key_at(r) >= next);
+        let (stretch, tail) = rest.split_at(below.unwrap_or(rest.len()));
+        out.put_rows(start + at, stretch)?;
+        at += stretch.len();
+        // A row the newer entry replaces is skipped: its key is the newer one's, so not damaged.
+        if tail.first().is_some_and(|r| key_at(r) == next) {
+            at += 1;
+        }
+        out.put(n.key, n.event);
+    }
+    out.put_rows(start + at, rows.get(at..).unwrap_or(&[]))
+}
+
 /// The entries of `range` of a fixed-width layout; none when the range is out of bounds.
-fn fixed_rows<const N: usize>(
-    chunks: &[[u8; N]],
-    range: Range<usize>,
-) -> std::slice::Iter<'_, [u8; N]> {
-    chunks.get(range).unwrap_or(&[]).iter()
+fn fixed_rows<const N: usize>(chunks: &[[u8; N]], range: Range<usize>) -> &[[u8; N]] {
+    chunks.get(range).unwrap_or(&[])
 }
 
 /// Emits the newer entries from `newer[taken..]` whose keys are below `key`; returns how many
@@ -660,12 +775,12 @@ fn wide(chunk: &[u8; ENTRY_BYTES]) -> [u64; 3] {
 }
 
 #[inline(always)]
-fn narrow(chunk: &[u8; NARROW_ENTRY_BYTES]) -> [u64; 3] {
+fn narrow(chunk: &[u8; NARROW_ENTRY_BYTES]) -> [u32; 3] {
     let [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3] = *chunk;
     [
-        u64::from(u32::from_le_bytes([a0, a1, a2, a3])),
-        u64::from(u32::from_le_bytes([b0, b1, b2, b3])),
-        u64::from(u32::from_le_bytes([c0, c1, c2, c3])),
+        u32::from_le_bytes([a0, a1, a2, a3]),
+        u32::from_le_bytes([b0, b1, b2, b3]),
+        u32::from_le_bytes([c0, c1, c2, c3]),
     ]
 }
 
