@@ -9,6 +9,9 @@
 //! dropped (a `Batch` passed to `mem::forget`) cannot commit its rows without its counters
 //! either: it read them from `meta`, whose table it then holds open, and redb refuses to commit
 //! a transaction whose tables were leaked.
+//!
+//! The same drop first writes back the reference counts the writer holds (`refs.rs`), which
+//! follow the same rules: every count it moved came with a row it wrote, so its tables are open.
 
 use crate::error::{Error, Result};
 use crate::store::writer::Writer;
@@ -48,8 +51,9 @@ impl Writer<'_> {
 }
 
 impl Drop for Writer<'_> {
+    /// Writes back the counters and the reference counts (`refs.rs`) the writer holds.
     fn drop(&mut self) {
-        if self.counters.0.is_empty() {
+        if self.counters.0.is_empty() && self.refs.is_empty() {
             return;
         }
         // Unwinding from a panic inside redb is no time to call it again; the transaction is
@@ -57,10 +61,16 @@ impl Drop for Writer<'_> {
         let result = if std::thread::panicking() {
             Err(Error::InvalidState("a panic while writing".into()))
         } else {
-            self.write_counters()
+            self.write_back_refs()
+                .map_err(|e| format!("the reference counts: {e}"))
+                .and_then(|()| {
+                    self.write_counters()
+                        .map_err(|e| format!("the NID counters: {e}"))
+                })
+                .map_err(Error::InvalidState)
         };
         if let Err(e) = result {
-            self.poison(format!("writing back the NID counters failed: {e}"));
+            self.poison(format!("writing back {e}"));
         }
     }
 }

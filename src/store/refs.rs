@@ -10,6 +10,12 @@
 //! it deletes rather than a scan of the store. A collection deletes each unreferenced snapshot,
 //! which releases its parent and its blocks, and so on down the chain, then every unreferenced
 //! block.
+//!
+//! A writer keeps the counts it moves in memory, as net changes, and writes them in key order
+//! when it is dropped (or before it collects): the ten messages after a state event share one
+//! state before, and a new block or snapshot is registered and then referenced at once, so most
+//! moves cancel or merge before they reach a B-tree. Writing them back is part of the writer's
+//! drop, like the NID counters (`counters.rs`): if it fails, the transaction cannot commit.
 
 use crate::engine::block::BlockHash;
 use crate::engine::snapshot::{decode_snapshot, snapshot_hash};
@@ -18,6 +24,7 @@ use crate::nid::SnapshotNid;
 use crate::store::counted::Counted;
 use crate::store::writer::Writer;
 use redb::ReadableTable;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// What a garbage collection deleted.
@@ -36,36 +43,72 @@ pub(crate) trait CountKey:
 }
 impl<K> CountKey for K where K: redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = K> + Copy {}
 
-/// Moves `key`'s count in `refs` by `delta` and returns (old, new). A zero count has no row.
-fn shift<K: CountKey>(
+/// Counts moved by a writer and not yet written back, by key.
+#[derive(Default)]
+pub(crate) struct PendingRefs {
+    snapshots: BTreeMap<u64, Pending>,
+    blocks: BTreeMap<u128, Pending>,
+}
+
+impl PendingRefs {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.blocks.is_empty()
+    }
+}
+
+/// One key's net change, and whether this writer created the row it counts.
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    delta: i64,
+    created: bool,
+}
+
+impl Pending {
+    fn add(&mut self, delta: i64, shown: impl fmt::Display) -> Result<()> {
+        self.delta = self.delta.checked_add(delta).ok_or_else(|| {
+            Error::InvalidState(format!("the count of {shown} cannot move by {delta}"))
+        })?;
+        self.created |= delta == 0;
+        Ok(())
+    }
+}
+
+/// Writes one key's net change to `refs`, where a zero count has no row, and returns whether
+/// the key must now be listed as unreferenced (`Some(true)`), unlisted (`Some(false)`), or
+/// neither.
+fn recount<K: CountKey>(
     refs: &mut Counted<'_, K, u64>,
     key: K,
-    delta: i64,
+    Pending { delta, created }: Pending,
     table: &'static str,
     shown: impl fmt::Display,
-) -> Result<(u64, u64)> {
-    let old = refs.get(key)?.map_or(0, |v| v.value());
+) -> Result<Option<bool>> {
+    if delta == 0 && !created {
+        return Ok(None);
+    }
+    // A row this writer created has had no count before: no read needed.
+    let old = match created {
+        true => 0,
+        false => refs.get(key)?.map_or(0, |v| v.value()),
+    };
     let new = old.checked_add_signed(delta).ok_or_else(|| {
         Error::corrupt(table, shown, format!("count {old} cannot move by {delta}"))
     })?;
-    if new == 0 {
-        refs.remove(key)?;
-    } else {
-        refs.insert(key, new)?;
+    match new {
+        0 if old != 0 => refs.remove(key).map(drop)?,
+        0 => {}
+        _ => refs.insert(key, new).map(drop)?,
     }
-    Ok((old, new))
+    // A created row was never listed; one whose count was 0 before was.
+    let listed = old == 0 && !created;
+    Ok((listed != (new == 0)).then_some(new == 0))
 }
 
-/// Keeps `key` listed as unreferenced exactly while its count is zero.
-fn relist<K: CountKey>(
-    unreferenced: &mut Counted<'_, K, ()>,
-    key: K,
-    (old, new): (u64, u64),
-) -> Result<()> {
-    if new == 0 {
-        unreferenced.insert(key, ())?;
-    } else if old == 0 {
-        unreferenced.remove(key)?;
+/// Lists or unlists `key` as [`recount`] says.
+fn relist<K: CountKey>(unreferenced: &mut Counted<'_, K, ()>, key: K, list: bool) -> Result<()> {
+    match list {
+        true => unreferenced.insert(key, ()).map(drop)?,
+        false => unreferenced.remove(key).map(drop)?,
     }
     Ok(())
 }
@@ -77,16 +120,31 @@ impl Writer<'_> {
         if snapshot == SnapshotNid::EMPTY {
             return Ok(());
         }
-        let key = snapshot.get();
-        let moved = shift(self.snapshot_refs()?, key, delta, "snapshot_refs", key)?;
-        relist(self.unreferenced_snapshots()?, key, moved)
+        let pending = self.refs.snapshots.entry(snapshot.get()).or_default();
+        pending.add(delta, snapshot)
     }
 
     /// Adds `delta` to a block's count; zero registers a new, unreferenced block.
     pub(crate) fn count_block_ref(&mut self, hash: u128, delta: i64) -> Result<()> {
-        let shown = BlockHash(hash);
-        let moved = shift(self.block_refs()?, hash, delta, "block_refs", shown)?;
-        relist(self.unreferenced_blocks()?, hash, moved)
+        let pending = self.refs.blocks.entry(hash).or_default();
+        pending.add(delta, BlockHash(hash))
+    }
+
+    /// Writes the counts moved since the last write-back, in key order.
+    pub(crate) fn write_back_refs(&mut self) -> Result<()> {
+        for (key, pending) in std::mem::take(&mut self.refs.snapshots) {
+            if let Some(list) = recount(self.snapshot_refs()?, key, pending, "snapshot_refs", key)?
+            {
+                relist(self.unreferenced_snapshots()?, key, list)?;
+            }
+        }
+        for (hash, pending) in std::mem::take(&mut self.refs.blocks) {
+            let shown = BlockHash(hash);
+            if let Some(list) = recount(self.block_refs()?, hash, pending, "block_refs", shown)? {
+                relist(self.unreferenced_blocks()?, hash, list)?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves one reference from `old` (if any) to `new`.
@@ -109,8 +167,11 @@ impl Writer<'_> {
     /// to what it released.
     pub(crate) fn collect_garbage(&mut self) -> Result<Collected> {
         let mut collected = Collected::default();
+        self.write_back_refs()?;
         while let Some((nid, ())) = pop_first(self.unreferenced_snapshots()?)? {
             self.delete_snapshot(nid)?;
+            // What the deletion released must be listed before the next is popped.
+            self.write_back_refs()?;
             collected.snapshots += 1;
         }
         while let Some((hash, ())) = pop_first(self.unreferenced_blocks()?)? {

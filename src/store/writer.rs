@@ -23,6 +23,7 @@ use crate::store::intern::{self, Kind};
 use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
+use crate::store::refs::PendingRefs;
 use crate::store::tables;
 use crate::store::write::WriteTxn;
 use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
@@ -96,6 +97,8 @@ pub(crate) struct Writer<'t> {
     auth_links_into: Option<Counted<'t, (u64, u64), ()>>,
     /// The NID counters handed out from, written back when the writer is dropped.
     pub(super) counters: Counters,
+    /// The reference counts moved and not yet written back (`refs.rs`).
+    pub(super) refs: PendingRefs,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
     /// previous event, its room and its strings are almost always the ones just written.
     pub(super) cache: Cache,
@@ -181,6 +184,7 @@ impl<'t> Writer<'t> {
             auth_links: None,
             auth_links_into: None,
             counters: Counters::default(),
+            refs: PendingRefs::default(),
             cache: Cache::default(),
         }
     }
