@@ -10,8 +10,9 @@
 //! either: it read them from `meta`, whose table it then holds open, and redb refuses to commit
 //! a transaction whose tables were leaked.
 //!
-//! The same drop first writes back the reference counts the writer holds (`refs.rs`), which
-//! follow the same rules: every count it moved came with a row it wrote, so its tables are open.
+//! The same drop (`Writer::write_back`) first writes the room records and the reference counts
+//! the writer holds (`refs.rs`), which follow the same rules: every count or record it holds
+//! came with a row it wrote, so its tables are open.
 
 use crate::error::{Error, Result};
 use crate::store::writer::Writer;
@@ -20,6 +21,12 @@ use redb::ReadableTable;
 /// Counters moved on and not yet written back, by `meta` key. A writer uses at most six.
 #[derive(Default)]
 pub(super) struct Counters(Vec<(&'static str, u64)>);
+
+impl Counters {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl Writer<'_> {
     /// The value of the counter `key` (`first` when the store never set it), which the counter
@@ -47,30 +54,5 @@ impl Writer<'_> {
             self.meta()?.insert(key.as_bytes(), value)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Writer<'_> {
-    /// Writes back the counters and the reference counts (`refs.rs`) the writer holds.
-    fn drop(&mut self) {
-        if self.counters.0.is_empty() && self.refs.is_empty() {
-            return;
-        }
-        // Unwinding from a panic inside redb is no time to call it again; the transaction is
-        // failing anyway, and is poisoned so that it cannot commit.
-        let result = if std::thread::panicking() {
-            Err(Error::InvalidState("a panic while writing".into()))
-        } else {
-            self.write_back_refs()
-                .map_err(|e| format!("the reference counts: {e}"))
-                .and_then(|()| {
-                    self.write_counters()
-                        .map_err(|e| format!("the NID counters: {e}"))
-                })
-                .map_err(Error::InvalidState)
-        };
-        if let Err(e) = result {
-            self.poison(format!("writing back {e}"));
-        }
     }
 }

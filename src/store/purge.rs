@@ -70,10 +70,10 @@ impl Writer<'_> {
             }
         }
         if let Some(record) = record {
-            self.rooms()?.remove(r)?;
+            self.delete_room(room)?;
             self.count_snapshot_ref(record.current_state, -1)?;
         }
-        self.clear_cache();
+        self.clear_cache()?;
         purged.collected = self.collect_garbage()?;
         Ok(purged)
     }

@@ -185,7 +185,7 @@ impl Writer<'_> {
             collected.blocks += 1;
         }
         // Cached snapshots after events may name rows just deleted.
-        self.clear_cache();
+        self.clear_cache()?;
         Ok(collected)
     }
 

@@ -27,7 +27,7 @@ use crate::store::refs::PendingRefs;
 use crate::store::tables;
 use crate::store::write::WriteTxn;
 use redb::{Key, ReadableTable, TableDefinition, Value, WriteTransaction};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
@@ -99,6 +99,9 @@ pub(crate) struct Writer<'t> {
     pub(super) counters: Counters,
     /// The reference counts moved and not yet written back (`refs.rs`).
     pub(super) refs: PendingRefs,
+    /// Room records put and not yet written back, encoded: every event of a batch moves its
+    /// room's record on, and only the last one needs to reach the B-tree.
+    rooms_put: BTreeMap<RoomNid, Vec<u8>>,
     /// Read-through, write-through caches for the life of the writer (one ingest batch): the
     /// previous event, its room and its strings are almost always the ones just written.
     pub(super) cache: Cache,
@@ -185,6 +188,7 @@ impl<'t> Writer<'t> {
             auth_links_into: None,
             counters: Counters::default(),
             refs: PendingRefs::default(),
+            rooms_put: BTreeMap::new(),
             cache: Cache::default(),
         }
     }
@@ -650,18 +654,51 @@ impl<'t> Writer<'t> {
         Ok(self.cache.rooms.get(&room).and_then(Option::as_ref))
     }
 
-    /// Forgets what the per-batch caches hold, after rows were deleted under them.
-    pub(crate) fn clear_cache(&mut self) {
+    /// Forgets what the per-batch caches hold, after rows were deleted under them. The room
+    /// records they hold unwritten are written first.
+    pub(crate) fn clear_cache(&mut self) -> Result<()> {
+        self.write_back_rooms()?;
         self.cache = Cache::default();
+        Ok(())
     }
 
+    /// Puts a room's record; the row is written when the writer is dropped
+    /// ([`write_back`](Self::write_back)), and read from the cache until then.
     pub fn put_room(&mut self, room: RoomNid, record: &RoomRecord) -> Result<()> {
         let old = self.room_ref(room)?.map(|r| r.current_state);
-        self.move_snapshot_ref(old, record.current_state)?;
         let bytes = codec::encode(record)?;
-        self.rooms()?.insert(room.get(), bytes.as_slice())?;
+        self.move_snapshot_ref(old, record.current_state)?;
+        self.rooms_put.insert(room, bytes);
         self.cache.rooms.insert(room, Some(record.clone()));
         Ok(())
+    }
+
+    /// Deletes a room's record, written or not.
+    pub(crate) fn delete_room(&mut self, room: RoomNid) -> Result<()> {
+        self.rooms_put.remove(&room);
+        self.cache.rooms.insert(room, None);
+        self.rooms()?.remove(room.get())?;
+        Ok(())
+    }
+
+    fn write_back_rooms(&mut self) -> Result<()> {
+        for (room, bytes) in std::mem::take(&mut self.rooms_put) {
+            self.rooms()?.insert(room.get(), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the writer holds in memory to its tables: room records, reference counts
+    /// (`refs.rs`) and NID counters (`counters.rs`). Dropping the writer does this; a failure
+    /// there poisons the transaction, so that it cannot commit rows without them.
+    pub(super) fn write_back(&mut self) -> Result<()> {
+        let step = |what: &str, e: Error| Error::InvalidState(format!("{what}: {e}"));
+        self.write_back_rooms()
+            .map_err(|e| step("the room records", e))?;
+        self.write_back_refs()
+            .map_err(|e| step("the reference counts", e))?;
+        self.write_counters()
+            .map_err(|e| step("the NID counters", e))
     }
 
     /// The snapshot after `event`, stored if new.
@@ -732,5 +769,23 @@ impl<'t> Writer<'t> {
             self.user_rooms()?.remove((u, r))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if self.counters.is_empty() && self.refs.is_empty() && self.rooms_put.is_empty() {
+            return;
+        }
+        // Unwinding from a panic inside redb is no time to call it again; the transaction is
+        // failing anyway, and is poisoned so that it cannot commit.
+        let result = if std::thread::panicking() {
+            Err(Error::InvalidState("a panic while writing".into()))
+        } else {
+            self.write_back()
+        };
+        if let Err(e) = result {
+            self.poison(format!("writing back {e}"));
+        }
     }
 }
