@@ -1,9 +1,9 @@
 //! Reading blocks in each layout (`cargo bench --bench block`): the packed layout the writer uses
 //! for runs of up to 4,096 entries, and the fixed 12-byte one it uses beyond. Flatten is one pass
 //! over the block ([`BlockView::overlay`]); a lookup is a binary search of it. Measured on one
-//! block of 100,000 memberships, alone and with 8,000 newer entries taken as the pass reaches
-//! them (about what a large room's state holds above its base), beside a plain copy of the
-//! 100,000 entries it yields; and on a run of 20 of them, which a read also parses.
+//! block of 100,000 memberships, alone, with 1,000 newer entries and with 8,000 (about what a
+//! large room's state holds above its base) taken as the pass reaches them, beside a plain copy
+//! of the 100,000 entries it yields; and on a run of 20 of them, which a read also parses.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use roomstate::block::{BlockView, encode_fixed_block, encode_packed_block};
@@ -44,6 +44,8 @@ fn newer(entries: &[DeltaEntry]) -> Vec<DeltaEntry> {
 fn layouts(c: &mut Criterion) {
     let entries = entries();
     let newer = newer(&entries);
+    // One newer entry per 100 rows: stretches long enough to be copied whole.
+    let sparse: Vec<DeltaEntry> = newer.iter().step_by(8).copied().collect();
     let flat: Vec<StateEntry> = entries
         .iter()
         .map(|e| StateEntry {
@@ -68,6 +70,14 @@ fn layouts(c: &mut Criterion) {
             b.iter(|| {
                 let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len());
                 view.overlay(0..view.len(), &[], &mut out).expect("decodes");
+                black_box(out)
+            })
+        });
+        group.bench_function("flatten 100k with 1k newer", |b| {
+            b.iter(|| {
+                let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len() + sparse.len());
+                view.overlay(0..view.len(), &sparse, &mut out)
+                    .expect("decodes");
                 black_box(out)
             })
         });
