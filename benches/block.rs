@@ -66,29 +66,21 @@ fn layouts(c: &mut Criterion) {
         );
         let view = BlockView::parse(bytes).expect("parses");
         let mut group = c.benchmark_group(*name);
-        group.bench_function("flatten 100k", |b| {
-            b.iter(|| {
-                let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len());
-                view.overlay(0..view.len(), &[], &mut out).expect("decodes");
-                black_box(out)
-            })
-        });
-        group.bench_function("flatten 100k with 1k newer", |b| {
-            b.iter(|| {
-                let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len() + sparse.len());
-                view.overlay(0..view.len(), &sparse, &mut out)
-                    .expect("decodes");
-                black_box(out)
-            })
-        });
-        group.bench_function("flatten 100k with 8k newer", |b| {
-            b.iter(|| {
-                let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len() + newer.len());
-                view.overlay(0..view.len(), &newer, &mut out)
-                    .expect("decodes");
-                black_box(out)
-            })
-        });
+        let overrides: [(&str, &[DeltaEntry]); 3] = [
+            ("flatten 100k", &[]),
+            ("flatten 100k with 1k newer", &sparse),
+            ("flatten 100k with 8k newer", &newer),
+        ];
+        for (bench, newer) in overrides {
+            group.bench_function(bench, |b| {
+                b.iter(|| {
+                    let mut out: Vec<StateEntry> = Vec::with_capacity(entries.len() + newer.len());
+                    view.overlay(0..view.len(), newer, &mut out)
+                        .expect("decodes");
+                    black_box(out)
+                })
+            });
+        }
         let mut i = 0;
         group.bench_function("lookup", |b| {
             b.iter(|| {
