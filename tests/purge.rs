@@ -305,3 +305,53 @@ fn purging_events_another_room_names_as_auth_events_abandons_the_auth_index() {
     assert!(!rx.auth_index_complete().unwrap());
     assert!(!rx.is_in_auth_chain(create, stray).unwrap());
 }
+
+/// A count found too low while a purge writes its count moves back (a damaged file) is a
+/// corrupt-store error, and the transaction then refuses to commit: the moves after the bad one
+/// were never written, so committing would leave the counts half moved.
+#[test]
+fn a_count_too_low_for_a_purge_poisons_its_transaction() {
+    use redb::ReadableTable;
+    const SNAPSHOT_REFS: redb::TableDefinition<u64, u64> =
+        redb::TableDefinition::new("snapshot_refs");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let text = lines(Workload::Hq, 21, 20, 40).join("\n");
+    ingest_into(&Store::open(&path).unwrap(), &text);
+    // The most referenced snapshot (a state before several events) now counts one reference.
+    let snapshot = {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let nid = {
+            let mut refs = tx.open_table(SNAPSHOT_REFS).unwrap();
+            let (nid, count) = refs
+                .range::<u64>(..)
+                .unwrap()
+                .map(|row| row.map(|(k, v)| (k.value(), v.value())).unwrap())
+                .max_by_key(|&(_, count)| count)
+                .unwrap();
+            assert!(count > 1, "snapshot {nid} counts {count}");
+            refs.insert(nid, 1).unwrap();
+            nid
+        };
+        tx.commit().unwrap();
+        nid
+    };
+    let store = Store::open(&path).unwrap();
+    let room = store
+        .read()
+        .unwrap()
+        .room_nid("!hq:server0.test")
+        .unwrap()
+        .unwrap();
+    let mut tx = store.write().unwrap();
+    match tx.purge_room(room) {
+        Err(Error::Corrupt { table, key, .. }) => {
+            assert_eq!((table, key), ("snapshot_refs", snapshot.to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(tx.commit(), Err(Error::Poisoned(_))));
+    // Nothing of the purge was committed.
+    assert!(store.read().unwrap().room(room).unwrap().is_some());
+}

@@ -10,9 +10,9 @@
 //! either: it read them from `meta`, whose table it then holds open, and redb refuses to commit
 //! a transaction whose tables were leaked.
 //!
-//! The same drop (`Writer::write_back`) first writes the room records and the reference counts
-//! the writer holds (`refs.rs`), which follow the same rules: every count or record it holds
-//! came with a row it wrote, so its tables are open.
+//! The same drop (`writer.rs`) first writes the room records and the reference counts the
+//! writer holds (`refs.rs`), which follow the same rules: every count or record it holds came
+//! with a row it wrote, so its tables are open.
 
 use crate::error::{Error, Result};
 use crate::store::writer::Writer;

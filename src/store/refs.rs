@@ -130,8 +130,18 @@ impl Writer<'_> {
         pending.add(delta, BlockHash(hash))
     }
 
-    /// Writes the counts moved since the last write-back, in key order.
+    /// Writes the counts moved since the last write-back, in key order. They leave memory as
+    /// they are written, so a failure part way poisons the transaction: it could otherwise
+    /// commit without the moves not yet written.
     pub(crate) fn write_back_refs(&mut self) -> Result<()> {
+        let result = self.write_pending_refs();
+        if let Err(e) = &result {
+            self.poison(format!("writing back the reference counts failed: {e}"));
+        }
+        result
+    }
+
+    fn write_pending_refs(&mut self) -> Result<()> {
         for (key, pending) in std::mem::take(&mut self.refs.snapshots) {
             if let Some(list) = recount(self.snapshot_refs()?, key, pending, "snapshot_refs", key)?
             {

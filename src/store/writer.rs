@@ -681,24 +681,22 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
+    /// Writes the room records put since the last write-back; a failure part way poisons the
+    /// transaction, as for the reference counts (`refs.rs`).
     fn write_back_rooms(&mut self) -> Result<()> {
+        let mut result = Ok(());
         for (room, bytes) in std::mem::take(&mut self.rooms_put) {
-            self.rooms()?.insert(room.get(), bytes.as_slice())?;
+            result = self
+                .rooms()
+                .and_then(|t| Ok(t.insert(room.get(), bytes.as_slice()).map(drop)?));
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
-    }
-
-    /// Writes what the writer holds in memory to its tables: room records, reference counts
-    /// (`refs.rs`) and NID counters (`counters.rs`). Dropping the writer does this; a failure
-    /// there poisons the transaction, so that it cannot commit rows without them.
-    pub(super) fn write_back(&mut self) -> Result<()> {
-        let step = |what: &str, e: Error| Error::InvalidState(format!("{what}: {e}"));
-        self.write_back_rooms()
-            .map_err(|e| step("the room records", e))?;
-        self.write_back_refs()
-            .map_err(|e| step("the reference counts", e))?;
-        self.write_counters()
-            .map_err(|e| step("the NID counters", e))
+        if let Err(e) = &result {
+            self.poison(format!("writing back the room records failed: {e}"));
+        }
+        result
     }
 
     /// The snapshot after `event`, stored if new.
@@ -772,6 +770,9 @@ impl<'t> Writer<'t> {
     }
 }
 
+/// Dropping a writer writes what it holds in memory to its tables: room records, reference
+/// counts (`refs.rs`) and NID counters (`counters.rs`). A failure poisons the transaction, so
+/// that it cannot commit rows without them.
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
         if self.counters.is_empty() && self.refs.is_empty() && self.rooms_put.is_empty() {
@@ -779,13 +780,16 @@ impl Drop for Writer<'_> {
         }
         // Unwinding from a panic inside redb is no time to call it again; the transaction is
         // failing anyway, and is poisoned so that it cannot commit.
-        let result = if std::thread::panicking() {
-            Err(Error::InvalidState("a panic while writing".into()))
-        } else {
-            self.write_back()
-        };
-        if let Err(e) = result {
-            self.poison(format!("writing back {e}"));
+        if std::thread::panicking() {
+            self.poison("a panic while writing".into());
+            return;
+        }
+        // The first two poison the transaction themselves when they fail.
+        if self.write_back_rooms().is_ok()
+            && self.write_back_refs().is_ok()
+            && let Err(e) = self.write_counters()
+        {
+            self.poison(format!("writing back the NID counters failed: {e}"));
         }
     }
 }
