@@ -23,7 +23,8 @@ fn entries() -> Vec<DeltaEntry> {
         .collect()
 }
 
-/// Every twelfth entry replaced by a newer event, and as many keys between them added.
+/// Every 25th entry replaced by a newer event and a key added beside it: 8,000 newer entries,
+/// one per 12.5 rows.
 fn newer(entries: &[DeltaEntry]) -> Vec<DeltaEntry> {
     let mut newer: Vec<DeltaEntry> = entries
         .iter()

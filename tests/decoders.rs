@@ -169,7 +169,8 @@ fn ingest_input_found_by_fuzzing_is_a_bad_line_not_a_failure() {
 /// Flatten's pass over a block against a `BTreeMap`, in every layout: blocks of up to 3,000
 /// entries (long stretches between newer keys take the copy without a branch per row, short ones
 /// go row by row), with tombstones in the block and in the newer entries, over part of the block
-/// or all of it; and the same blocks with one type NID zeroed, whose index is the error.
+/// or all of it; and the same blocks in the fixed layouts (12 and 24 bytes an entry) with one
+/// type NID zeroed, whose index is the error.
 #[test]
 fn overlay_matches_a_btreemap_in_every_layout() {
     use roomstate::block::{encode_fixed_block, encode_packed_block};
@@ -245,13 +246,14 @@ fn overlay_matches_a_btreemap_in_every_layout() {
                 .collect();
             assert_eq!(run, whole, "case {case}: the merged run keeps tombstones");
         }
-        if range.is_empty() || bytes_per_entry(&base) != Some(12) {
+        let Some(width) = bytes_per_entry(&base).filter(|_| !range.is_empty()) else {
             continue;
-        }
-        // A zeroed type NID in a 12-byte block: the pass reports that row's index.
+        };
+        // A zeroed type NID in a fixed-width block: the pass reports that row's index.
         let damaged_at = range.start + (rng.next() as usize % range.len());
         let mut bytes = encode_fixed_block(&base).unwrap();
-        bytes[1 + 12 * damaged_at..1 + 12 * damaged_at + 4].fill(0);
+        let row = 1 + width * damaged_at;
+        bytes[row..row + width / 3].fill(0);
         let view = BlockView::parse(&bytes).unwrap();
         let mut out: Vec<StateEntry> = Vec::new();
         assert_eq!(
@@ -262,7 +264,7 @@ fn overlay_matches_a_btreemap_in_every_layout() {
     }
 }
 
-/// The fixed layout's bytes per entry for these entries: 12 when every NID fits `u32`.
+/// The fixed layout's bytes per entry for these entries: 12 when every NID fits `u32`, else 24.
 fn bytes_per_entry(entries: &[roomstate::DeltaEntry]) -> Option<usize> {
     let bytes = roomstate::block::encode_fixed_block(entries).ok()?;
     (!entries.is_empty()).then(|| (bytes.len() - 1) / entries.len())

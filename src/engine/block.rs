@@ -511,7 +511,8 @@ impl<'a> BlockView<'a> {
     /// Appends the entries of `range` merged with `newer` (sorted, distinct keys) to `out`: on a
     /// shared key the newer entry wins. Whether tombstones are kept is the sink's choice.
     /// `Err(index)` names a damaged entry, and `out` then holds part of the merge. This is
-    /// flatten's one pass over the base block.
+    /// flatten's pass over the base block: one comparison per row, or, in a fixed-width block
+    /// where newer keys are sparse, a stretch of rows at a time.
     pub fn overlay<S: MergeSink>(
         &self,
         range: Range<usize>,
@@ -530,7 +531,13 @@ impl<'a> BlockView<'a> {
 /// `key` as one `u128` that orders like the key itself: type NID high, state-key NID low.
 #[inline(always)]
 fn packed(key: StateKey) -> u128 {
-    (u128::from(key.ty.get()) << 64) | u128::from(key.key.get())
+    packed_words(key.ty.get(), key.key.get())
+}
+
+/// A stored row's type and state-key NIDs packed as [`packed`] packs a key.
+#[inline(always)]
+fn packed_words(ty: u64, key: u64) -> u128 {
+    (u128::from(ty) << 64) | u128::from(key)
 }
 
 /// Where a merge of sorted entries writes: a flattened state drops tombstones, a merged run
@@ -578,21 +585,33 @@ impl MergeSink for Vec<StateEntry> {
     /// in one copy without a branch per row; anything else goes row by row.
     #[inline(always)]
     fn put_rows<R: FixedRow>(&mut self, first: usize, rows: &[R]) -> Result<(), usize> {
-        if rows.len() >= 32 && R::append_unbroken(rows, self) {
+        if rows.len() >= COPY_ROWS && R::append_unbroken(rows, self) {
             return Ok(());
         }
         put_each(self, first, rows.iter().map(FixedRow::words))
     }
 }
 
+/// Rows from which a run is checked and copied whole rather than row by row: below it, setting
+/// up the check and the copy costs more than the branches it saves.
+const COPY_ROWS: usize = 32;
+
 /// An entry of a fixed-width layout: its three NIDs, type, state key and event, in order.
-pub trait FixedRow: Copy {
+/// Implemented by this module's layouts only.
+pub trait FixedRow: sealed::Sealed + Copy {
     /// The row's NIDs, 0 where the row holds 0.
     fn words(&self) -> [u64; 3];
 
     /// Appends `rows` to `out` and returns `true` when none of their NIDs is 0; otherwise
     /// appends nothing and returns `false`.
     fn append_unbroken(rows: &[Self], out: &mut Vec<StateEntry>) -> bool;
+}
+
+mod sealed {
+    /// Keeps [`super::FixedRow`] to the layouts this module reads.
+    pub trait Sealed {}
+    impl Sealed for [u8; super::NARROW_ENTRY_BYTES] {}
+    impl Sealed for [u8; super::ENTRY_BYTES] {}
 }
 
 impl FixedRow for [u8; NARROW_ENTRY_BYTES] {
@@ -719,7 +738,7 @@ fn overlay_fixed<R: FixedRow, S: MergeSink>(
 ) -> Result<(), usize> {
     let key_at = |row: &R| {
         let [t, k, _] = row.words();
-        (u128::from(t) << 64) | u128::from(k)
+        packed_words(t, k)
     };
     let mut at = 0;
     for n in newer {
