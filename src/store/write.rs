@@ -267,6 +267,13 @@ impl WriteTxn {
     /// Makes every write of this transaction visible and (by default) durable, all at once.
     pub fn commit(self) -> Result<()> {
         if let Some(why) = self.poisoned {
+            // A transaction whose write failed inside redb may hold redb's table lock
+            // poisoned, and then dropping it panics: caught here, as the failure it is.
+            let tx = self.tx;
+            crate::error::guard(|| {
+                drop(tx);
+                Ok(())
+            })?;
             return Err(Error::Poisoned(why));
         }
         let (serial, serials) = (self.serial, Arc::clone(&self.serials));
