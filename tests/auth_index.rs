@@ -403,6 +403,7 @@ fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate:
             .insert(b"schema_version".as_slice(), 6)
             .expect("the schema");
     }
+    common::key_event_ids_by_string(&tx);
     tx.commit().expect("commit");
     drop(db);
 
@@ -428,7 +429,7 @@ fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate:
     assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
     drop(rx);
     drop(store);
-    assert_eq!(common::schema_version(&path), Some(7));
+    assert_eq!(common::schema_version(&path), Some(8));
     Ok(())
 }
 

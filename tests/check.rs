@@ -108,7 +108,7 @@ fn damage_is_reported_with_the_row_it_is_in() {
         "{:?}",
         report.problems
     );
-    assert!(tables.contains(&"event_ids"), "{tables:?}");
+    assert!(tables.contains(&"event_keys"), "{tables:?}");
     // Nothing panicked, and the store still opens for reading.
     assert!(Store::open(&path).unwrap().read().is_ok());
 }
@@ -141,7 +141,7 @@ fn the_cli_exits_2_on_a_damaged_store() {
     let damaged = run(&path);
     assert_eq!(damaged.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&damaged.stdout);
-    assert!(stdout.contains("event_ids"), "{stdout}");
+    assert!(stdout.contains("event_keys"), "{stdout}");
 }
 
 #[test]

@@ -146,7 +146,7 @@ fn purging_rooms_one_by_one_leaves_the_others_exactly_as_they_were() {
             "unreferenced_blocks",
             "events",
             "event_json",
-            "event_ids",
+            "event_keys",
             "rooms",
             "membership",
             "user_rooms",

@@ -537,11 +537,12 @@ fn the_block_cache_is_shared_bounded_and_survives_collection() {
 /// Stores of the schemas before outcomes were kept (version 2: no `outcomes` table), before
 /// outliers were (version 3: no `outliers` table), before JSON was compressed (version 4: no
 /// `json_dictionaries` table), before blocks were packed (version 5) and before auth-chain links
-/// another auth event reaches were left out (version 6) are upgraded in place when opened: their
-/// events read as accepted and in their rooms' timelines.
+/// another auth event reaches were left out (version 6) and before event IDs were keyed by 64
+/// bits (version 7, and all before it) are upgraded in place when opened: their events read as
+/// accepted and in their rooms' timelines.
 #[test]
-fn schema_2_to_6_stores_are_upgraded_when_opened() {
-    for old in [2, 3, 4, 5, 6] {
+fn schema_2_to_7_stores_are_upgraded_when_opened() {
+    for old in [2, 3, 4, 5, 6, 7] {
         upgrade_from(old);
     }
 }
@@ -575,6 +576,7 @@ fn upgrade_from(old: u64) {
     if old == 2 {
         assert!(tx.delete_table(OUTCOMES).unwrap());
     }
+    common::key_event_ids_by_string(&tx);
     tx.open_table(META)
         .unwrap()
         .insert(b"schema_version".as_slice(), old)
@@ -593,7 +595,7 @@ fn upgrade_from(old: u64) {
     assert!(rx.check().unwrap().is_clean());
     drop(rx);
     drop(store);
-    assert_eq!(schema_version(&path), Some(7));
+    assert_eq!(schema_version(&path), Some(8));
 }
 
 /// A store from a newer build is refused with the version it names, and left as it was.
@@ -608,18 +610,18 @@ fn a_store_of_a_newer_schema_is_refused_by_its_version() {
     let tx = db.begin_write().unwrap();
     tx.open_table(META)
         .unwrap()
-        .insert(b"schema_version".as_slice(), 8)
+        .insert(b"schema_version".as_slice(), 9)
         .unwrap();
     tx.commit().unwrap();
     drop(db);
 
     match Store::open(&path) {
-        Err(error @ roomstate::Error::UnsupportedSchema(8)) => {
-            assert_eq!(error.to_string(), "unsupported schema version 8");
+        Err(error @ roomstate::Error::UnsupportedSchema(9)) => {
+            assert_eq!(error.to_string(), "unsupported schema version 9");
         }
-        other => panic!("expected UnsupportedSchema(8), got {:?}", other.map(|_| ())),
+        other => panic!("expected UnsupportedSchema(9), got {:?}", other.map(|_| ())),
     }
-    assert_eq!(schema_version(&path), Some(8));
+    assert_eq!(schema_version(&path), Some(9));
 }
 
 #[test]

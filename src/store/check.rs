@@ -9,6 +9,7 @@ use crate::engine::snapshot::{SnapshotRecord, decode_snapshot, snapshot_hash};
 use crate::error::Result;
 use crate::store::Tables;
 use crate::store::codec;
+use crate::store::event_ids;
 use crate::store::intern::{self, Kind};
 use crate::store::parallel::both;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
@@ -199,7 +200,7 @@ fn check_interning<T: Tables + Sync>(
         T::SHARES_TABLES,
         || {
             let mut part = CheckReport::default();
-            check_forward(tx, intern::EVENT, &mut part).map(|()| part)
+            event_ids::check_keys(tx, &mut part).map(|()| part)
         },
         || {
             for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY] {
@@ -207,7 +208,7 @@ fn check_interning<T: Tables + Sync>(
                 interned[kind.index] = check_reverse(tx, kind, report)?;
             }
             let mut part = CheckReport::default();
-            interned[intern::EVENT.index] = check_reverse(tx, intern::EVENT, &mut part)?;
+            interned[intern::EVENT.index] = event_ids::check_ids(tx, &mut part)?;
             Ok(part)
         },
     )?;
@@ -218,7 +219,7 @@ fn check_interning<T: Tables + Sync>(
 
 /// Every string maps to a NID that maps back to it.
 fn check_forward<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<()> {
-    let forward = tx.open(kind.forward)?;
+    let forward = tx.open(kind.string_table()?)?;
     let reverse = tx.open(kind.reverse)?;
     for row in forward.range::<&[u8]>(..)? {
         let (s, nid) = row?;
@@ -242,7 +243,7 @@ fn check_forward<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Res
 
 /// Every NID maps to a string that maps back to it; returns the NIDs.
 fn check_reverse<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<HashSet<u64>> {
-    let forward = tx.open(kind.forward)?;
+    let forward = tx.open(kind.string_table()?)?;
     let reverse = tx.open(kind.reverse)?;
     let mut nids = HashSet::new();
     for row in reverse.range::<u64>(..)? {

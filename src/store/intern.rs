@@ -9,12 +9,21 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 /// The spec's limit on room IDs, event IDs, types and state keys, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
 
+/// Where a kind's strings find their NIDs.
+#[derive(Clone, Copy)]
+pub(crate) enum Forward {
+    /// A table keyed by the string itself.
+    Strings(TableDefinition<'static, Text, u64>),
+    /// The event-ID index, keyed by a 64-bit key of the ID (`event_ids.rs`).
+    EventKeys,
+}
+
 /// Everything that differs between the kinds of interned string.
 #[derive(Clone, Copy)]
 pub(crate) struct Kind {
     /// Position among the four kinds, for per-kind arrays.
     pub index: usize,
-    pub forward: TableDefinition<'static, Text, u64>,
+    pub forward: Forward,
     pub reverse: TableDefinition<'static, u64, Text>,
     pub forward_name: &'static str,
     pub reverse_name: &'static str,
@@ -27,7 +36,7 @@ pub(crate) struct Kind {
 
 pub(crate) const ROOM: Kind = Kind {
     index: 0,
-    forward: tables::ROOM_IDS,
+    forward: Forward::Strings(tables::ROOM_IDS),
     reverse: tables::ROOM_IDS_REV,
     forward_name: "room_ids",
     reverse_name: "room_ids_rev",
@@ -40,7 +49,7 @@ pub(crate) const ROOM: Kind = Kind {
 
 pub(crate) const TYPE: Kind = Kind {
     index: 1,
-    forward: tables::TYPES,
+    forward: Forward::Strings(tables::TYPES),
     reverse: tables::TYPES_REV,
     forward_name: "event_types",
     reverse_name: "event_types_rev",
@@ -53,7 +62,7 @@ pub(crate) const TYPE: Kind = Kind {
 
 pub(crate) const STATE_KEY: Kind = Kind {
     index: 2,
-    forward: tables::STATE_KEYS,
+    forward: Forward::Strings(tables::STATE_KEYS),
     reverse: tables::STATE_KEYS_REV,
     forward_name: "state_keys",
     reverse_name: "state_keys_rev",
@@ -66,9 +75,9 @@ pub(crate) const STATE_KEY: Kind = Kind {
 
 pub(crate) const EVENT: Kind = Kind {
     index: 3,
-    forward: tables::EVENT_IDS,
+    forward: Forward::EventKeys,
     reverse: tables::EVENT_IDS_REV,
-    forward_name: "event_ids",
+    forward_name: "event_keys",
     reverse_name: "event_ids_rev",
     counter: "next_event_nid",
     first_dynamic: 1,
@@ -76,6 +85,19 @@ pub(crate) const EVENT: Kind = Kind {
     nid: NidKind::Event,
     may_be_empty: false,
 };
+
+impl Kind {
+    /// The table keyed by this kind's strings; event IDs have none (`event_ids.rs`).
+    pub(crate) fn string_table(self) -> Result<TableDefinition<'static, Text, u64>> {
+        match self.forward {
+            Forward::Strings(def) => Ok(def),
+            Forward::EventKeys => Err(Error::InvalidState(format!(
+                "{} IDs are found by key, not by a table of strings",
+                self.nid
+            ))),
+        }
+    }
+}
 
 /// What the spec forbids in an ID-like string, if anything: over 255 bytes, or empty where it
 /// must not be.
@@ -158,7 +180,7 @@ pub(crate) fn seed_well_known(tx: &WriteTransaction) -> Result<()> {
         (TYPE, &WELL_KNOWN_TYPES[..]),
         (STATE_KEY, &WELL_KNOWN_STATE_KEYS[..]),
     ] {
-        let mut forward = tx.open_table(kind.forward)?;
+        let mut forward = tx.open_table(kind.string_table()?)?;
         let mut reverse = tx.open_table(kind.reverse)?;
         for (nid, s) in (1u64..).zip(strings) {
             forward.insert(s.as_bytes(), nid)?;

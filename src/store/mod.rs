@@ -12,6 +12,7 @@ pub mod check;
 pub(crate) mod codec;
 mod counted;
 mod counters;
+mod event_ids;
 pub mod intern;
 #[doc(hidden)]
 pub mod json;

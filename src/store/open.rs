@@ -6,6 +6,7 @@ use crate::engine::snapshot::{SnapshotRecord, encode_snapshot, snapshot_hash};
 use crate::error::{Error, Result};
 use crate::nid::SnapshotNid;
 use crate::store::auth_index;
+use crate::store::event_ids;
 use crate::store::intern;
 use crate::store::json::{self, JsonDictionaries};
 use crate::store::read::ReadTxn;
@@ -309,8 +310,10 @@ impl Store {
                     | tables::SCHEMA_WITHOUT_OUTLIERS
                     | tables::SCHEMA_WITHOUT_COMPRESSION
                     | tables::SCHEMA_WITHOUT_PACKED_BLOCKS
-                    | tables::SCHEMA_WITH_EVERY_LINK,
+                    | tables::SCHEMA_WITH_EVERY_LINK
+                    | tables::SCHEMA_WITH_EVENT_IDS_BY_STRING,
                 ) => {
+                    event_ids::build_from_ids(&tx)?;
                     tx.open_table(tables::OUTCOMES)?;
                     tx.open_table(tables::OUTLIERS)?;
                     tx.open_table(json::JSON_DICTIONARIES)?;
@@ -443,14 +446,11 @@ fn sync_parent(path: &Path) -> Result<()> {
 }
 
 pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
-    for def in [
-        tables::ROOM_IDS,
-        tables::TYPES,
-        tables::STATE_KEYS,
-        tables::EVENT_IDS,
-    ] {
+    for def in [tables::ROOM_IDS, tables::TYPES, tables::STATE_KEYS] {
         tx.open_table(def)?;
     }
+    tx.open_table(event_ids::EVENT_KEYS)?;
+    tx.open_table(event_ids::EVENT_KEY_COLLISIONS)?;
     for def in [
         tables::ROOM_IDS_REV,
         tables::TYPES_REV,

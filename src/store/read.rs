@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::nid::{EventNid, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::auth_index::{self, ReadIndex};
 use crate::store::codec;
-use crate::store::intern::{self, Kind};
+use crate::store::event_ids;
+use crate::store::intern::{self, Forward, Kind};
 use crate::store::json::{self, JsonDictionaries};
 use crate::store::membership::Membership;
 use crate::store::record::{EventOutcome, EventRecord, RoomRecord};
@@ -496,7 +497,10 @@ pub trait StoreRead: sealed::Sealed {
 }
 
 pub(super) fn lookup_nid<T: Tables>(tx: &T, kind: Kind, s: &str) -> Result<Option<u64>> {
-    intern::lookup(&tx.open(kind.forward)?, s)
+    match kind.forward {
+        Forward::Strings(def) => intern::lookup(&tx.open(def)?, s),
+        Forward::EventKeys => event_ids::lookup(tx, s),
+    }
 }
 
 pub(super) fn resolve_nid<T: Tables>(tx: &T, kind: Kind, nid: u64) -> Result<String> {

@@ -5,6 +5,7 @@ use crate::engine::snapshot::decode_snapshot;
 use crate::error::{Error, Result};
 use crate::store::auth_index;
 use crate::store::codec;
+use crate::store::event_ids;
 use crate::store::intern;
 use crate::store::read::Tables;
 use crate::store::record::EventRecord;
@@ -158,10 +159,17 @@ pub(super) fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
             "auth_links_into",
         )?);
     }
-    for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY, intern::EVENT] {
-        out.push(table_size(tx, kind.forward, kind.forward_name)?);
+    for kind in [intern::ROOM, intern::TYPE, intern::STATE_KEY] {
+        out.push(table_size(tx, kind.string_table()?, kind.forward_name)?);
         out.push(table_size(tx, kind.reverse, kind.reverse_name)?);
     }
+    out.push(table_size(tx, event_ids::EVENT_KEYS, "event_keys")?);
+    out.push(table_size(
+        tx,
+        event_ids::EVENT_KEY_COLLISIONS,
+        "event_key_collisions",
+    )?);
+    out.push(table_size(tx, intern::EVENT.reverse, "event_ids_rev")?);
     Ok(out)
 }
 

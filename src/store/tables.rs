@@ -19,8 +19,7 @@ pub(crate) const TYPES_REV: TableDefinition<u64, Text> = TableDefinition::new("e
 pub(crate) const STATE_KEYS: TableDefinition<Text, u64> = TableDefinition::new("state_keys");
 pub(crate) const STATE_KEYS_REV: TableDefinition<u64, Text> =
     TableDefinition::new("state_keys_rev");
-/// Event ID to event NID, and back.
-pub(crate) const EVENT_IDS: TableDefinition<Text, u64> = TableDefinition::new("event_ids");
+/// Event NID to event ID; the other way is the keyed index of `event_ids.rs`.
 pub(crate) const EVENT_IDS_REV: TableDefinition<u64, Text> = TableDefinition::new("event_ids_rev");
 
 /// Block hash to encoded block (`block.rs`).
@@ -73,15 +72,18 @@ pub(crate) const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::ne
 /// Version 2 lacks [`OUTCOMES`] and [`OUTLIERS`], version 3 lacks [`OUTLIERS`], version 4 lacks
 /// `json_dictionaries` and holds every event's JSON raw, versions before 6 hold blocks in the
 /// fixed-width layouts only, and versions before 7 link every auth event in the auth-chain
-/// index, even one another auth event reaches; opening such a store adds the tables (empty) and
-/// moves it to 7. Raw JSON rows, fixed-width blocks and extra links stay readable as they are.
-pub(crate) const SCHEMA_VERSION: u64 = 7;
+/// index, even one another auth event reaches, and versions before 8 find event IDs through an
+/// `event_ids` table keyed by the whole ID. Opening such a store adds the missing tables (empty),
+/// builds the event-ID keys from `event_ids_rev` and deletes `event_ids`, and moves it to 8. Raw
+/// JSON rows, fixed-width blocks and extra links stay readable as they are.
+pub(crate) const SCHEMA_VERSION: u64 = 8;
 /// The earlier schemas that opening upgrades in place.
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
 pub(crate) const SCHEMA_WITHOUT_COMPRESSION: u64 = 4;
 pub(crate) const SCHEMA_WITHOUT_PACKED_BLOCKS: u64 = 5;
 pub(crate) const SCHEMA_WITH_EVERY_LINK: u64 = 6;
+pub(crate) const SCHEMA_WITH_EVENT_IDS_BY_STRING: u64 = 7;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The [`META`] key of the auth order: 1 while every stored event's auth events have smaller

@@ -19,7 +19,8 @@ use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::counted::Counted;
 use crate::store::counters::Counters;
-use crate::store::intern::{self, Kind};
+use crate::store::event_ids::{self, EventIdTables};
+use crate::store::intern::{self, Forward, Kind};
 use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
@@ -76,6 +77,8 @@ pub(crate) struct Writer<'t> {
     meta: Option<Counted<'t, tables::Text, u64>>,
     forward: [Option<Counted<'t, tables::Text, u64>>; 4],
     reverse: [Option<Counted<'t, u64, tables::Text>>; 4],
+    event_keys: Option<Counted<'t, u64, u64>>,
+    event_key_collisions: Option<Counted<'t, (u64, u64), ()>>,
     blocks: Option<Counted<'t, u128, Bytes>>,
     snapshots: Option<Counted<'t, u64, Bytes>>,
     snapshot_hashes: Option<Counted<'t, u128, u64>>,
@@ -167,6 +170,8 @@ impl<'t> Writer<'t> {
             meta: None,
             forward: [None, None, None, None],
             reverse: [None, None, None, None],
+            event_keys: None,
+            event_key_collisions: None,
             blocks: None,
             snapshots: None,
             snapshot_hashes: None,
@@ -240,13 +245,18 @@ impl<'t> Writer<'t> {
             // remembered absent: neither asks the B-tree again.
             if self.lookup_nid(kind, s)?.is_none() {
                 let nid = self.take_counter(kind.counter, kind.first_dynamic)?;
-                // Two tables at once: borrowed field by field, not through `forward_table`.
-                let (tx, ops) = (self.tx, self.btree_ops);
-                let tables = intern::InternTables {
-                    forward: open(tx, ops, &mut self.forward[kind.index], kind.forward)?,
-                    reverse: open(tx, ops, &mut self.reverse[kind.index], kind.reverse)?,
-                };
-                intern::create(tables, kind, s, nid)?;
+                match kind.forward {
+                    Forward::Strings(def) => {
+                        // Two tables at once: borrowed field by field.
+                        let (tx, ops) = (self.tx, self.btree_ops);
+                        let tables = intern::InternTables {
+                            forward: open(tx, ops, &mut self.forward[kind.index], def)?,
+                            reverse: open(tx, ops, &mut self.reverse[kind.index], kind.reverse)?,
+                        };
+                        intern::create(tables, kind, s, nid)?;
+                    }
+                    Forward::EventKeys => self.event_id_tables()?.create(s, nid)?,
+                }
                 self.cache.absent[kind.index] = None;
                 self.cache.nids[kind.index].insert(Box::from(s), nid);
             }
@@ -275,10 +285,34 @@ impl<'t> Writer<'t> {
         Ok(known)
     }
 
-    /// The string-to-NID table of `kind`.
-    fn forward_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, tables::Text, u64>> {
-        let slot = &mut self.forward[kind.index];
-        open(self.tx, self.btree_ops, slot, kind.forward)
+    /// The string-to-NID table of `kind`, unless it is event IDs.
+    fn forward_table(
+        &mut self,
+        kind: Kind,
+        def: TableDefinition<'static, tables::Text, u64>,
+    ) -> Result<&mut Counted<'t, tables::Text, u64>> {
+        open(self.tx, self.btree_ops, &mut self.forward[kind.index], def)
+    }
+
+    /// The event-ID index's tables, with the IDs by NID it checks keys against.
+    fn event_id_tables(&mut self) -> Result<EventIdTables<'_, 't>> {
+        // Three tables at once: borrowed field by field.
+        let (tx, ops) = (self.tx, self.btree_ops);
+        Ok(EventIdTables {
+            keys: open(tx, ops, &mut self.event_keys, event_ids::EVENT_KEYS)?,
+            collisions: open(
+                tx,
+                ops,
+                &mut self.event_key_collisions,
+                event_ids::EVENT_KEY_COLLISIONS,
+            )?,
+            ids: open(
+                tx,
+                ops,
+                &mut self.reverse[intern::EVENT.index],
+                intern::EVENT.reverse,
+            )?,
+        })
     }
 
     /// The NID-to-string table of `kind`.
@@ -295,8 +329,10 @@ impl<'t> Writer<'t> {
         if self.cache.absent[kind.index].as_deref() == Some(s) {
             return Ok(None);
         }
-        let forward = self.forward_table(kind)?;
-        let found = intern::lookup(forward, s)?;
+        let found = match kind.forward {
+            Forward::Strings(def) => intern::lookup(self.forward_table(kind, def)?, s)?,
+            Forward::EventKeys => self.event_id_tables()?.lookup(s)?,
+        };
         match found {
             Some(nid) => {
                 self.cache.nids[kind.index].insert(Box::from(s), nid);
@@ -318,7 +354,15 @@ impl<'t> Writer<'t> {
         let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
             return Ok(false);
         };
-        self.forward_table(kind)?.remove(s.as_slice())?;
+        match kind.forward {
+            Forward::Strings(def) => {
+                self.forward_table(kind, def)?.remove(s.as_slice())?;
+            }
+            Forward::EventKeys => {
+                let id = intern::text(kind.reverse_name, nid, &s)?;
+                self.event_id_tables()?.forget(id, nid)?;
+            }
+        }
         if let Ok(s) = std::str::from_utf8(&s) {
             self.cache.nids[kind.index].remove(s);
         }

@@ -135,9 +135,11 @@ pub fn rows(db: &std::path::Path) -> u64 {
             }
         }};
     }
-    for name in ["meta", "room_ids", "event_types", "state_keys", "event_ids"] {
+    for name in ["meta", "room_ids", "event_types", "state_keys"] {
         hash_table!(name, &[u8], u64);
     }
+    hash_table!("event_keys", u64, u64);
+    hash_table!("event_key_collisions", (u64, u64), ());
     for name in [
         "room_ids_rev",
         "event_types_rev",
@@ -175,4 +177,41 @@ pub fn schema_version(path: &std::path::Path) -> Option<u64> {
         .get(b"schema_version".as_slice())
         .unwrap()
         .map(|v| v.value())
+}
+
+/// Puts a store's event-ID index back as schemas before 8 kept it: `event_ids`, keyed by the
+/// whole ID, in place of the keyed tables.
+pub fn key_event_ids_by_string(tx: &redb::WriteTransaction) {
+    use redb::{ReadableTable, TableDefinition};
+    const BY_STRING: TableDefinition<&[u8], u64> = TableDefinition::new("event_ids");
+    const IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("event_ids_rev");
+    const KEYS: TableDefinition<u64, u64> = TableDefinition::new("event_keys");
+    const COLLISIONS: TableDefinition<(u64, u64), ()> =
+        TableDefinition::new("event_key_collisions");
+    let rows: Vec<(u64, Vec<u8>)> = tx
+        .open_table(IDS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (nid, id) = row.unwrap();
+            (nid.value(), id.value().to_vec())
+        })
+        .collect();
+    let mut by_string = tx.open_table(BY_STRING).unwrap();
+    for (nid, id) in rows {
+        by_string.insert(id.as_slice(), nid).unwrap();
+    }
+    drop(by_string);
+    assert!(tx.delete_table(KEYS).unwrap());
+    assert!(tx.delete_table(COLLISIONS).unwrap());
+}
+
+/// Writes the schema version a store's file says it holds.
+pub fn set_schema_version(tx: &redb::WriteTransaction, version: u64) {
+    const META: redb::TableDefinition<&[u8], u64> = redb::TableDefinition::new("meta");
+    tx.open_table(META)
+        .unwrap()
+        .insert(b"schema_version".as_slice(), version)
+        .unwrap();
 }
