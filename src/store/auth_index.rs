@@ -608,6 +608,14 @@ fn shared_reaches(
             if links.len() < batch {
                 break;
             }
+            // A damaged B-tree can hand back rows out of order: the scan must still move on.
+            if links.last().copied() <= after {
+                return Err(Error::corrupt(
+                    "auth_links_into",
+                    chain,
+                    "links read out of order",
+                ));
+            }
             after = links.last().copied();
             batch = (batch * 4).min(4096);
         }
