@@ -1,12 +1,13 @@
 //! The event-ID index: an event ID finds its NID through a 64-bit key of the ID rather than the
 //! ID itself.
 //!
-//! Event IDs are most of a store's interned strings and arrive in random order. Keyed by the
-//! 44-byte ID, the index outgrew redb's page cache within a million events, and each new event
-//! then read a random leaf; keyed by 8 bytes it stays a quarter of that size. The ID itself is
-//! kept once, in `event_ids_rev`, and every key that matches is checked against it there, so two
-//! IDs with one key are told apart: the first interned owns the key in [`EVENT_KEYS`], the others
-//! are listed in [`EVENT_KEY_COLLISIONS`].
+//! Event IDs are most of a store's interned strings and arrive in random order, so each new one
+//! lands on a random leaf of the index, and the smaller the index the more of it the page cache
+//! holds: keyed by the 44-byte ID it took 57 B per event, keyed by 8 bytes it takes 16 B
+//! (`docs/benchmarks.md` has the figures). The ID itself is kept once, in `event_ids_rev`, and
+//! every key that matches is checked against it there, so two IDs with one key are told apart:
+//! the first interned owns the key in [`EVENT_KEYS`], the others are listed in
+//! [`EVENT_KEY_COLLISIONS`].
 //!
 //! Architecture invariant: a key in [`EVENT_KEY_COLLISIONS`] always has its owner in
 //! [`EVENT_KEYS`], so a key missing there means an ID never interned, without a second look.
@@ -38,7 +39,7 @@ const REFERENCE_HASH_CHARS: usize = 43;
 /// reference hash, is already uniform: its key is the hash's first 64 bits, decoded from the
 /// first 11 characters. Any other ID (room versions 1 and 2 let servers choose them) is keyed by
 /// its xxh3 hash.
-pub fn event_key(id: &str) -> u64 {
+pub(crate) fn event_key(id: &str) -> u64 {
     reference_hash_prefix(id).unwrap_or_else(|| xxh3_64(id.as_bytes()))
 }
 
