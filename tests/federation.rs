@@ -394,6 +394,39 @@ fn an_outlier_is_upgraded_in_place_and_a_second_arrival_is_idempotent() {
     assert!(rx.check().unwrap().is_clean());
 }
 
+/// The same arrivals in one batch, whose writer remembers which rooms hold outliers: the
+/// outlier stored in the batch is still no prev event, and still an outlier when it comes again.
+#[test]
+fn an_outlier_stored_in_a_batch_is_known_as_one_in_that_batch() {
+    let events = history(Workload::Hq, RoomVersion::V10);
+    let full = ingest_whole(&events);
+    let store = Store::in_memory().unwrap();
+    let mut server = RoomServer::new();
+    let mut tx = store.write().unwrap();
+    let mut batch = server.batch(&mut tx);
+    let json = |i: usize| full.json[&events[i].event_id].as_bytes();
+    let n = 20;
+    for i in 0..n {
+        let got = batch.receive(&InputEvent::new(json(i))).unwrap();
+        assert_eq!(got.outcome, InputOutcome::Accepted);
+    }
+    let outlier = batch.receive(&InputEvent::outlier(json(n))).unwrap();
+    assert_eq!(outlier.outcome, InputOutcome::Outlier);
+    let next = batch.receive(&InputEvent::new(json(n + 1))).unwrap();
+    assert_eq!(
+        next.outcome,
+        InputOutcome::MissingPrevEvents(vec![events[n].event_id.clone()])
+    );
+    let upgraded = batch.receive(&InputEvent::new(json(n))).unwrap();
+    assert_eq!(upgraded.outcome, InputOutcome::Accepted);
+    assert_eq!(upgraded.event, outlier.event, "same NID");
+    drop(batch);
+    tx.commit().unwrap();
+    let rx = store.read().unwrap();
+    assert!(!rx.is_outlier(upgraded.event.unwrap()).unwrap());
+    assert!(rx.check().unwrap().is_clean());
+}
+
 /// A message's JSON sent by someone else, under a new event ID.
 fn forged(event: &GenEvent, sender: &str, suffix: &str) -> String {
     let mut forged = event.clone();

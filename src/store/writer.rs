@@ -132,6 +132,9 @@ pub(super) struct Cache {
     afters: NidMap<EventNid, SnapshotNid>,
     /// Room records, and rooms without one: every outlier of a join asks for its room's.
     rooms: NidMap<RoomNid, Option<RoomRecord>>,
+    /// Per room asked about, whether it may hold outliers: every timeline event asks whether its
+    /// prev events are, and most rooms hold none.
+    may_hold_outliers: NidMap<RoomNid, bool>,
     /// The current JSON dictionary and when the next is due, once read.
     pub(super) json: WriterJson,
 }
@@ -776,6 +779,7 @@ impl<'t> Writer<'t> {
     pub fn set_outlier(&mut self, room: RoomNid, event: EventNid, outlier: bool) -> Result<()> {
         let key = (room.get(), event.get());
         if outlier {
+            self.cache.may_hold_outliers.insert(room, true);
             self.outliers()?.insert(key, ())?;
         } else {
             self.outliers()?.remove(key)?;
@@ -785,7 +789,16 @@ impl<'t> Writer<'t> {
 
     /// Whether a stored event of `room` is an outlier.
     pub fn is_outlier(&mut self, room: RoomNid, event: EventNid) -> Result<bool> {
-        Ok(self.outliers()?.get((room.get(), event.get()))?.is_some())
+        let may_hold = match self.cache.may_hold_outliers.get(&room) {
+            Some(&known) => known,
+            None => {
+                let (from, to) = ((room.get(), 0), (room.get(), u64::MAX));
+                let any = self.outliers()?.range(from..=to)?.next().is_some();
+                self.cache.may_hold_outliers.insert(room, any);
+                any
+            }
+        };
+        Ok(may_hold && self.outliers()?.get((room.get(), event.get()))?.is_some())
     }
 
     pub fn add_room_event(&mut self, room: RoomNid, seq: u64, event: EventNid) -> Result<()> {
