@@ -14,7 +14,7 @@ use crate::store::intern::{self, Kind};
 use crate::store::parallel::both;
 use crate::store::record::{EventRecord, Rejection, RoomRecord};
 use crate::store::refs::CountKey;
-use crate::store::tables;
+use crate::store::tables::{self, Text};
 use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -245,6 +245,19 @@ fn check_forward<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Res
 fn check_reverse<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<HashSet<u64>> {
     let forward = tx.open(kind.string_table()?)?;
     let reverse = tx.open(kind.reverse)?;
+    walk_reverse(&reverse, kind.reverse_name, report, |_, s| {
+        Ok(forward.get(s)?.map(|n| n.value()))
+    })
+}
+
+/// Every NID of the `name` table `reverse` maps to a string that `finds` maps back to it (given
+/// the table, which a write transaction lends out once); returns the NIDs.
+pub(crate) fn walk_reverse<R: ReadableTable<u64, Text>>(
+    reverse: &R,
+    name: &'static str,
+    report: &mut CheckReport,
+    mut finds: impl FnMut(&R, &[u8]) -> Result<Option<u64>>,
+) -> Result<HashSet<u64>> {
     let mut nids = HashSet::new();
     for row in reverse.range::<u64>(..)? {
         let (nid, s) = row?;
@@ -252,18 +265,14 @@ fn check_reverse<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Res
         let (nid, s) = (nid.value(), s.value());
         nids.insert(nid);
         if nid == 0 {
-            report.problem(kind.reverse_name, nid, "NID 0");
+            report.problem(name, nid, "NID 0");
         }
         let shown = String::from_utf8_lossy(s);
         if std::str::from_utf8(s).is_err() {
-            report.problem(kind.reverse_name, nid, format!("{shown:?} is not UTF-8"));
+            report.problem(name, nid, format!("{shown:?} is not UTF-8"));
         }
-        if forward.get(s)?.map(|n| n.value()) != Some(nid) {
-            report.problem(
-                kind.reverse_name,
-                nid,
-                format!("{shown:?} does not map back"),
-            );
+        if finds(reverse, s)? != Some(nid) {
+            report.problem(name, nid, format!("{shown:?} does not map back"));
         }
     }
     Ok(nids)

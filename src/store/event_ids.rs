@@ -13,7 +13,7 @@
 //! [`EVENT_KEYS`], so a key missing there means an ID never interned, without a second look.
 
 use crate::error::{Error, Result};
-use crate::store::check::CheckReport;
+use crate::store::check::{CheckReport, walk_reverse};
 use crate::store::counted::Counted;
 use crate::store::intern::{self, text};
 use crate::store::read::Tables;
@@ -278,34 +278,21 @@ pub(crate) fn check_ids<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<H
     let keys = tx.open(EVENT_KEYS)?;
     let collisions = tx.open(EVENT_KEY_COLLISIONS)?;
     let ids = tx.open(tables::EVENT_IDS_REV)?;
-    let mut nids = HashSet::new();
-    for row in ids.range::<u64>(..)? {
-        let (nid, id) = row?;
-        report.rows += 1;
-        let (nid, id) = (nid.value(), id.value());
-        nids.insert(nid);
-        if nid == 0 {
-            report.problem("event_ids_rev", nid, "NID 0");
-        }
+    walk_reverse(&ids, "event_ids_rev", report, |ids, id| {
+        // An ID that is not UTF-8 is reported by the walk; a key naming a NID without an ID by
+        // `check_keys`. Here both are misses.
         let Ok(id) = std::str::from_utf8(id) else {
-            report.problem("event_ids_rev", nid, "not UTF-8");
-            continue;
+            return Ok(None);
         };
-        // A key naming a NID without an ID is `check_keys`'s to report; here it is a miss.
-        let found = match probe(&keys, &ids, id) {
-            Ok(Probe::Absent) | Err(Error::Corrupt { .. }) => None,
-            Ok(Probe::Found(found)) => Some(found),
-            Ok(Probe::Collided(key)) => {
-                among_collisions(&collisions, &ids, key, id).or_else(|e| match e {
-                    Error::Corrupt { .. } => Ok(None),
-                    e => Err(e),
-                })?
-            }
-            Err(e) => return Err(e),
+        let found = match probe(&keys, ids, id) {
+            Ok(Probe::Found(found)) => Ok(Some(found)),
+            Ok(Probe::Collided(key)) => among_collisions(&collisions, ids, key, id),
+            Ok(Probe::Absent) => Ok(None),
+            Err(e) => Err(e),
         };
-        if found != Some(nid) {
-            report.problem("event_ids_rev", nid, format!("{id:?} does not map back"));
+        match found {
+            Err(Error::Corrupt { .. }) => Ok(None),
+            found => found,
         }
-    }
-    Ok(nids)
+    })
 }
