@@ -245,18 +245,18 @@ fn check_forward<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Res
 fn check_reverse<T: Tables>(tx: &T, kind: Kind, report: &mut CheckReport) -> Result<HashSet<u64>> {
     let forward = tx.open(kind.string_table()?)?;
     let reverse = tx.open(kind.reverse)?;
-    walk_reverse(&reverse, kind.reverse_name, report, |_, s| {
+    walk_reverse(&reverse, kind.reverse_name, report, |s| {
         Ok(forward.get(s)?.map(|n| n.value()))
     })
 }
 
-/// Every NID of the `name` table `reverse` maps to a string that `finds` maps back to it (given
-/// the table, which a write transaction lends out once); returns the NIDs.
-pub(crate) fn walk_reverse<R: ReadableTable<u64, Text>>(
-    reverse: &R,
+/// Every NID of the `name` table `reverse` maps to a string that `finds` maps back to it;
+/// returns the NIDs.
+pub(crate) fn walk_reverse(
+    reverse: &impl ReadableTable<u64, Text>,
     name: &'static str,
     report: &mut CheckReport,
-    mut finds: impl FnMut(&R, &[u8]) -> Result<Option<u64>>,
+    mut finds: impl FnMut(&[u8]) -> Result<Option<u64>>,
 ) -> Result<HashSet<u64>> {
     let mut nids = HashSet::new();
     for row in reverse.range::<u64>(..)? {
@@ -271,7 +271,7 @@ pub(crate) fn walk_reverse<R: ReadableTable<u64, Text>>(
         if std::str::from_utf8(s).is_err() {
             report.problem(name, nid, format!("{shown:?} is not UTF-8"));
         }
-        if finds(reverse, s)? != Some(nid) {
+        if finds(s)? != Some(nid) {
             report.problem(name, nid, format!("{shown:?} does not map back"));
         }
     }

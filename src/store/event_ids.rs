@@ -20,7 +20,8 @@ use crate::store::read::Tables;
 use crate::store::tables::{self, Text};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashSet;
-use xxhash_rust::xxh3::xxh3_64;
+use std::collections::hash_map::RandomState;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// An event ID's key ([`event_key`]) to the NID of the first event ID interned under it.
 pub(crate) const EVENT_KEYS: TableDefinition<u64, u64> = TableDefinition::new("event_keys");
@@ -32,78 +33,79 @@ pub(crate) const EVENT_KEY_COLLISIONS: TableDefinition<(u64, u64), ()> =
 /// builds [`EVENT_KEYS`] from `event_ids_rev` and deletes it.
 const EVENT_IDS_BY_STRING: TableDefinition<Text, u64> = TableDefinition::new("event_ids");
 
-/// The characters of a room version 3+ event ID after its `$`: 43 of base64 without padding.
-const REFERENCE_HASH_CHARS: usize = 43;
+/// The [`META`](tables::META) row of the store's secret seed for [`Keying`].
+const SEED_KEY: &str = "event_key_seed";
+/// The [`META`](tables::META) row of the key width, in bits; a store without one uses 64.
+const BITS_KEY: &str = "event_key_bits";
 
-/// The key of an event ID. An ID of room version 3 or later, `$` and the base64 of a 256-bit
-/// reference hash, is already uniform: its key is the hash's first 64 bits, decoded from the
-/// first 11 characters. Any other ID (room versions 1 and 2 let servers choose them) is keyed by
-/// its xxh3 hash.
-pub(crate) fn event_key(id: &str) -> u64 {
-    reference_hash_prefix(id).unwrap_or_else(|| xxh3_64(id.as_bytes()))
+/// How a store turns an event ID into its key: xxh3-64 of the ID with the store's own seed,
+/// drawn at random when the store was created, so that no one outside the store can choose IDs
+/// that share a key (servers choose their event IDs in room versions 1 and 2, and any PDU may
+/// declare one). Tests narrow the key to fewer bits to force collisions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keying {
+    seed: u64,
+    mask: u64,
 }
 
-/// The first 64 bits of the hash an ID of reference-hash shape encodes; `None` for another shape.
-fn reference_hash_prefix(id: &str) -> Option<u64> {
-    let rest = id.strip_prefix('$')?.as_bytes();
-    if rest.len() != REFERENCE_HASH_CHARS {
-        return None;
+impl Keying {
+    /// The key of an event ID.
+    pub(crate) fn key(self, id: &str) -> u64 {
+        xxh3_64_with_seed(id.as_bytes(), self.seed) & self.mask
     }
-    // 10 characters give 60 bits, and the 11th its top 4.
-    let mut bits = 0u64;
-    for &c in &rest[..10] {
-        bits = (bits << 6) | u64::from(sextet(c)?);
+
+    /// The keying a store's `meta` holds.
+    pub(crate) fn read(meta: &impl ReadableTable<Text, u64>) -> Result<Keying> {
+        let seed = meta
+            .get(SEED_KEY.as_bytes())?
+            .ok_or_else(|| Error::corrupt("meta", SEED_KEY, "missing"))?
+            .value();
+        let bits = meta.get(BITS_KEY.as_bytes())?.map_or(64, |v| v.value());
+        Ok(Keying {
+            seed,
+            mask: mask(bits),
+        })
     }
-    Some((bits << 4) | u64::from(sextet(rest[10])? >> 2))
-}
 
-/// A base64 character's value, in the standard alphabet (room version 3) or the URL-safe one
-/// (4 and later).
-fn sextet(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' | b'-' => Some(62),
-        b'/' | b'_' => Some(63),
-        _ => None,
+    /// Draws a new store's seed and writes it, with a key width of `bits` (64 at most).
+    pub(crate) fn create(tx: &WriteTransaction, bits: u32) -> Result<Keying> {
+        // `RandomState` is seeded from the operating system's randomness once per process and
+        // moved on for each instance: a fresh one hashes to a fresh secret.
+        let seed = std::hash::BuildHasher::hash_one(&RandomState::new(), SEED_KEY);
+        let bits = u64::from(bits.min(64));
+        let mut meta = tx.open_table(tables::META)?;
+        meta.insert(SEED_KEY.as_bytes(), seed)?;
+        meta.insert(BITS_KEY.as_bytes(), bits)?;
+        Ok(Keying {
+            seed,
+            mask: mask(bits),
+        })
     }
 }
 
-/// What the key of an ID finds before the collisions are looked at.
-pub(crate) enum Probe {
-    /// No ID has the key: the ID is not interned.
-    Absent,
-    /// The key's owner is the ID.
-    Found(u64),
-    /// The key's owner is another ID: the ID, if interned, is among the key's collisions.
-    Collided(u64),
+/// The low `bits` bits set.
+fn mask(bits: u64) -> u64 {
+    u64::MAX
+        .checked_shr(64u32.saturating_sub(bits.min(64) as u32))
+        .unwrap_or(0)
 }
 
-/// Looks `id` up under its key's owner in `keys`, checking the owner's ID in `ids`.
-pub(crate) fn probe(
+/// The NID of `id`, if interned: its key's owner in `keys`, else one of the key's collisions,
+/// each checked against its ID in `ids`. A key with no owner has no collisions either.
+pub(crate) fn find(
+    keying: Keying,
     keys: &impl ReadableTable<u64, u64>,
-    ids: &impl ReadableTable<u64, Text>,
-    id: &str,
-) -> Result<Probe> {
-    let key = event_key(id);
-    let Some(owner) = keys.get(key)?.map(|g| g.value()) else {
-        return Ok(Probe::Absent);
-    };
-    Ok(if is_id(ids, key, owner, id)? {
-        Probe::Found(owner)
-    } else {
-        Probe::Collided(key)
-    })
-}
-
-/// Looks `id` up among the collisions of `key`.
-pub(crate) fn among_collisions(
     collisions: &impl ReadableTable<(u64, u64), ()>,
     ids: &impl ReadableTable<u64, Text>,
-    key: u64,
     id: &str,
 ) -> Result<Option<u64>> {
+    let key = keying.key(id);
+    let Some(owner) = keys.get(key)?.map(|g| g.value()) else {
+        return Ok(None);
+    };
+    if is_id(ids, key, owner, id)? {
+        return Ok(Some(owner));
+    }
     for row in collisions.range((key, 0)..=(key, u64::MAX))? {
         let (_, nid) = row?.0.value();
         if is_id(ids, key, nid, id)? {
@@ -115,12 +117,15 @@ pub(crate) fn among_collisions(
 
 /// The NID of `id`, if interned, in a transaction's tables.
 pub(crate) fn lookup<T: Tables>(tx: &T, id: &str) -> Result<Option<u64>> {
-    let ids = tx.open(tables::EVENT_IDS_REV)?;
-    match probe(&tx.open(EVENT_KEYS)?, &ids, id)? {
-        Probe::Absent => Ok(None),
-        Probe::Found(nid) => Ok(Some(nid)),
-        Probe::Collided(key) => among_collisions(&tx.open(EVENT_KEY_COLLISIONS)?, &ids, key, id),
-    }
+    let keying = Keying::read(&tx.open(tables::META)?)?;
+    let (keys, collisions) = (tx.open(EVENT_KEYS)?, tx.open(EVENT_KEY_COLLISIONS)?);
+    find(
+        keying,
+        &keys,
+        &collisions,
+        &tx.open(tables::EVENT_IDS_REV)?,
+        id,
+    )
 }
 
 /// Whether `nid`, found under `key`, is the NID of `id`. A NID the index names without an ID is
@@ -138,6 +143,7 @@ fn is_id(ids: &impl ReadableTable<u64, Text>, key: u64, nid: u64, id: &str) -> R
 
 /// The three tables the index writes: the keys, their collisions, and the IDs by NID.
 pub(crate) struct EventIdTables<'a, 't> {
+    pub keying: Keying,
     pub keys: &'a mut Counted<'t, u64, u64>,
     pub collisions: &'a mut Counted<'t, (u64, u64), ()>,
     pub ids: &'a mut Counted<'t, u64, Text>,
@@ -146,25 +152,14 @@ pub(crate) struct EventIdTables<'a, 't> {
 impl EventIdTables<'_, '_> {
     /// The NID of `id`, if interned.
     pub(crate) fn lookup(&self, id: &str) -> Result<Option<u64>> {
-        match probe(self.keys, self.ids, id)? {
-            Probe::Absent => Ok(None),
-            Probe::Found(nid) => Ok(Some(nid)),
-            Probe::Collided(key) => among_collisions(self.collisions, self.ids, key, id),
-        }
+        find(self.keying, self.keys, self.collisions, self.ids, id)
     }
 
-    /// Interns `id`, which the caller knows is absent, under `nid`.
+    /// Interns `id`, which the caller knows is absent, under `nid`: the key row, its ID by
+    /// `intern::create`'s rules.
     pub(crate) fn create(&mut self, id: &str, nid: u64) -> Result<()> {
-        intern::validate(intern::EVENT.string, false, id)?;
-        // A counter behind the rows it hands out means a damaged file; never overwrite a row.
-        if self.ids.insert(nid, id.as_bytes())?.is_some() {
-            return Err(Error::corrupt(
-                intern::EVENT.counter,
-                nid,
-                "counter reused an existing NID",
-            ));
-        }
-        let key = event_key(id);
+        intern::create_reverse(self.ids, intern::EVENT, id, nid)?;
+        let key = self.keying.key(id);
         // One write when the key is free, the usual case; a taken key goes back to its owner.
         let owner = self.keys.insert(key, nid)?.map(|g| g.value());
         if let Some(owner) = owner {
@@ -174,10 +169,10 @@ impl EventIdTables<'_, '_> {
         Ok(())
     }
 
-    /// Removes the index's row of `id`, interned as `nid`, whose `event_ids_rev` row the caller
-    /// has removed. A collision of the same key takes over the key when its owner goes.
+    /// Removes the index's row of `id`, interned as `nid`. A collision of the same key takes
+    /// over the key when its owner goes.
     pub(crate) fn forget(&mut self, id: &str, nid: u64) -> Result<()> {
-        let key = event_key(id);
+        let key = self.keying.key(id);
         if self.keys.get(key)?.map(|g| g.value()) != Some(nid) {
             self.collisions.remove((key, nid))?;
             return Ok(());
@@ -201,22 +196,22 @@ impl EventIdTables<'_, '_> {
     }
 }
 
-/// Moves a store of a schema before 8 to keyed event IDs: the keys are built from
-/// `event_ids_rev`, and the index by whole ID is deleted.
+/// Moves a store of a schema before 8 to keyed event IDs: draws the store's seed, builds the
+/// keys from `event_ids_rev`, and deletes the index by whole ID.
 pub(crate) fn build_from_ids(tx: &WriteTransaction) -> Result<()> {
-    let ops = std::sync::atomic::AtomicU64::new(0);
-    let mut keys = Counted::new(tx.open_table(EVENT_KEYS)?, &ops);
-    let mut collisions = Counted::new(tx.open_table(EVENT_KEY_COLLISIONS)?, &ops);
+    let keying = Keying::create(tx, 64)?;
+    let mut keys = tx.open_table(EVENT_KEYS)?;
+    let mut collisions = tx.open_table(EVENT_KEY_COLLISIONS)?;
     let ids = tx.open_table(tables::EVENT_IDS_REV)?;
     for row in ids.range::<u64>(..)? {
         let (nid, id) = row?;
         let (nid, id) = (nid.value(), id.value());
-        let key = event_key(text("event_ids_rev", nid, id)?);
+        let key = keying.key(text("event_ids_rev", nid, id)?);
         // NIDs ascend, so each key's owner is its oldest ID, as interning would have made it.
-        if keys.get(key)?.is_some() {
+        let owner = keys.insert(key, nid)?.map(|g| g.value());
+        if let Some(owner) = owner {
+            keys.insert(key, owner)?;
             collisions.insert((key, nid), ())?;
-        } else {
-            keys.insert(key, nid)?;
         }
     }
     drop((keys, collisions, ids));
@@ -225,19 +220,20 @@ pub(crate) fn build_from_ids(tx: &WriteTransaction) -> Result<()> {
 }
 
 /// Every key row and collision names an event ID with that key, and no collision's key lacks
-/// an owner.
+/// an owner or is its owner.
 pub(crate) fn check_keys<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<()> {
+    let keying = Keying::read(&tx.open(tables::META)?)?;
     let keys = tx.open(EVENT_KEYS)?;
     let ids = tx.open(tables::EVENT_IDS_REV)?;
     for row in keys.range::<u64>(..)? {
         let (key, nid) = row?;
         report.rows += 1;
-        check_key(&ids, "event_keys", key.value(), nid.value(), report)?;
+        check_key(keying, &ids, "event_keys", key.value(), nid.value(), report)?;
     }
     for row in tx.open(EVENT_KEY_COLLISIONS)?.range::<(u64, u64)>(..)? {
         let (key, nid) = row?.0.value();
         report.rows += 1;
-        check_key(&ids, "event_key_collisions", key, nid, report)?;
+        check_key(keying, &ids, "event_key_collisions", key, nid, report)?;
         match keys.get(key)?.map(|g| g.value()) {
             None => report.problem("event_key_collisions", key, "the key has no owner"),
             Some(owner) if owner == nid => {
@@ -251,6 +247,7 @@ pub(crate) fn check_keys<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<
 
 /// `nid`, found in `table` under `key`, has an event ID with that key.
 fn check_key(
+    keying: Keying,
     ids: &impl ReadableTable<u64, Text>,
     table: &'static str,
     key: u64,
@@ -262,7 +259,7 @@ fn check_key(
         return Ok(());
     };
     match std::str::from_utf8(id.value()) {
-        Ok(id) if event_key(id) == key => {}
+        Ok(id) if keying.key(id) == key => {}
         Ok(id) => report.problem(
             table,
             key,
@@ -275,22 +272,17 @@ fn check_key(
 
 /// Every event NID's ID finds that NID through the index; returns the NIDs.
 pub(crate) fn check_ids<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<HashSet<u64>> {
+    let keying = Keying::read(&tx.open(tables::META)?)?;
     let keys = tx.open(EVENT_KEYS)?;
     let collisions = tx.open(EVENT_KEY_COLLISIONS)?;
     let ids = tx.open(tables::EVENT_IDS_REV)?;
-    walk_reverse(&ids, "event_ids_rev", report, |ids, id| {
+    walk_reverse(&ids, "event_ids_rev", report, |id| {
         // An ID that is not UTF-8 is reported by the walk; a key naming a NID without an ID by
         // `check_keys`. Here both are misses.
         let Ok(id) = std::str::from_utf8(id) else {
             return Ok(None);
         };
-        let found = match probe(&keys, ids, id) {
-            Ok(Probe::Found(found)) => Ok(Some(found)),
-            Ok(Probe::Collided(key)) => among_collisions(&collisions, ids, key, id),
-            Ok(Probe::Absent) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match found {
+        match find(keying, &keys, &collisions, &ids, id) {
             Err(Error::Corrupt { .. }) => Ok(None),
             found => found,
         }

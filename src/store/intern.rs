@@ -126,10 +126,21 @@ pub(crate) fn validate(kind: StringKind, may_be_empty: bool, s: &str) -> Result<
 /// Interns `s`, which the caller knows is absent from `forward`, under `nid`: the kind's
 /// counter, which the caller moves on.
 pub(crate) fn create(tables: InternTables<'_, '_>, kind: Kind, s: &str, nid: u64) -> Result<()> {
-    validate(kind.string, kind.may_be_empty, s)?;
+    create_reverse(tables.reverse, kind, s, nid)?;
     tables.forward.insert(s.as_bytes(), nid)?;
+    Ok(())
+}
+
+/// Checks `s` and writes its NID-to-string row, the half of [`create`] every kind shares.
+pub(crate) fn create_reverse(
+    reverse: &mut Counted<'_, u64, Text>,
+    kind: Kind,
+    s: &str,
+    nid: u64,
+) -> Result<()> {
+    validate(kind.string, kind.may_be_empty, s)?;
     // A counter behind the rows it hands out means a damaged file; never overwrite a row.
-    if tables.reverse.insert(nid, s.as_bytes())?.is_some() {
+    if reverse.insert(nid, s.as_bytes())?.is_some() {
         return Err(Error::corrupt(
             kind.counter,
             nid,

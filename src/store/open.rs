@@ -85,6 +85,7 @@ pub struct StoreBuilder {
     block_cache_bytes: usize,
     two_phase_commit: bool,
     json_training: Vec<u64>,
+    event_key_bits: u32,
 }
 
 impl Default for StoreBuilder {
@@ -95,6 +96,7 @@ impl Default for StoreBuilder {
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             two_phase_commit: true,
             json_training: json::TRAIN_AT.to_vec(),
+            event_key_bits: 64,
         }
     }
 }
@@ -172,6 +174,14 @@ impl StoreBuilder {
         let mut rows = rows.to_vec();
         rows.sort_unstable();
         self.json_training = rows;
+        self
+    }
+
+    /// For tests: a new store keys its event IDs by `bits` bits (0 to 64) instead of 64, so
+    /// that IDs share keys and the collision paths run. An existing store keeps its own width.
+    #[doc(hidden)]
+    pub fn event_key_bits(mut self, bits: u32) -> Self {
+        self.event_key_bits = bits;
         self
     }
 
@@ -326,6 +336,7 @@ impl Store {
                     refuse_foreign(&tx)?;
                     create_tables(&tx)?;
                     intern::seed_well_known(&tx)?;
+                    event_ids::Keying::create(&tx, options.event_key_bits)?;
                     let empty = encode_snapshot(&SnapshotRecord::default());
                     tx.open_table(tables::SNAPSHOTS)?
                         .insert(SnapshotNid::EMPTY.get(), empty.as_slice())?;

@@ -19,7 +19,7 @@ use crate::store::auth_index::{self, Position};
 use crate::store::codec;
 use crate::store::counted::Counted;
 use crate::store::counters::Counters;
-use crate::store::event_ids::{self, EventIdTables};
+use crate::store::event_ids::{self, EventIdTables, Keying};
 use crate::store::intern::{self, Forward, Kind};
 use crate::store::json::{JsonDictionaries, WriterJson};
 use crate::store::membership::Membership;
@@ -135,6 +135,8 @@ pub(super) struct Cache {
     /// Per room asked about, whether it may hold outliers: every timeline event asks whether its
     /// prev events are, and most rooms hold none.
     may_hold_outliers: NidMap<RoomNid, bool>,
+    /// The store's event-ID keying, once read.
+    event_keying: Option<Keying>,
     /// The current JSON dictionary and when the next is due, once read.
     pub(super) json: WriterJson,
 }
@@ -288,20 +290,25 @@ impl<'t> Writer<'t> {
         Ok(known)
     }
 
-    /// The string-to-NID table of `kind`, unless it is event IDs.
-    fn forward_table(
-        &mut self,
-        kind: Kind,
-        def: TableDefinition<'static, tables::Text, u64>,
-    ) -> Result<&mut Counted<'t, tables::Text, u64>> {
+    /// The string-to-NID table of a kind other than event IDs.
+    fn forward_table(&mut self, kind: Kind) -> Result<&mut Counted<'t, tables::Text, u64>> {
+        let def = kind.string_table()?;
         open(self.tx, self.btree_ops, &mut self.forward[kind.index], def)
     }
 
     /// The event-ID index's tables, with the IDs by NID it checks keys against.
     fn event_id_tables(&mut self) -> Result<EventIdTables<'_, 't>> {
+        let keying = match self.cache.event_keying {
+            Some(keying) => keying,
+            None => {
+                let keying = Keying::read(self.meta()?)?;
+                *self.cache.event_keying.insert(keying)
+            }
+        };
         // Three tables at once: borrowed field by field.
         let (tx, ops) = (self.tx, self.btree_ops);
         Ok(EventIdTables {
+            keying,
             keys: open(tx, ops, &mut self.event_keys, event_ids::EVENT_KEYS)?,
             collisions: open(
                 tx,
@@ -333,7 +340,7 @@ impl<'t> Writer<'t> {
             return Ok(None);
         }
         let found = match kind.forward {
-            Forward::Strings(def) => intern::lookup(self.forward_table(kind, def)?, s)?,
+            Forward::Strings(_) => intern::lookup(self.forward_table(kind)?, s)?,
             Forward::EventKeys => self.event_id_tables()?.lookup(s)?,
         };
         match found {
@@ -354,18 +361,20 @@ impl<'t> Writer<'t> {
     /// Removes an interned string both ways; true if it was interned.
     pub(crate) fn forget(&mut self, kind: Kind, nid: u64) -> Result<bool> {
         let reverse = self.reverse_table(kind)?;
-        let Some(s) = reverse.remove(nid)?.map(|v| v.value().to_owned()) else {
+        let Some(s) = reverse.get(nid)?.map(|v| v.value().to_owned()) else {
             return Ok(false);
         };
+        // Every check before the first write: a failed forget removes nothing.
         match kind.forward {
-            Forward::Strings(def) => {
-                self.forward_table(kind, def)?.remove(s.as_slice())?;
+            Forward::Strings(_) => {
+                self.forward_table(kind)?.remove(s.as_slice())?;
             }
             Forward::EventKeys => {
                 let id = intern::text(kind.reverse_name, nid, &s)?;
                 self.event_id_tables()?.forget(id, nid)?;
             }
         }
+        self.reverse_table(kind)?.remove(nid)?;
         if let Ok(s) = std::str::from_utf8(&s) {
             self.cache.nids[kind.index].remove(s);
         }

@@ -205,6 +205,22 @@ pub fn key_event_ids_by_string(tx: &redb::WriteTransaction) {
     drop(by_string);
     assert!(tx.delete_table(KEYS).unwrap());
     assert!(tx.delete_table(COLLISIONS).unwrap());
+    const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    let mut meta = tx.open_table(META).unwrap();
+    for row in ["event_key_seed", "event_key_bits"] {
+        assert!(meta.remove(row.as_bytes()).unwrap().is_some(), "{row}");
+    }
+}
+
+/// The names of a file's tables, read with redb alone.
+pub fn table_names(path: &std::path::Path) -> Vec<String> {
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(path).unwrap();
+    let rx = db.begin_read().unwrap();
+    rx.list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect()
 }
 
 /// Writes the schema version a store's file says it holds.
