@@ -163,7 +163,11 @@ pub(super) fn table_sizes<T: Tables>(tx: &T) -> Result<Vec<TableSize>> {
         out.push(table_size(tx, kind.string_table()?, kind.forward_name)?);
         out.push(table_size(tx, kind.reverse, kind.reverse_name)?);
     }
-    out.push(table_size(tx, event_ids::EVENT_KEYS, "event_keys")?);
+    out.push(table_size(
+        tx,
+        event_ids::EVENT_KEYS,
+        intern::EVENT.forward_name,
+    )?);
     out.push(table_size(
         tx,
         event_ids::EVENT_KEY_COLLISIONS,

@@ -132,9 +132,6 @@ pub fn rows(db: &std::path::Path) -> u64 {
             hasher.write(format!("{}: {} rows", $name, table.len().unwrap()).as_bytes());
             for row in table.iter().unwrap() {
                 let (k, v) = row.unwrap();
-                if format!("{:?}", k.value()) == format!("{:?}", b"event_key_seed") {
-                    continue;
-                }
                 hasher.write(format!("{:?}={:?};", k.value(), v.value()).as_bytes());
             }
         }};
@@ -156,7 +153,14 @@ pub fn rows(db: &std::path::Path) -> u64 {
             hasher.write(format!("{}: {nids:?}", $name).as_bytes());
         }};
     }
-    for name in ["meta", "room_ids", "event_types", "state_keys"] {
+    let meta: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
+    for row in rx.open_table(meta).unwrap().iter().unwrap() {
+        let (k, v) = row.unwrap();
+        if k.value() != b"event_key_seed" {
+            hasher.write(format!("meta {:?}={:?};", k.value(), v.value()).as_bytes());
+        }
+    }
+    for name in ["room_ids", "event_types", "state_keys"] {
         hash_table!(name, &[u8], u64);
     }
     hash_nids!("event_keys", u64, u64, |_, nid| nid);
