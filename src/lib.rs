@@ -56,6 +56,8 @@ pub use block::{BlockHash, DeltaEntry, StateEntry};
 pub use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES};
 pub use engine::source::{BlockSource, Resolver, SnapshotSource};
 pub use error::{Error, Result, StringKind};
+#[doc(hidden)]
+pub use matrix::pdu::quoted_event_ids;
 pub use matrix::reference::derive_event_id;
 pub use matrix::roomserver::{
     InputEvent, InputKind, InputOutcome, Missing, PreparedEvent, Preparer, Received, RoomServer,

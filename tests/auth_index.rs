@@ -429,7 +429,7 @@ fn a_schema_6_store_with_every_link_reads_the_same_once_upgraded() -> roomstate:
     assert_eq!(chain, BTreeSet::from([create, alice, power, rules]));
     drop(rx);
     drop(store);
-    assert_eq!(common::schema_version(&path), Some(8));
+    assert_eq!(common::schema_version(&path), Some(9));
     Ok(())
 }
 

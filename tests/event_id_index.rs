@@ -155,7 +155,7 @@ fn a_store_keyed_by_whole_ids_is_rekeyed_when_opened() {
     assert!(rx.check().unwrap().is_clean());
     drop(rx);
     drop(store);
-    assert_eq!(common::schema_version(&path), Some(8));
+    assert_eq!(common::schema_version(&path), Some(9));
     let tables = common::table_names(&path);
     assert!(!tables.contains(&"event_ids".to_owned()), "{tables:?}");
 }

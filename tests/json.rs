@@ -69,18 +69,66 @@ fn json_is_compressed_once_trained_and_reads_back_exactly() {
     }
 }
 
+/// Untrained, rows keep their JSON uncompressed, but the event IDs it quotes are taken out and
+/// named by NID: every row is templated, holds the JSON's other text as it is, and none holds its
+/// own event's ID.
 #[test]
-fn a_store_that_trains_nothing_keeps_json_raw() {
+fn a_store_that_trains_nothing_keeps_json_raw_but_its_event_ids_as_nids() {
     let events = events(Workload::Hq);
-    let raw: u64 = events.iter().map(|e| e.to_json_line().len() as u64).sum();
+    let raw_bytes: u64 = events.iter().map(|e| e.to_json_line().len() as u64).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
     let store = StoreBuilder::default()
         .json_training(&[])
-        .in_memory()
+        .open(&path)
         .unwrap();
     ingest_into(&store, &events);
     assert_json_as_given(&store, &events);
-    // Each row's stored bytes include its 8-byte key.
-    assert_eq!(json_bytes(&store), (raw + 8 * events.len() as u64, 0));
+    let (stored, dictionaries) = json_bytes(&store);
+    assert_eq!(dictionaries, 0);
+    // Each row's stored bytes include its 8-byte key; each event quotes at least its own ID.
+    assert!(
+        stored + 40 * events.len() as u64 <= raw_bytes + 8 * events.len() as u64,
+        "{stored} bytes stored of {raw_bytes}"
+    );
+    drop(store);
+    let rows = raw::rows(&path);
+    assert_eq!(rows.len(), events.len());
+    for ((_, row), e) in rows.iter().zip(&events) {
+        assert_eq!(row[0], 0x01, "{}", e.event_id);
+        let has = |needle: &[u8]| row.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"\"room_id\":\""), "{}", e.event_id);
+        assert!(!has(e.event_id.as_bytes()), "{}", e.event_id);
+    }
+}
+
+/// An event may quote an event of another room (here, in its content): that ID stays in its row
+/// as it is, so the row still reads once the other room is purged.
+#[test]
+fn an_event_id_of_another_room_stays_in_the_row() {
+    let mut events = events(Workload::Many);
+    let first_room = events[0].room_id.clone();
+    let quoted = events[0].event_id.clone();
+    let quoting = events
+        .iter()
+        .position(|e| e.room_id != first_room && e.event_type == "m.room.message")
+        .unwrap();
+    let content = &mut events[quoting].content;
+    content["m.relates_to"] = serde_json::json!({ "rel_type": "m.reference", "event_id": quoted });
+    let store = Store::in_memory().unwrap();
+    ingest_into(&store, &events);
+    assert_json_as_given(&store, &events);
+    let mut tx = store.write().unwrap();
+    let room = tx.room_nid(&first_room).unwrap().unwrap();
+    tx.purge_room(room).unwrap();
+    tx.commit().unwrap();
+    let rx = store.read().unwrap();
+    let nid = rx.event_nid(&events[quoting].event_id).unwrap().unwrap();
+    let json = rx.event_json(nid).unwrap().unwrap();
+    assert_eq!(json, events[quoting].to_json_line());
+    assert!(json.contains(&quoted));
+    assert_eq!(rx.event_nid(&quoted).unwrap(), None);
+    assert!(rx.check().unwrap().is_clean());
 }
 
 /// Rows compressed with an earlier dictionary still read after a later one takes over, and in a
@@ -181,10 +229,11 @@ fn a_store_from_before_compression_is_read_and_then_compressed() {
     assert!(stored * 10 < raw * 6, "{stored} bytes stored of {raw}");
     assert!(store.read().unwrap().check().unwrap().is_clean());
     drop(store);
-    assert_eq!(common::schema_version(&path), Some(8));
+    assert_eq!(common::schema_version(&path), Some(9));
 }
 
-/// A damaged frame, or one naming a dictionary the store lacks, is an error naming the event;
+/// A damaged frame, one naming a dictionary the store lacks, a reference to an event with no ID,
+/// or references cut short, is an error naming the event (or the NID);
 /// `check` reports it. Nothing panics.
 #[test]
 fn damaged_frames_are_errors_that_name_the_event() {
@@ -202,7 +251,8 @@ fn damaged_frames_are_errors_that_name_the_event() {
     };
     drop(store);
     type Damage = fn(&mut Vec<u8>);
-    let damages: [(&str, Damage); 3] = [
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let damages: [(&str, Damage); 5] = [
         ("a flipped byte", |row| {
             let last = row.len() - 3;
             row[last] ^= 0x5a;
@@ -210,9 +260,26 @@ fn damaged_frames_are_errors_that_name_the_event() {
         ("a cut frame", |row| row.truncate(row.len() / 2)),
         ("an unknown dictionary", |row| {
             // The frame header's 4-byte dictionary ID follows the magic and the descriptor.
-            assert_eq!(row[4] & 3, 3, "a 4-byte dictionary ID");
-            row[5..9].copy_from_slice(&7u32.to_le_bytes());
+            let at = row.windows(4).position(|w| w == MAGIC).unwrap();
+            assert_eq!(row[at + 4] & 3, 3, "a 4-byte dictionary ID");
+            row[at + 5..at + 9].copy_from_slice(&7u32.to_le_bytes());
         }),
+        ("a reference to an event with no ID", |row| {
+            // The first reference names NID 7,777,777 (tag 0), which is not interned; the others
+            // the event itself (tag 1, 0 below it), so that the body still follows them.
+            let at = row.windows(4).position(|w| w == MAGIC).unwrap();
+            let n = usize::from(row[1]);
+            let mut references = vec![0x01, row[1]];
+            let mut v: u64 = 7_777_777 << 2;
+            while v >= 0x80 {
+                references.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            references.push(v as u8);
+            references.extend(std::iter::repeat_n(1, n - 1));
+            row.splice(..at, references);
+        }),
+        ("references cut short", |row| row.truncate(3)),
     ];
     for (what, damage) in damages {
         let copy = dir.path().join("damaged.redb");

@@ -595,7 +595,7 @@ fn upgrade_from(old: u64) {
     assert!(rx.check().unwrap().is_clean());
     drop(rx);
     drop(store);
-    assert_eq!(schema_version(&path), Some(8));
+    assert_eq!(schema_version(&path), Some(9));
 }
 
 /// A store from a newer build is refused with the version it names, and left as it was.
@@ -610,18 +610,21 @@ fn a_store_of_a_newer_schema_is_refused_by_its_version() {
     let tx = db.begin_write().unwrap();
     tx.open_table(META)
         .unwrap()
-        .insert(b"schema_version".as_slice(), 9)
+        .insert(b"schema_version".as_slice(), 10)
         .unwrap();
     tx.commit().unwrap();
     drop(db);
 
     match Store::open(&path) {
-        Err(error @ roomstate::Error::UnsupportedSchema(9)) => {
-            assert_eq!(error.to_string(), "unsupported schema version 9");
+        Err(error @ roomstate::Error::UnsupportedSchema(10)) => {
+            assert_eq!(error.to_string(), "unsupported schema version 10");
         }
-        other => panic!("expected UnsupportedSchema(9), got {:?}", other.map(|_| ())),
+        other => panic!(
+            "expected UnsupportedSchema(10), got {:?}",
+            other.map(|_| ())
+        ),
     }
-    assert_eq!(schema_version(&path), Some(9));
+    assert_eq!(schema_version(&path), Some(10));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use roomstate::ingest::{IngestOptions, MatrixResolver, OnBadLine, TrivialMerge, ingest};
-use roomstate::{Store, StoreRead};
+use roomstate::StoreRead;
 
 /// Small batches put boundaries everywhere; large ones spare most runs a commit per line, which
 /// costs more than the line itself.

@@ -10,6 +10,7 @@
 //! fixed layout, which flattens faster. An event NID of 0 is a tombstone: the key is removed by
 //! this block.
 
+use crate::engine::varint::{put_varint, take_varint};
 use crate::error::{Error, Result};
 use crate::nid::{EventNid, StateKey, StateKeyNid, TypeNid};
 use std::fmt;
@@ -177,33 +178,6 @@ const PACKED_MAX_HEADER: usize = 3 + 4 * 10;
 /// Bytes needed to hold `value` (0 for 0).
 fn width_of(value: u64) -> usize {
     (64 - value.leading_zeros() as usize).div_ceil(8)
-}
-
-/// Appends `value` as a LEB128 varint.
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Reads a LEB128 varint from the front of `bytes`; `None` if it is cut or exceeds 64 bits.
-fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first()?;
-        *bytes = rest;
-        let bits = u64::from(byte & 0x7f);
-        if shift == 63 && bits > 1 {
-            return None;
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 fn fixed(entries: &[DeltaEntry]) -> Vec<u8> {

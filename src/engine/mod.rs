@@ -13,9 +13,11 @@ pub mod snapshot;
 pub mod source;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod varint;
 
 // What the store may use beyond the public API.
 pub(crate) use source::{
     MAX_CHAIN, all_blocks, combine, load, load_refs, lookup_lazily, snapshot_chain,
     snapshot_chain_and_len,
 };
+pub(crate) use varint::{put_varint, take_varint};

@@ -6,14 +6,14 @@ use crate::engine::resolve::{Combined, StateMap};
 use crate::error::{Error, Problem, Result};
 use crate::matrix::auth::{Authorizer, Incoming, rules_for};
 use crate::matrix::event::{Pdu, PduJson};
-use crate::matrix::pdu::{EventRef, Fields, Loose, Parsed, fields};
+use crate::matrix::pdu::{EventRef, Fields, Loose, Parsed, fields, quoted_event_ids};
 use crate::matrix::prepare::{Ahead, DerivedId};
 use crate::matrix::reference;
 use crate::matrix::resolver::{ResolveRequest, StateResolver};
 use crate::nid::{EventNid, NidMap, RoomNid, SnapshotNid, StateKey, StateKeyNid, TypeNid};
 use crate::store::membership::Membership;
 use crate::store::record::{AuthStep, EventRecord, Rejection, RoomRecord};
-use crate::store::{CompressedJson, EVENT, Kind, ROOM, STATE_KEY, TYPE, Writer};
+use crate::store::{EVENT, Kind, PreparedJson, ROOM, STATE_KEY, TYPE, Writer};
 use ruma_common::OwnedEventId;
 
 /// How an event reaches the store: the three kinds of input federation delivers.
@@ -579,6 +579,31 @@ pub(crate) fn receive<R: StateResolver>(
     })
 }
 
+/// Stores `event`'s JSON, the event IDs it quotes named by NID where they are the event itself
+/// or stored events of its room: only those outlive the row for certain (a purge takes a room's
+/// events and rows together).
+fn put_json(
+    w: &mut Writer<'_>,
+    event: EventNid,
+    room: RoomNid,
+    (own, json): (&str, &[u8]),
+    prepared: Option<PreparedJson>,
+) -> Result<()> {
+    let prepared = prepared.unwrap_or_else(|| PreparedJson::new(json, &quoted_event_ids(json)));
+    let mut nids = Vec::new();
+    for id in prepared.ids(json) {
+        let nid = match std::str::from_utf8(id) {
+            Ok(id) if id == own => Some(event),
+            Ok(id) => {
+                stored_with(w, id, |r| r.room == room)?.and_then(|(nid, same)| same.then_some(nid))
+            }
+            Err(_) => None,
+        };
+        nids.push(nid);
+    }
+    w.put_event_json(event, json, prepared, &nids)
+}
+
 fn already_stored(event: EventNid, record: &EventRecord, outlier: bool) -> Outcome {
     Outcome {
         event,
@@ -600,8 +625,8 @@ fn nid<T>(raw: u64, make: fn(u64) -> Option<T>, what: &'static str) -> Result<T>
 struct Arriving<'a> {
     p: &'a Parsed<'a>,
     json: &'a [u8],
-    /// `json` compressed ahead, if it was.
-    json_ahead: Option<CompressedJson>,
+    /// `json` prepared ahead, if it was.
+    json_ahead: Option<PreparedJson>,
     kind: InputKind,
     /// The NID of the outlier it upgrades.
     upgrade: Option<EventNid>,
@@ -667,7 +692,7 @@ fn store_event<R: StateResolver>(
         };
         record.rejected = rejection.is_some();
         w.put_event(event, &record)?;
-        w.put_event_json(event, a.json, a.json_ahead)?;
+        put_json(w, event, room, (&p.event_id, a.json), a.json_ahead)?;
         w.set_outlier(room, event, true)?;
         if let Some(rejection) = &rejection {
             w.put_rejection(event, rejection)?;
@@ -722,7 +747,7 @@ fn store_event<R: StateResolver>(
     w.put_event(event, &record)?;
     match a.upgrade {
         Some(_) => w.set_outlier(room, event, false)?,
-        None => w.put_event_json(event, a.json, a.json_ahead)?,
+        None => put_json(w, event, room, (&p.event_id, a.json), a.json_ahead)?,
     }
     w.add_room_event(room, room_record.event_count, event)?;
     room_record.event_count += 1;

@@ -1,5 +1,5 @@
 //! Work on an event that needs no store, done before the writer takes it and on any thread:
-//! parsing the PDU the way the authorization rules read it, and compressing its JSON. A thread
+//! parsing the PDU the way the authorization rules read it, and preparing its JSON's row. A thread
 //! that prepares the next events while the writer stores this one puts a second core to work;
 //! what is stored is the same either way.
 
@@ -9,7 +9,7 @@ use crate::matrix::input::InputKind;
 use crate::matrix::roomserver::InputEvent;
 use crate::matrix::{pdu, reference};
 use crate::store::intern::MAX_ID_BYTES;
-use crate::store::{CompressedJson, Store};
+use crate::store::{PreparedJson, Store};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
@@ -19,8 +19,9 @@ pub(crate) struct Ahead {
     /// The PDU as the rules read it, or serde's words for why it is not one. Left undone for a
     /// trusted import, which never reads it.
     pub(crate) rules_view: Option<std::result::Result<PduJson, String>>,
-    /// The JSON compressed with the dictionary the store's writers used last.
-    pub(crate) json: Option<CompressedJson>,
+    /// The JSON with the event IDs it quotes taken out, the rest compressed with the dictionary
+    /// the store's writers used last.
+    pub(crate) json: Option<PreparedJson>,
     /// The ID of a PDU that declares none, derived under the room version the preparer knew.
     pub(crate) derived_id: Option<DerivedId>,
 }
@@ -50,7 +51,7 @@ impl Ahead {
         Ahead {
             rules_view: authorizing
                 .then(|| serde_json::from_slice::<PduJson>(pdu).map_err(|e| e.to_string())),
-            json: store.compress_ahead(pdu),
+            json: Some(store.prepare_json(pdu, &pdu::quoted_event_ids(pdu))),
             derived_id: None,
         }
     }

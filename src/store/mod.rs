@@ -41,6 +41,6 @@ pub(crate) use auth_index::{
     ChainKeys, IndexRead, ReadIndex, difference as indexed_auth_difference,
 };
 pub(crate) use intern::{EVENT, Kind, ROOM, STATE_KEY, TYPE, id_problem};
-pub(crate) use json::CompressedJson;
+pub(crate) use json::PreparedJson;
 pub(crate) use open::Serials;
 pub(crate) use writer::Writer;

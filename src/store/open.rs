@@ -301,9 +301,14 @@ impl Store {
         StoreBuilder::default()
     }
 
-    /// An event's JSON compressed as a writer of this store would, on the caller's thread.
-    pub(crate) fn compress_ahead(&self, json: &[u8]) -> Option<json::CompressedJson> {
-        self.json_dictionaries.compress_ahead(json)
+    /// An event's JSON prepared as a writer of this store would, on the caller's thread: the
+    /// event IDs at byte ranges `ids` taken out, the rest compressed.
+    pub(crate) fn prepare_json(
+        &self,
+        json: &[u8],
+        ids: &[std::ops::Range<usize>],
+    ) -> json::PreparedJson {
+        self.json_dictionaries.prepare(json, ids)
     }
 
     fn init(db: Database, options: &StoreBuilder) -> Result<Store> {
@@ -315,6 +320,11 @@ impl Store {
                 .map(|v| v.value());
             match found {
                 Some(tables::SCHEMA_VERSION) => tx.abort()?,
+                Some(tables::SCHEMA_WITHOUT_JSON_REFERENCES) => {
+                    tx.open_table(tables::META)?
+                        .insert(tables::SCHEMA_KEY.as_bytes(), tables::SCHEMA_VERSION)?;
+                    tx.commit()?;
+                }
                 Some(
                     tables::SCHEMA_WITHOUT_OUTCOMES
                     | tables::SCHEMA_WITHOUT_OUTLIERS

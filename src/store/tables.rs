@@ -73,10 +73,11 @@ pub(crate) const OUTLIERS: TableDefinition<(u64, u64), ()> = TableDefinition::ne
 /// `json_dictionaries` and holds every event's JSON raw, versions before 6 hold blocks in the
 /// fixed-width layouts only, and versions before 7 link every auth event in the auth-chain
 /// index, even one another auth event reaches, and versions before 8 find event IDs through an
-/// `event_ids` table keyed by the whole ID. Opening such a store adds the missing tables (empty),
-/// builds the event-ID keys from `event_ids_rev` and deletes `event_ids`, and moves it to 8. Raw
-/// JSON rows, fixed-width blocks and extra links stay readable as they are.
-pub(crate) const SCHEMA_VERSION: u64 = 8;
+/// `event_ids` table keyed by the whole ID, and versions before 9 hold no templated JSON rows.
+/// Opening such a store adds the missing tables (empty), builds the event-ID keys from
+/// `event_ids_rev` and deletes `event_ids` (before 8), and moves it to 9. Raw JSON rows, untemplated
+/// rows, fixed-width blocks and extra links stay readable as they are.
+pub(crate) const SCHEMA_VERSION: u64 = 9;
 /// The earlier schemas that opening upgrades in place.
 pub(crate) const SCHEMA_WITHOUT_OUTCOMES: u64 = 2;
 pub(crate) const SCHEMA_WITHOUT_OUTLIERS: u64 = 3;
@@ -84,6 +85,7 @@ pub(crate) const SCHEMA_WITHOUT_COMPRESSION: u64 = 4;
 pub(crate) const SCHEMA_WITHOUT_PACKED_BLOCKS: u64 = 5;
 pub(crate) const SCHEMA_WITH_EVERY_LINK: u64 = 6;
 pub(crate) const SCHEMA_WITH_EVENT_IDS_BY_STRING: u64 = 7;
+pub(crate) const SCHEMA_WITHOUT_JSON_REFERENCES: u64 = 8;
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The [`META`] key of the auth order: 1 while every stored event's auth events have smaller

@@ -113,6 +113,9 @@ pub(crate) struct Writer<'t> {
 #[derive(Default)]
 pub(super) struct Cache {
     nids: [HashMap<Box<str>, u64, Xxh3DefaultBuilder>; 4],
+    /// Strings by NID, as [`Writer::string`] read them: state resolution reads the JSON of the
+    /// same conflicted events again and again, and each row names its event IDs by NID.
+    strings: [NidMap<u64, Box<str>>; 4],
     /// The last string of each kind looked up and found absent, until it is interned: receiving
     /// an event asks whether it is stored, then interns it.
     absent: [Option<Box<str>>; 4],
@@ -354,8 +357,13 @@ impl<'t> Writer<'t> {
 
     /// The string behind `nid`.
     pub fn string(&mut self, kind: Kind, nid: u64) -> Result<String> {
+        if let Some(s) = self.cache.strings[kind.index].get(&nid) {
+            return Ok(s.to_string());
+        }
         let reverse = self.reverse_table(kind)?;
-        intern::resolve(reverse, kind, nid)
+        let s = intern::resolve(reverse, kind, nid)?;
+        self.cache.strings[kind.index].insert(nid, Box::from(s.as_str()));
+        Ok(s)
     }
 
     /// Removes an interned string both ways; true if it was interned.
@@ -375,6 +383,7 @@ impl<'t> Writer<'t> {
             }
         }
         self.reverse_table(kind)?.remove(nid)?;
+        self.cache.strings[kind.index].remove(&nid);
         if let Ok(s) = std::str::from_utf8(&s) {
             self.cache.nids[kind.index].remove(s);
         }

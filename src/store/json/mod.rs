@@ -4,15 +4,18 @@
 //! room ID, senders, and shapes of hashes and signatures. One event is too short for zstd to find
 //! that repetition inside it; a dictionary of what events have in common supplies it.
 //!
-//! A row of `event_json` is one of two things, told apart by its first bytes:
+//! A row of `event_json` is one of three things, told apart by its first bytes:
+//! - a templated row, starting with `01`: the JSON with the event IDs it quotes taken out and
+//!   named by NID ([`template`]). Its body, the JSON so templated, is stored as a whole JSON is
+//!   in the other two kinds;
 //! - a zstd frame, starting with zstd's magic number `28 b5 2f fd`. Its header names the
 //!   dictionary it was compressed with (zstd's dictionary ID, derived from the dictionary's
 //!   content) and the JSON's length;
-//! - the JSON itself, as received. JSON text starts with `{` or white space, never with `0x28`
-//!   followed by the magic's other bytes: `(` is not JSON. Rows that would not shrink, rows of a
-//!   store too small to have trained a dictionary, and rows of a store from before compression
-//!   are kept this way. The first training compresses the rows it learnt from, when it learnt
-//!   from every row (up to [`MAX_SAMPLES`]).
+//! - the JSON itself, as received. JSON text starts with `{` or white space, never with `0x01`
+//!   or with `0x28` followed by the magic's other bytes: `(` is not JSON. Rows that would not
+//!   shrink, rows of a store too small to have trained a dictionary, and rows of a store from
+//!   before compression are kept this way. The first training compresses the rows it learnt
+//!   from, when it learnt from every row (up to [`MAX_SAMPLES`]).
 //!
 //! `json_dictionaries` keeps every dictionary ever trained, by ID, so a row stays readable when a
 //! newer dictionary takes over for new rows. Meta [`CURRENT_DICTIONARY_KEY`] names the one new
@@ -22,16 +25,21 @@
 //! Architecture invariant: this module treats JSON as bytes. It never parses it; readers get
 //! back exactly the bytes that were written.
 
+mod template;
+
 use crate::error::{Error, Result};
 use crate::nid::EventNid;
 use crate::store::check::CheckReport;
+use crate::store::intern;
 use crate::store::read::Tables;
 use crate::store::writer::Writer;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, PoisonError, RwLock};
+use template::{Reference, Template};
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
 /// zstd dictionary ID to the dictionary's bytes, as `zstd::dict::from_samples` trained them.
@@ -98,7 +106,7 @@ impl Dictionary {
 pub struct JsonDictionaries {
     prepared: RwLock<HashMap<u32, Arc<Dictionary>>>,
     /// The dictionary a writer last found current or trained: what
-    /// [`compress_ahead`](Self::compress_ahead) guesses new rows will use.
+    /// [`prepare`](Self::prepare) guesses new rows will use.
     latest: RwLock<Option<Arc<Dictionary>>>,
     /// Row counts at which to train, ascending.
     train_at: Vec<u64>,
@@ -143,18 +151,25 @@ impl JsonDictionaries {
         Ok(prepared)
     }
 
-    /// `json` compressed with the dictionary writers used last, on the caller's thread; `None`
-    /// before any is known, or when zstd fails (the writer then compresses, and reports it).
-    pub(crate) fn compress_ahead(&self, json: &[u8]) -> Option<CompressedJson> {
+    /// `json` prepared for its row on the caller's thread: the IDs at `ids` taken out, and the
+    /// rest compressed with the dictionary writers used last, if any (when zstd fails, the writer
+    /// compresses, and reports it).
+    pub(crate) fn prepare(&self, json: &[u8], ids: &[Range<usize>]) -> PreparedJson {
+        let mut prepared = PreparedJson::new(json, ids);
         let latest = self.latest.read().unwrap_or_else(PoisonError::into_inner);
-        let dictionary = Arc::clone(latest.as_ref()?);
+        let Some(dictionary) = latest.as_ref().map(Arc::clone) else {
+            return prepared;
+        };
         drop(latest);
-        let mut frame = compress(json, &dictionary).ok()?;
-        // Held in a queue until the writer takes it: not with room for the JSON uncompressed.
-        if let Some(frame) = &mut frame {
-            frame.shrink_to_fit();
+        let body = prepared.template.as_ref().map_or(json, Template::body);
+        if let Ok(mut frame) = compress(body, &dictionary) {
+            // Held in a queue until the writer takes it: not with room for the JSON uncompressed.
+            if let Some(frame) = &mut frame {
+                frame.shrink_to_fit();
+            }
+            prepared.ahead = Some((dictionary, frame));
         }
-        Some(CompressedJson { dictionary, frame })
+        prepared
     }
 
     fn set_latest(&self, dictionary: &Option<Arc<Dictionary>>) {
@@ -183,13 +198,55 @@ pub(crate) fn decode<'a, T: Tables>(
     event: EventNid,
     row: &'a [u8],
 ) -> Result<Cow<'a, [u8]>> {
-    decode_with(row, event, |id| dictionaries.get(tx, id))
+    let mut reverse = None;
+    let id_of = |nid| {
+        let table = match &reverse {
+            Some(table) => table,
+            None => reverse.insert(tx.open(intern::EVENT.reverse)?),
+        };
+        intern::resolve(table, intern::EVENT, nid)
+    };
+    decode_with(row, event, |id| dictionaries.get(tx, id), id_of)
 }
 
-/// A row's JSON, with `find` giving the dictionary a frame names.
+/// A row's JSON, with `find` giving the dictionary a frame names and `id_of` the ID of an event
+/// a templated row names.
 fn decode_with<'a>(
     row: &'a [u8],
-    event: impl std::fmt::Display + Copy,
+    event: EventNid,
+    find: impl FnOnce(u32) -> Result<Arc<Dictionary>>,
+    mut id_of: impl FnMut(u64) -> Result<String>,
+) -> Result<Cow<'a, [u8]>> {
+    let corrupt = |what: &str| Error::corrupt("event_json", event, what);
+    let Some((references, body)) = template::split(row, event).map_err(corrupt)? else {
+        return decode_body(row, event, find);
+    };
+    let body = decode_body(body, event, find)?;
+    let ids = references
+        .into_iter()
+        .map(|r| match r {
+            Reference::Event(nid) => id_of(nid).map(|id| Cow::Owned(id.into_bytes())),
+            Reference::Literal(id) => Ok(Cow::Borrowed(id)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    template::restore(&body, &ids)
+        .map(Cow::Owned)
+        .map_err(corrupt)
+}
+
+/// The references of a row, as bytes, and its body: JSON or a template, raw or a frame.
+fn split_body(row: &[u8], event: EventNid) -> Result<(&[u8], &[u8])> {
+    match template::split(row, event) {
+        Ok(Some((_, body))) => Ok(row.split_at(row.len() - body.len())),
+        Ok(None) => Ok((&[], row)),
+        Err(what) => Err(Error::corrupt("event_json", event, what)),
+    }
+}
+
+/// A row's body, decompressed when it is a frame.
+fn decode_body<'a>(
+    row: &'a [u8],
+    event: EventNid,
     find: impl FnOnce(u32) -> Result<Arc<Dictionary>>,
 ) -> Result<Cow<'a, [u8]>> {
     if !row.starts_with(&FRAME_MAGIC) {
@@ -218,24 +275,66 @@ fn decode_with<'a>(
     Ok(Cow::Owned(json))
 }
 
-/// A row as the store would write it with `dictionary`: a frame, or `json` itself when the frame
-/// would be no shorter. For tools and fuzzing; the store writes rows itself.
+/// The row the store would write for event `own` with `dictionary`: the IDs at `ids` named by
+/// the NIDs `nids` gives them (in the order of the distinct IDs), the rest compressed when that
+/// is shorter. For tools and fuzzing; the store writes rows itself.
 #[doc(hidden)]
-pub fn encode_row(json: &[u8], dictionary: &Dictionary) -> Result<Vec<u8>> {
-    Ok(compress(json, dictionary)?.unwrap_or_else(|| json.to_vec()))
+pub fn encode_row(
+    json: &[u8],
+    own: EventNid,
+    ids: &[Range<usize>],
+    nids: &[Option<EventNid>],
+    dictionary: &Dictionary,
+) -> Result<Vec<u8>> {
+    let template = Template::new(json, ids);
+    let body = template.as_ref().map_or(json, Template::body);
+    let frame = compress(body, dictionary)?;
+    Ok(row(own, json, template.as_ref(), nids, frame.as_deref()).into_owned())
 }
 
-/// A row's JSON, as the store reads it, given the dictionaries the store holds. For tools and
-/// fuzzing.
+/// A row of event `own`'s JSON, as the store reads it, given the dictionaries the store holds
+/// and the IDs of event NIDs. For tools and fuzzing.
 #[doc(hidden)]
-pub fn decode_row<'a>(row: &'a [u8], dictionaries: &[Arc<Dictionary>]) -> Result<Cow<'a, [u8]>> {
-    decode_with(row, "(a row)", |id| {
+pub fn decode_row<'a>(
+    row: &'a [u8],
+    own: EventNid,
+    dictionaries: &[Arc<Dictionary>],
+    mut id_of: impl FnMut(u64) -> Option<String>,
+) -> Result<Cow<'a, [u8]>> {
+    let find = |id| {
         dictionaries
             .iter()
             .find(|d| d.id == id)
             .cloned()
             .ok_or_else(|| Error::corrupt("json_dictionaries", id, "no such dictionary"))
-    })
+    };
+    let id_of = |nid| {
+        id_of(nid).ok_or(Error::UnknownNid {
+            kind: intern::EVENT.nid,
+            nid,
+        })
+    };
+    decode_with(row, own, find, id_of)
+}
+
+/// A row as stored: the template's references, if it is templated, then the body's `frame`, or
+/// the body itself when it is stored raw.
+fn row<'a>(
+    own: EventNid,
+    json: &'a [u8],
+    template: Option<&'a Template>,
+    nids: &[Option<EventNid>],
+    frame: Option<&'a [u8]>,
+) -> Cow<'a, [u8]> {
+    let body = frame.unwrap_or(template.map_or(json, Template::body));
+    match template {
+        Some(t) => {
+            let mut row = template::references(own, json, t, nids);
+            row.extend_from_slice(body);
+            Cow::Owned(row)
+        }
+        None => Cow::Borrowed(body),
+    }
 }
 
 /// A row's JSON as text.
@@ -245,7 +344,10 @@ pub(crate) fn decode_text<T: Tables>(
     event: EventNid,
     row: &[u8],
 ) -> Result<String> {
-    let json = decode(tx, dictionaries, event, row)?.into_owned();
+    text(event, decode(tx, dictionaries, event, row)?.into_owned())
+}
+
+fn text(event: EventNid, json: Vec<u8>) -> Result<String> {
     String::from_utf8(json).map_err(|e| Error::corrupt("event_json", event, e))
 }
 
@@ -272,29 +374,53 @@ fn compress(json: &[u8], dictionary: &Dictionary) -> Result<Option<Vec<u8>>> {
     Ok((frame.len() < json.len()).then_some(frame))
 }
 
-/// An event's JSON compressed before its write, on any thread, with the dictionary the store's
-/// writers used last ([`JsonDictionaries::compress_ahead`]). A writer takes it only when that
-/// dictionary is still its current one, and compresses the JSON itself otherwise: zstd turns the
-/// same bytes and dictionary into the same frame, so the row is the same either way.
-pub struct CompressedJson {
-    /// The dictionary itself, not its ID: zstd derives an ID from part of a dictionary only, so
-    /// two trainings (one in a transaction that aborted) could share an ID.
-    dictionary: Arc<Dictionary>,
-    /// `None`: the frame would be no shorter than the JSON, which is stored as it is.
-    frame: Option<Vec<u8>>,
+/// An event's JSON prepared for its row before the write, on any thread
+/// ([`JsonDictionaries::prepare`]): the IDs it quotes taken out, and the rest compressed with the
+/// dictionary the store's writers used last. A writer takes the frame only when that dictionary
+/// is still its current one, and compresses the body itself otherwise: zstd turns the same bytes
+/// and dictionary into the same frame, so the row is the same either way.
+#[derive(Default)]
+pub struct PreparedJson {
+    /// `None` when the JSON quotes no ID to take out.
+    template: Option<Template>,
+    /// The dictionary the body was compressed with, and the frame (`None`: no shorter than the
+    /// body). The dictionary itself, not its ID: zstd derives an ID from part of a dictionary
+    /// only, so two trainings (one in a transaction that aborted) could share an ID.
+    ahead: Option<(Arc<Dictionary>, Option<Vec<u8>>)>,
 }
 
-impl std::fmt::Debug for CompressedJson {
+impl PreparedJson {
+    /// `json` with the IDs at byte ranges `ids` (ascending) to be taken out, not compressed yet.
+    pub(crate) fn new(json: &[u8], ids: &[Range<usize>]) -> PreparedJson {
+        PreparedJson {
+            template: Template::new(json, ids),
+            ahead: None,
+        }
+    }
+
+    /// The distinct IDs taken out of `json`, the JSON this was prepared from; the writer names
+    /// each by NID where it can.
+    pub(crate) fn ids<'j>(&self, json: &'j [u8]) -> impl Iterator<Item = &'j [u8]> {
+        self.template.iter().flat_map(move |t| t.ids(json))
+    }
+}
+
+impl std::fmt::Debug for PreparedJson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompressedJson")
-            .field("dictionary", &self.dictionary.id)
-            .field("frame_bytes", &self.frame.as_ref().map(Vec::len))
+        let frame = self
+            .ahead
+            .as_ref()
+            .map(|(d, f)| (d.id, f.as_ref().map(Vec::len)));
+        f.debug_struct("PreparedJson")
+            .field("template", &self.template.as_ref().map(|t| t.body().len()))
+            .field("dictionary_and_frame_bytes", &frame)
             .finish()
     }
 }
 
-/// Rows' JSON to train from, and which of them are raw rows (their event, their index).
-type Samples = (Vec<Vec<u8>>, Vec<(EventNid, usize)>);
+/// Rows' bodies (JSON or templates) to train from, and which of them are raw (their event,
+/// their index, and the references that come before the body in their row).
+type Samples = (Vec<Vec<u8>>, Vec<(EventNid, usize, Vec<u8>)>);
 
 /// What a writer knows of the dictionaries, once read.
 #[derive(Default)]
@@ -306,22 +432,35 @@ pub(super) struct WriterJson {
 }
 
 impl Writer<'_> {
-    /// Stores an event's JSON, compressed when a dictionary has been trained: the frame
-    /// compressed `ahead`, when it was with the current dictionary.
+    /// Stores an event's JSON, compressed when a dictionary has been trained (with the frame
+    /// `prepared` ahead, when it was with the current dictionary). `nids` names the IDs taken
+    /// out, in [`PreparedJson::ids`]'s order: only the event itself and stored events of its
+    /// room (the architecture invariant of [`template`]); the others stay in the row as they are.
     pub(crate) fn put_event_json(
         &mut self,
         event: EventNid,
         json: &[u8],
-        ahead: Option<CompressedJson>,
+        prepared: PreparedJson,
+        nids: &[Option<EventNid>],
     ) -> Result<()> {
         let dictionary = self.current_dictionary()?;
-        let frame = match (&dictionary, ahead) {
-            (Some(d), Some(ahead)) if Arc::ptr_eq(&ahead.dictionary, d) => ahead.frame,
-            (Some(d), _) => compress(json, d)?,
+        let prepared_template = prepared.template.is_some();
+        // A template that names no event by NID would only add its references' bytes.
+        let template = prepared
+            .template
+            .filter(|_| nids.iter().any(Option::is_some));
+        let body = template.as_ref().map_or(json, Template::body);
+        let frame = match (&dictionary, prepared.ahead) {
+            (Some(d), Some((ahead, frame)))
+                if Arc::ptr_eq(&ahead, d) && template.is_some() == prepared_template =>
+            {
+                frame
+            }
+            (Some(d), _) => compress(body, d)?,
             (None, _) => None,
         };
-        self.event_json()?
-            .insert(event.get(), frame.as_deref().unwrap_or(json))?;
+        let row = row(event, json, template.as_ref(), nids, frame.as_deref());
+        self.event_json()?.insert(event.get(), &*row)?;
         if let Some(left) = &mut self.cache.json.until_training {
             *left = left.saturating_sub(1);
             if *left == 0 {
@@ -334,10 +473,17 @@ impl Writer<'_> {
     /// The event's JSON as text, if stored.
     pub fn event_json_text(&mut self, event: EventNid) -> Result<Option<String>> {
         let (tx, dictionaries) = (self.tx, self.json_dictionaries);
-        let Some(row) = self.event_json()?.get(event.get())? else {
+        // Copied: naming the IDs a row quotes reads another of the writer's tables.
+        let Some(row) = self
+            .event_json()?
+            .get(event.get())?
+            .map(|r| r.value().to_vec())
+        else {
             return Ok(None);
         };
-        decode_text(tx, dictionaries, event, row.value()).map(Some)
+        let find = |id| dictionaries.get(tx, id);
+        let json = decode_with(&row, event, find, |nid| self.string(intern::EVENT, nid))?;
+        text(event, json.into_owned()).map(Some)
     }
 
     fn current_dictionary(&mut self) -> Result<Option<Arc<Dictionary>>> {
@@ -378,9 +524,10 @@ impl Writer<'_> {
             && let Some(dictionary) = self.keep_dictionary(&bytes)?
         {
             let table = self.event_json()?;
-            for (event, sample) in raw {
+            for (event, sample, mut row) in raw {
                 if let Some(frame) = compress(&samples[sample], &dictionary)? {
-                    table.insert(event.get(), frame.as_slice())?;
+                    row.extend_from_slice(&frame);
+                    table.insert(event.get(), row.as_slice())?;
                 }
             }
             let current = Some(dictionary);
@@ -394,7 +541,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Up to [`MAX_SAMPLES`] rows' JSON, spread evenly over the table; and, when every row is a
+    /// Up to [`MAX_SAMPLES`] rows' bodies, spread evenly over the table; and, when every row is a
     /// sample, the raw ones (by event and index into the samples), so that training can compress
     /// them: a store then holds raw rows only until its first training.
     fn sample_rows(&mut self, rows: u64) -> Result<Samples> {
@@ -402,14 +549,15 @@ impl Writer<'_> {
         let step = rows.div_ceil(MAX_SAMPLES).max(1) as usize;
         let (mut samples, mut raw) = (Vec::new(), Vec::new());
         for row in self.event_json()?.iter()?.step_by(step) {
-            let (event, json) = row?;
+            let (event, row) = row?;
             let event = EventNid::new(event.value())
                 .ok_or_else(|| Error::corrupt("event_json", 0, "event NID 0"))?;
-            let json = decode(tx, dictionaries, event, json.value())?;
-            if step == 1 && matches!(json, Cow::Borrowed(_)) {
-                raw.push((event, samples.len()));
+            let (references, body) = split_body(row.value(), event)?;
+            let body = decode_body(body, event, |id| dictionaries.get(tx, id))?;
+            if step == 1 && matches!(body, Cow::Borrowed(_)) {
+                raw.push((event, samples.len(), references.to_vec()));
             }
-            samples.push(json.into_owned());
+            samples.push(body.into_owned());
         }
         Ok((samples, raw))
     }
