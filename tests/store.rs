@@ -547,6 +547,88 @@ fn schema_2_to_7_stores_are_upgraded_when_opened() {
     }
 }
 
+/// A schema-8 store (event records in bincode, JSON rows untemplated) is read as it is, and
+/// moves to 9: every event's record and JSON read back the same, `check` finds nothing, and the
+/// events stored next are written in the new layouts.
+#[test]
+fn a_schema_8_store_is_read_and_moves_to_9() {
+    use roomstate::ingest::{IngestOptions, Refuse, ingest};
+    use roomstate::workload::{GenConfig, GenEvent, Generator, Workload};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eight.redb");
+    let events: Vec<GenEvent> = Generator::new(GenConfig {
+        members: 30,
+        state_events: 60,
+        ..GenConfig::new(Workload::Hq)
+    })
+    .collect();
+    let (first, rest) = events.split_at(events.len() / 2);
+    let text = |events: &[GenEvent]| -> String {
+        events.iter().map(|e| e.to_json_line() + "\n").collect()
+    };
+    let store = Store::open(&path).unwrap();
+    ingest(
+        &store,
+        text(first).as_bytes(),
+        IngestOptions::default(),
+        Refuse,
+    )
+    .unwrap();
+    let records: Vec<_> = {
+        let rx = store.read().unwrap();
+        first
+            .iter()
+            .map(|e| {
+                let nid = rx.event_nid(&e.event_id).unwrap().unwrap();
+                (nid, rx.event(nid).unwrap().unwrap())
+            })
+            .collect()
+    };
+    drop(store);
+    common::write_as_schema_8(&path);
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    common::set_schema_version(&tx, 8);
+    tx.commit().unwrap();
+    drop(db);
+    assert!(
+        common::table_rows(&path, "events")
+            .iter()
+            .all(|(_, r)| r[0] == 1)
+    );
+
+    let store = Store::open(&path).unwrap();
+    {
+        let rx = store.read().unwrap();
+        for ((nid, record), e) in records.iter().zip(first) {
+            assert_eq!(rx.event(*nid).unwrap().as_ref(), Some(record));
+            assert_eq!(rx.event_json(*nid).unwrap(), Some(e.to_json_line()));
+        }
+        assert!(rx.check().unwrap().is_clean());
+    }
+    ingest(
+        &store,
+        text(rest).as_bytes(),
+        IngestOptions::default(),
+        Refuse,
+    )
+    .unwrap();
+    let rx = store.read().unwrap();
+    for e in &events {
+        let nid = rx.event_nid(&e.event_id).unwrap().unwrap();
+        assert_eq!(rx.event_json(nid).unwrap(), Some(e.to_json_line()));
+    }
+    assert!(rx.check().unwrap().is_clean());
+    drop(rx);
+    drop(store);
+    assert_eq!(schema_version(&path), Some(9));
+    let new = events.len() - first.len();
+    let records = common::table_rows(&path, "events");
+    assert_eq!(records.iter().filter(|(_, r)| r[0] == 2).count(), new);
+    let json = common::table_rows(&path, "event_json");
+    assert_eq!(json.iter().filter(|(_, r)| r[0] == 1).count(), new);
+}
+
 fn upgrade_from(old: u64) {
     use redb::TableDefinition;
     const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
@@ -565,6 +647,7 @@ fn upgrade_from(old: u64) {
         .unwrap();
     drop(store);
     // Take the store back to the old schema, as an older build wrote it.
+    common::write_as_schema_8(&path);
     let db = redb::Database::open(&path).unwrap();
     let tx = db.begin_write().unwrap();
     if old < 5 {

@@ -7,7 +7,7 @@ use crate::store::auth_index::{ReadIndex, chain_of};
 use crate::store::codec;
 use crate::store::parallel::both;
 use crate::store::read::Tables;
-use crate::store::record::{EventRecord, RecordRoom};
+use crate::store::record::EventRecord;
 use crate::store::tables;
 use redb::ReadableTable;
 
@@ -102,10 +102,10 @@ fn rooms_of<T: Tables>(tx: &T, events: &[EventNid]) -> Result<Vec<(RoomNid, usiz
     sorted.sort_unstable();
     for event in sorted {
         let row = table.get(event.get())?.ok_or(Error::UnknownEvent(event))?;
-        let record = codec::decode_prefix::<RecordRoom>("events", event, row.value())?;
-        match rooms.iter_mut().find(|(room, _)| *room == record.room) {
+        let room = codec::event_room("events", event, row.value())?;
+        match rooms.iter_mut().find(|(r, _)| *r == room) {
             Some((_, count)) => *count += 1,
-            None => rooms.push((record.room, 1)),
+            None => rooms.push((room, 1)),
         }
     }
     Ok(rooms)

@@ -22,6 +22,7 @@ mod parallel;
 pub mod purge;
 mod read;
 pub mod record;
+mod record_layout;
 pub mod refs;
 pub mod source;
 mod stats;

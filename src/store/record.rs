@@ -27,10 +27,10 @@ pub struct EventRecord {
     pub membership: Option<Membership>,
 }
 
-/// The first field of an [`EventRecord`], decoded alone by [`codec::decode_prefix`]. It must
-/// stay the record's first field.
+/// The first field of an [`EventRecord`] in bincode (format 1), decoded alone by
+/// [`codec::event_room`]. It must stay the record's first field.
 ///
-/// [`codec::decode_prefix`]: crate::store::codec::decode_prefix
+/// [`codec::event_room`]: crate::store::codec::event_room
 #[derive(Deserialize)]
 pub(crate) struct RecordRoom {
     pub(crate) room: RoomNid,
@@ -66,9 +66,9 @@ impl EventRecord {
     }
 }
 
-/// The stored layout of event and room records (`docs/format.md`): a format byte, then
-/// bincode's standard encoding. Exposed for tools and fuzzing; the store encodes and decodes
-/// through these.
+/// The stored layout of records (`docs/format.md`): a format byte, then the event record's own
+/// layout, or bincode's standard encoding. Exposed for tools and fuzzing; the store encodes and
+/// decodes through these.
 macro_rules! stored_layout {
     ($record:ty, $table:literal) => {
         impl $record {
@@ -206,7 +206,7 @@ mod tests {
     use crate::store::codec;
 
     #[test]
-    fn the_room_alone_decodes_from_a_whole_record() {
+    fn the_room_alone_decodes_from_a_whole_record_in_either_format() {
         let room = RoomNid::new(300_000).expect("not 0");
         let mut record = EventRecord::new(
             room,
@@ -215,8 +215,19 @@ mod tests {
             SnapshotNid::EMPTY,
         );
         record.auth_events = vec![EventNid::new(7).expect("not 0")];
-        let bytes = codec::encode(&record).expect("encodes");
-        let prefix: RecordRoom = codec::decode_prefix("events", 1, &bytes).expect("decodes");
-        assert_eq!(prefix.room, room);
+        record.membership = Some(Membership::Knock);
+        for bytes in [
+            codec::encode(&record).expect("encodes"),
+            codec::encode_bincode(&record).expect("encodes"),
+        ] {
+            assert_eq!(
+                codec::event_room("events", 1, &bytes).expect("decodes"),
+                room
+            );
+            assert_eq!(
+                codec::decode::<EventRecord>("events", 1, &bytes).expect("decodes"),
+                record
+            );
+        }
     }
 }

@@ -256,3 +256,67 @@ pub fn set_schema_version(tx: &redb::WriteTransaction, version: u64) {
         .insert(b"schema_version".as_slice(), version)
         .unwrap();
 }
+
+/// Rewrites the store at `path` as schema 8 wrote it: event records in bincode behind format
+/// byte 1, and every JSON row raw, untemplated. Leaves the schema version as it is.
+pub fn write_as_schema_8(path: &std::path::Path) {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    use roomstate::{EventNid, Store, StoreRead};
+    const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+    const EVENT_JSON: TableDefinition<u64, &[u8]> = TableDefinition::new("event_json");
+    let nids: Vec<u64> = {
+        let db = redb::Database::open(path).unwrap();
+        let rx = db.begin_read().unwrap();
+        let table = rx.open_table(EVENTS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect()
+    };
+    let mut old = Vec::new();
+    {
+        let store = Store::open(path).unwrap();
+        let rx = store.read().unwrap();
+        for &nid in &nids {
+            let event = EventNid::new(nid).unwrap();
+            let record = rx.event(event).unwrap().unwrap();
+            let mut bytes = vec![1u8];
+            bytes.extend(
+                bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap(),
+            );
+            old.push((nid, bytes, rx.event_json(event).unwrap()));
+        }
+    }
+    let db = redb::Database::open(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut events = tx.open_table(EVENTS).unwrap();
+        let mut json = tx.open_table(EVENT_JSON).unwrap();
+        for (nid, record, text) in &old {
+            events.insert(nid, record.as_slice()).unwrap();
+            if let Some(text) = text {
+                json.insert(nid, text.as_bytes()).unwrap();
+            }
+        }
+    }
+    tx.commit().unwrap();
+}
+
+/// Every row of a `u64`-keyed bytes table, read with redb alone.
+pub fn table_rows(path: &std::path::Path, name: &str) -> Vec<(u64, Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let db = redb::Database::open(path).unwrap();
+    let rx = db.begin_read().unwrap();
+    let table = rx
+        .open_table(TableDefinition::<u64, &[u8]>::new(name))
+        .unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.value(), v.value().to_vec())
+        })
+        .collect()
+}
