@@ -610,6 +610,8 @@ pub(crate) fn check_json<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<
             );
         }
     }
+    // Opened once for every row, where a reader opens it per row.
+    let reverse = tx.open(intern::EVENT.reverse)?;
     for row in tx
         .open(crate::store::tables::EVENT_JSON)?
         .range::<u64>(..)?
@@ -620,7 +622,10 @@ pub(crate) fn check_json<T: Tables>(tx: &T, report: &mut CheckReport) -> Result<
             report.problem("event_json", 0, "event NID 0");
             continue;
         };
-        if let Err(e) = decode_text(tx, &dictionaries, event, json.value()) {
+        let find = |id| dictionaries.get(tx, id);
+        let id_of = |nid| intern::resolve(&reverse, intern::EVENT, nid);
+        let decoded = decode_with(json.value(), event, find, id_of);
+        if let Err(e) = decoded.and_then(|json| text(event, json.into_owned())) {
             report.problem("event_json", event, e);
         }
     }
