@@ -6,11 +6,11 @@
 //! to 2^28. The layout (`docs/format.md`, "Event records"):
 //!
 //! ```text
-//! 02 | room | type | state key + 1 (0: none) | state before | flags
+//! 02 | room | type | flags | state key (if flagged) | state before
 //!    | prev count | prev events… | auth count | auth events…
 //! ```
 //!
-//! `flags`: bit 0 rejected, bits 1–3 the membership code (0: none). Records of format 1
+//! `flags`: bit 0 rejected, bit 1 a state event, bits 2–4 the membership code (0: none). Records of format 1
 //! (bincode) stay readable; [`crate::store::codec`] sends each format its way.
 
 use crate::engine::{put_varint, take_varint};
@@ -25,6 +25,10 @@ pub(crate) const FORMAT: u8 = 2;
 
 /// The flag bit of a rejected event.
 const REJECTED: u64 = 1;
+/// The flag bit of a state event, whose state key follows the flags.
+const STATE: u64 = 2;
+/// The membership code's first bit in the flags.
+const MEMBERSHIP_SHIFT: u32 = 2;
 
 /// The record's bytes.
 pub(crate) fn encode(record: &EventRecord) -> Vec<u8> {
@@ -33,10 +37,17 @@ pub(crate) fn encode(record: &EventRecord) -> Vec<u8> {
     out.push(FORMAT);
     put_varint(&mut out, record.room.get());
     put_varint(&mut out, record.event_type.get());
-    put_varint(&mut out, record.state_key.map_or(0, |k| k.get() + 1));
-    put_varint(&mut out, record.state_before.get());
     let membership = record.membership.map_or(0, |m| u64::from(m.code()));
-    put_varint(&mut out, (membership << 1) | u64::from(record.rejected));
+    let state = if record.state_key.is_some() { STATE } else { 0 };
+    let rejected = if record.rejected { REJECTED } else { 0 };
+    put_varint(
+        &mut out,
+        (membership << MEMBERSHIP_SHIFT) | state | rejected,
+    );
+    if let Some(key) = record.state_key {
+        put_varint(&mut out, key.get());
+    }
+    put_varint(&mut out, record.state_before.get());
     for list in [&record.prev_events, &record.auth_events] {
         put_varint(&mut out, list.len() as u64);
         for event in list {
@@ -54,13 +65,13 @@ pub(crate) fn decode(table: &'static str, key: &dyn Display, bytes: &[u8]) -> Re
     let mut field = |what: &'static str| take_varint(&mut rest).ok_or_else(|| corrupt(what));
     let room = RoomNid::new(field("room")?);
     let event_type = TypeNid::new(field("type")?);
-    let state_key = match field("state key")? {
+    let flags = field("flags")?;
+    let state_key = match flags & STATE {
         0 => None,
-        k => Some(StateKeyNid::new(k - 1).ok_or_else(|| corrupt("state key NID 0"))?),
+        _ => Some(StateKeyNid::new(field("state key")?).ok_or_else(|| corrupt("state key NID 0"))?),
     };
     let state_before = SnapshotNid::new(field("state before")?);
-    let flags = field("flags")?;
-    let membership = match flags >> 1 {
+    let membership = match flags >> MEMBERSHIP_SHIFT {
         0 => None,
         code => Some(
             u8::try_from(code)

@@ -286,7 +286,8 @@ pub fn encode_row(
     nids: &[Option<EventNid>],
     dictionary: &Dictionary,
 ) -> Result<Vec<u8>> {
-    let template = Template::new(json, ids);
+    // As the writer does: a template that names no event by NID is not kept.
+    let template = Template::new(json, ids).filter(|_| nids.iter().any(Option::is_some));
     let body = template.as_ref().map_or(json, Template::body);
     let frame = compress(body, dictionary)?;
     Ok(row(own, json, template.as_ref(), nids, frame.as_deref()).into_owned())

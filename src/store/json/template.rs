@@ -77,7 +77,11 @@ impl Template {
 
     /// The IDs taken out of `json`, the JSON this template was made from.
     pub(crate) fn ids<'j>(&self, json: &'j [u8]) -> impl Iterator<Item = &'j [u8]> {
-        self.ids.iter().map(|r| &json[r.clone()])
+        // Given other JSON than its own, a range past its end reads as an empty ID rather than
+        // a panic; `references` then keeps that empty ID, and the row reads back wrong but whole.
+        self.ids
+            .iter()
+            .map(|r| json.get(r.clone()).unwrap_or_default())
     }
 
     /// The JSON with its IDs taken out.
@@ -97,9 +101,10 @@ pub(crate) fn references(
     let mut out = vec![TAG];
     put_varint(&mut out, template.ids.len() as u64);
     for (i, id) in template.ids(json).enumerate() {
-        match nids.get(i).copied().flatten() {
+        // A NID from 2^62 on (no counter gets there) would not fit beside its tag: kept as an ID.
+        match nids.get(i).copied().flatten().filter(|n| n.get() < 1 << 62) {
             Some(nid) if nid <= own && own.get() - nid.get() < nid.get() => {
-                put_varint(&mut out, (own.get() - nid.get()) << 2 | 1);
+                put_varint(&mut out, ((own.get() - nid.get()) << 2) | 1);
             }
             Some(nid) => put_varint(&mut out, nid.get() << 2),
             None => {
@@ -170,4 +175,79 @@ pub(crate) fn restore(body: &[u8], ids: &[Cow<'_, [u8]>]) -> Result<Vec<u8>, &'s
     }
     json.extend_from_slice(rest);
     Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nid(n: u64) -> EventNid {
+        EventNid::new(n).expect("not 0")
+    }
+
+    /// The row's references and body, restored with `ids` for the events it names.
+    fn round_trip(json: &[u8], own: EventNid, nids: &[Option<EventNid>], ids: &[(u64, &[u8])]) {
+        let ranges: Vec<Range<usize>> = (0..json.len())
+            .filter(|&i| json[i] == b'$')
+            .map(|i| i..i + 2)
+            .collect();
+        let template = Template::new(json, &ranges).expect("IDs to take out");
+        let mut row = references(own, json, &template, nids);
+        row.extend_from_slice(template.body());
+        let (refs, body) = split(&row, own).expect("splits").expect("templated");
+        let named: Vec<Cow<'_, [u8]>> = refs
+            .into_iter()
+            .map(|r| match r {
+                Reference::Event(n) => {
+                    Cow::Borrowed(ids.iter().find(|i| i.0 == n).expect("an ID").1)
+                }
+                Reference::Literal(id) => Cow::Borrowed(id),
+            })
+            .collect();
+        assert_eq!(restore(body, &named).expect("restores"), json);
+    }
+
+    #[test]
+    fn nids_below_own_above_it_and_beyond_two_to_the_62_read_back() {
+        let json = br#"{"a":"$x","b":["$y","$z","$x"],"c":"$w"}"#;
+        let own = nid(1_000);
+        let huge = nid(1 << 62);
+        let ids: [(u64, &[u8]); 3] = [(1_000, b"$x"), (999, b"$y"), (5_000, b"$z")];
+        round_trip(
+            json,
+            own,
+            &[Some(own), Some(nid(999)), Some(nid(5_000)), Some(huge)],
+            &ids,
+        );
+        // NID 2^62 has no room beside its tag: its ID stays in the row as it is.
+        let json = br#"{"a":"$w"}"#;
+        let one_id = vec![Range { start: 6, end: 8 }];
+        let template = Template::new(json, &one_id).expect("one ID");
+        let row = references(own, json, &template, &[Some(huge)]);
+        assert_eq!(row, [TAG, 1, 2 << 2 | 2, b'$', b'w']);
+    }
+
+    #[test]
+    fn damaged_references_and_markers_are_errors() {
+        let own = nid(10);
+        assert!(split(&[TAG, 0], own).is_err(), "no references");
+        assert!(split(&[TAG, 0x80, 0x02], own).is_err(), "256 references");
+        assert!(split(&[TAG, 1, 3], own).is_err(), "tag 3");
+        assert!(
+            split(&[TAG, 1, 10 << 2 | 1], own).is_err(),
+            "at or below NID 0"
+        );
+        assert!(split(&[TAG, 1, 0], own).is_err(), "NID 0");
+        assert!(
+            split(&[TAG, 1, 5 << 2 | 2, b'$'], own).is_err(),
+            "a literal cut short"
+        );
+        assert!(split(b"{}", own).expect("not templated").is_none());
+        let ids = [Cow::Borrowed(&b"$x"[..])];
+        assert!(restore(&[b'{', TAG], &ids).is_err(), "a marker at the end");
+        assert!(
+            restore(&[b'{', TAG, 1, b'}'], &ids).is_err(),
+            "a marker past the references"
+        );
+    }
 }
